@@ -1,0 +1,45 @@
+"""Producer: push demo messages onto the queue, one per --interval seconds.
+
+    python app/main.py [--count N] [--interval SECONDS] [--batch B] [--queue NAME]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+from workqueue.logs import configure_logging
+from workqueue.producer import produce
+from workqueue.queue import Queue
+from workqueue.settings import ConfigError, Settings, count, parse_value, seconds
+
+
+def demo_body(seq: int) -> dict:
+    """A sequence number and a little data, standing in for a real unit of work."""
+    return {"seq": seq, "numbers": [seq, seq * seq, seq**3]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", help="push this many messages, then exit (default: forever)")
+    parser.add_argument("--interval", default="1.0", help="seconds between pushes (default 1.0)")
+    parser.add_argument("--batch", default="1", help="messages per push, pipelined (default 1)")
+    parser.add_argument("--queue", help="queue name (QUEUE_NAME, default demo-1)")
+    args = parser.parse_args()
+    load_dotenv(Path(__file__).resolve().parents[1] / ".env", override=False)
+    try:
+        settings = Settings.load(queue_name=args.queue)
+        total = parse_value("--count", args.count, count) if args.count is not None else None
+        interval = parse_value("--interval", args.interval, seconds)
+        batch = parse_value("--batch", args.batch, count)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    queue = Queue.from_settings(settings)
+    return produce(queue, demo_body, count=total, interval=interval, batch=batch, grace=settings.grace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

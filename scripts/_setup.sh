@@ -1,0 +1,21 @@
+# Sourced by scripts/demo and scripts/test: make .venv and install workqueue into it, once.
+# Usage: . scripts/_setup.sh EXTRA   (EXTRA: "" for the demo, "test" for the tests)
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON_BIN="${PYTHON:-python3}"
+
+if ! "$PYTHON_BIN" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    echo "error: Python 3.10 or newer is needed as '$PYTHON_BIN' (set PYTHON=/path/to/python3 to choose one)" >&2
+    exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON_BIN" -m venv "$VENV" || { echo "error: could not create $VENV (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+fi
+_extra="${1:-}"
+_stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | cksum | cut -d' ' -f1)-${_extra:-base}"
+if [ ! -f "$_stamp" ]; then
+    echo "setting up $VENV (once) ..." >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${_extra:+[$_extra]}" >&2 || {
+        echo "error: installing workqueue into $VENV failed (see above)" >&2; exit 1; }
+    touch "$_stamp"
+fi

@@ -1,0 +1,45 @@
+"""Fixtures: every test talks only to redis-server processes that the suite starts itself."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+import redis
+
+from support import RedisServer
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.exit(
+            "redis-server not found on PATH: install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)",
+            returncode=1,
+        )
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory):
+    """One redis-server for the tests that never stop it; each test uses its own queue name."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-shared")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server for one test, with AOF (fsync always), which the test may kill and restart."""
+    server = RedisServer(tmp_path / "redis", persistent=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def client(shared_redis) -> redis.Redis:
+    return shared_redis.client()

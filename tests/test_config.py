@@ -1,0 +1,103 @@
+"""Configuration: flags over environment over defaults; bad values exit 2 with one line."""
+
+import pytest
+
+from support import Process, RedisServer, free_port, run, run_raw, script_env
+from workqueue.settings import ConfigError, Settings, mask_url
+
+
+def test_flags_override_environment_which_overrides_defaults():
+    """A flag wins over its environment variable, which wins over the default."""
+    settings = Settings.load({"MAX_ATTEMPTS": "5", "QUEUE_NAME": "jobs"}, max_attempts="7")
+    assert settings.max_attempts == 7
+    assert settings.queue_name == "jobs"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert Settings.load({}).max_attempts == 3
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("MAX_ATTEMPTS", "abc"), ("MAX_ATTEMPTS", "0"), ("REDIS_URL", "http://x"), ("REDIS_URL", "redis://:pw@host:notaport/0"),
+        ("LOG_FORMAT", "xml"), ("LOG_LEVEL", "loud"), ("DELIVERY", "maybe"), ("QUEUE_NAME", "a{b}"), ("WORKER_TIMEOUT", "nan"),
+    ],
+)
+def test_bad_setting_raises_config_error_naming_it(name, value):
+    """Each bad value raises ConfigError whose message starts with the setting's name."""
+    with pytest.raises(ConfigError) as error:
+        Settings.load({name: value})
+    assert str(error.value).startswith(name + " ")
+
+
+def test_password_is_masked_in_urls():
+    """mask_url hides the password and keeps the rest."""
+    assert mask_url("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert mask_url("redis://user:s3cret@[::1]:6379/2") == "redis://user:***@[::1]:6379/2"
+    assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("script", ["app/main.py", "worker/main.py"])
+@pytest.mark.parametrize(
+    "env_overrides, args, setting",
+    [
+        ({"MAX_ATTEMPTS": "abc"}, [], "MAX_ATTEMPTS"),
+        ({"MAX_ATTEMPTS": "0"}, [], "MAX_ATTEMPTS"),
+        ({"REDIS_URL": "redis://:hunter2@127.0.0.1:notaport/0"}, [], "REDIS_URL"),
+        ({"LOG_FORMAT": "xml"}, [], "LOG_FORMAT"),
+        ({}, ["--queue", "bad{name}"], "--queue-name"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(shared_redis, queue_name, script, env_overrides, args, setting):
+    """A bad setting stops either script with exit code 2 and one stderr line naming it, no traceback."""
+    code, stderr = run_raw(script, *args, env=script_env(shared_redis.url, queue_name, **env_overrides), timeout=30)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and setting in lines[0] and "Traceback" not in stderr
+    assert "hunter2" not in stderr
+
+
+def test_bad_demo_flag_exits_2_with_one_line(shared_redis, queue_name):
+    """A --fail-rate outside 0..1 is a config error too."""
+    code, stderr = run_raw("worker/main.py", "--fail-rate", "2", env=script_env(shared_redis.url, queue_name), timeout=30)
+    assert code == 2 and stderr.strip().splitlines() == ["error: --fail-rate must be from 0 to 1"]
+
+
+def test_password_never_reaches_logs(shared_redis, queue_name, tmp_path):
+    """With a password in REDIS_URL, neither producer nor worker logs it, even when Redis refuses it."""
+    server = RedisServer(tmp_path / "auth")
+    server.start()
+    try:
+        server.client().config_set("requirepass", "hunter2-secret")
+        good = f"redis://:hunter2-secret@127.0.0.1:{server.port}/0"
+        env = script_env(good, queue_name)
+        code, events, stderr = run("app/main.py", "--count", "3", "--interval", "0", env=env)
+        assert code == 0 and len([e for e in events if e["event"] == "message_pushed"]) == 3
+        code, events, stderr2 = run("worker/main.py", "--burst", env=env)
+        assert code == 0 and len([e for e in events if e["event"] == "message_processed"]) == 3
+        started = [e for e in events if e["event"] == "worker_started"][0]
+        assert started["redis"] == f"127.0.0.1:{server.port}/0"
+        assert "hunter2" not in stderr + stderr2
+    finally:
+        server.stop()
+
+
+def test_worker_waits_for_redis_at_startup(queue_name, tmp_path):
+    """A worker started before Redis warns and retries, then works once Redis answers."""
+    port = free_port()
+    env = script_env(f"redis://127.0.0.1:{port}/0", queue_name)
+    worker = Process("worker/main.py", env=env)
+    try:
+        warnings = worker.wait_for("redis_unavailable", timeout=15)
+        assert warnings[0]["level"] == "warning" and worker.popen.poll() is None
+        server = RedisServer(tmp_path / "late", port=port).start()
+        try:
+            worker.wait_for("redis_available", timeout=15)
+            assert run("app/main.py", "--count", "2", "--interval", "0", env=env)[0] == 0
+            worker.wait_for("message_processed", timeout=15, count=2)
+            worker.signal()
+            assert worker.wait(timeout=30) == 0
+        finally:
+            server.stop()
+    finally:
+        worker.kill()
+    assert len(worker.named("redis_unavailable")) < 20  # backoff, not a line per millisecond

@@ -1,0 +1,57 @@
+"""Every Redis key name a queue uses, built in one place.
+
+The queue itself is the list named exactly as the queue (`demo-1`), so `redis-cli lrange demo-1
+0 -1` shows it as in the tutorial. Every other key is `{<queue>}:<what>`: the braces are a Redis
+Cluster hash tag, and a key without braces hashes on its whole name, so `demo-1` and
+`{demo-1}:dead` share one slot and multi-key scripts stay legal on a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Key names for one queue."""
+
+    queue: str
+
+    @property
+    def pending(self) -> str:
+        """List of messages waiting for a worker (RPUSH at the tail, taken from the head)."""
+        return self.queue
+
+    @property
+    def dead_letter(self) -> str:
+        """List of messages that will not be tried again, each with its reason."""
+        return f"{{{self.queue}}}:dead"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of failed messages waiting out their backoff, scored by due time (ms)."""
+        return f"{{{self.queue}}}:delayed"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of worker ids, scored by the time (ms) their heartbeat runs out."""
+        return f"{{{self.queue}}}:workers"
+
+    @property
+    def done(self) -> str:
+        """Sorted set of completed message ids, scored by the time (ms) they may be forgotten."""
+        return f"{{{self.queue}}}:done"
+
+    @property
+    def stats(self) -> str:
+        """Hash of counters, each updated in the same atomic step as the transition it counts."""
+        return f"{{{self.queue}}}:stats"
+
+    def in_flight(self, worker_id: str) -> str:
+        """List of the messages one reliable worker has taken and not yet settled."""
+        return f"{{{self.queue}}}:in_flight:{worker_id}"
+
+    @property
+    def in_flight_pattern(self) -> str:
+        """Glob matching every worker's in-flight list (for `stats`, never on a hot path)."""
+        return f"{{{self.queue}}}:in_flight:*"

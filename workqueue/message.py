@@ -1,0 +1,81 @@
+"""The message format: one JSON object per list element, readable with redis-cli.
+
+    {"id": "<unique string>", "attempts": 0, "created_at": <epoch seconds>, "body": {...}}
+
+`attempts` counts failed tries. A retried or dead-lettered message also carries `error`, the
+text of its last failure. Fields we do not know are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+class MalformedMessage(ValueError):
+    """Raised for list elements that are not a message; the text is the reason."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message. `raw` is the exact stored text, which identifies it in Redis lists."""
+
+    raw: bytes
+    fields: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.fields["id"]
+
+    @property
+    def attempts(self) -> int:
+        return self.fields.get("attempts", 0)
+
+    @property
+    def body(self) -> Any:
+        return self.fields.get("body")
+
+    def failed(self, error: str) -> bytes:
+        """Encode this message after one more failed try, carrying the error."""
+        return encode({**self.fields, "attempts": self.attempts + 1, "error": error})
+
+
+def encode(fields: dict[str, Any]) -> bytes:
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
+    """Build a fresh message; returns its id and its encoded form."""
+    message_id = message_id or uuid.uuid4().hex
+    return message_id, encode({"id": message_id, "attempts": 0, "created_at": round(time.time(), 6), "body": body})
+
+
+def decode(raw: bytes) -> Message:
+    """Decode one list element, or raise MalformedMessage saying why it is not a message."""
+    try:
+        fields = json.loads(raw)
+    except ValueError as error:  # UnicodeDecodeError is a ValueError too
+        raise MalformedMessage(f"not valid JSON: {error}") from None
+    if not isinstance(fields, dict):
+        raise MalformedMessage(f"not a JSON object but {type(fields).__name__}")
+    if not isinstance(fields.get("id"), str) or not fields["id"]:
+        raise MalformedMessage("no id: a message needs a non-empty string 'id'")
+    attempts = fields.get("attempts", 0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise MalformedMessage("'attempts' must be a whole number of at least 0")
+    return Message(raw, fields)
+
+
+def dead_letter_malformed(raw: bytes, reason: str) -> bytes:
+    """Wrap an element that is not a message, keeping its raw text, for the dead-letter list."""
+    return encode({"error": f"malformed message: {reason}", "raw": raw.decode(errors="replace")})
+
+
+def backoff_seconds(attempts: int, base: float, cap: float) -> float:
+    """Delay before the next try after `attempts` failures: exponential with full jitter."""
+    ceiling = min(cap, base * 2 ** min(attempts - 1, 62))
+    return random.uniform(0, ceiling)

@@ -1,0 +1,171 @@
+"""Settings: the one place that reads the environment.
+
+Each setting comes from a command-line flag, else the environment variable of the same name in
+upper case (a `.env` file has already been merged into the environment by the entry script),
+else its default. A bad value raises ConfigError naming the setting; entry scripts turn that into
+one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+
+class ConfigError(Exception):
+    """A setting has a value we cannot use; the message names the setting and what is allowed."""
+
+
+def mask_url(url: str) -> str:
+    """Return the URL with any password replaced by ***, safe to log."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal needs its brackets back
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    except ValueError:
+        return "<unparseable url>"
+
+
+def _redis_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError on a non-numeric port
+    except ValueError:
+        raise ValueError(f"is not a valid URL ({mask_url(value)})") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("must name a host, as in redis://localhost:6379/0")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("must name a socket path, as in unix:///run/redis.sock")
+    db = parts.path.lstrip("/") if parts.scheme != "unix" else "0"
+    if db and not db.isdigit():
+        raise ValueError("must end with a database number, as in redis://localhost:6379/0")
+    del port
+    return value
+
+
+def _queue_name(value: str) -> str:
+    # Braces would break the Redis Cluster hash tag that keeps a queue's keys in one slot.
+    if not value or any(c in value for c in "{} \t\r\n"):
+        raise ValueError("must be non-empty, without spaces or braces")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value.lower()
+
+    return parse
+
+
+def _number(kind: type, minimum: float, maximum: float | None = None) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError("must be a whole number" if kind is int else "must be a number") from None
+        if not math.isfinite(number) or number < minimum or (maximum is not None and number > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+            raise ValueError(f"must be {bound}")
+        return number
+
+    return parse
+
+
+def _default_log_format() -> str:
+    return "console" if sys.stderr.isatty() else "json"
+
+
+# name -> (parser, default); the environment variable is the name in upper case.
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "redis_url": _redis_url,
+    "queue_name": _queue_name,
+    "max_attempts": _number(int, 1),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_format": _choice("json", "console"),
+    "delivery": _choice("reliable", "simple"),
+    "prefetch": _number(int, 1, 1000),  # Lua unpack() stays far below its stack limit
+    "worker_timeout": _number(float, 1),
+    "retry_backoff": _number(float, 0),
+    "retry_backoff_max": _number(float, 0),
+    "dedup_ttl": _number(float, 0),
+    "grace": _number(float, 0),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a producer, worker or CLI needs to know, validated."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    queue_name: str = "demo-1"
+    max_attempts: int = 3
+    log_level: str = "info"
+    log_format: str = "json"
+    delivery: str = "reliable"
+    prefetch: int = 100
+    worker_timeout: float = 30.0
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+    dedup_ttl: float = 86400.0
+    grace: float = 30.0
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> "Settings":
+        """Build settings from flags (non-None values win), then the environment, then defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            env_name = field.name.upper()
+            flag = flags.pop(field.name, None)
+            if flag is not None:
+                raw, source = str(flag), "--" + field.name.replace("_", "-")
+            elif environ.get(env_name, "") != "":
+                raw, source = environ[env_name], env_name
+            else:
+                continue
+            values[field.name] = parse_value(source, raw, _PARSERS[field.name])
+        if flags:
+            raise TypeError(f"unknown settings: {', '.join(flags)}")
+        values.setdefault("log_format", _default_log_format())
+        return cls(**values)
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.redis_url)
+
+
+def parse_value(source: str, raw: str, parser: Callable[[str], Any]) -> Any:
+    """Parse one raw value, raising ConfigError that names its source (flag or variable)."""
+    try:
+        return parser(raw.strip())
+    except ValueError as error:
+        raise ConfigError(f"{source} {error}") from None
+
+
+def fraction(raw: str) -> float:
+    """Parser for a probability from 0 to 1 (the demo's --fail-rate)."""
+    return _number(float, 0, 1)(raw)
+
+
+def seconds(raw: str) -> float:
+    """Parser for a non-negative duration in seconds."""
+    return _number(float, 0)(raw)
+
+
+def count(raw: str) -> int:
+    """Parser for a positive whole number."""
+    return _number(int, 1)(raw)

@@ -1,0 +1,257 @@
+"""The worker loop: take messages, run the handler, settle the outcomes in batches.
+
+The main thread runs the loop; a housekeeping thread keeps the heartbeat alive (so a long
+handler keeps its messages), recovers dead workers' messages, and enforces the shutdown grace.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import structlog
+
+from . import message
+from .connection import BLOCK_SECONDS, REDIS_UNAVAILABLE, Outage
+from .message import MalformedMessage, Message
+from .queue import Outcomes, Queue
+from .settings import Settings
+from .shutdown import Shutdown
+
+Handler = Callable[[Message], Any]
+
+ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its batch to be settled
+BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
+RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one cheap call
+HOUSEKEEPING_TICK = 0.2
+
+
+@dataclass
+class Delivery:
+    """A message taken from Redis and not started yet."""
+
+    raw: bytes
+    message: Message | None  # None when malformed
+    problem: str = ""  # why it is malformed
+    duplicate: bool = False
+
+
+class Worker:
+    """Runs `handler` on each message of `queue` until stopped (or, with burst, until empty)."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Handler,
+        *,
+        delivery: str = "reliable",
+        prefetch: int = 100,
+        burst: bool = False,
+        grace: float = 30.0,
+        worker_timeout: float = 30.0,
+        worker_id: str | None = None,
+        shutdown: Shutdown | None = None,
+    ) -> None:
+        if delivery not in ("reliable", "simple"):
+            raise ValueError("delivery must be 'reliable' or 'simple'")
+        self.queue = queue
+        self.handler = handler
+        self.delivery = delivery
+        self.prefetch = prefetch
+        self.burst = burst
+        self.grace = grace
+        self.worker_timeout = worker_timeout
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.shutdown = shutdown or Shutdown()
+        self.log = structlog.get_logger().bind(queue=queue.name, worker=self.id)
+        self._held: deque[Delivery] = deque()
+        self._outcomes = Outcomes()
+        self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
+        self._handler_seconds = BATCH_SECONDS
+        self._outage = Outage(self.log)
+        self._resync = True  # (re)register and re-read our in-flight list before taking messages
+        self._finished = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, handler: Handler, *, burst: bool = False, queue: Queue | None = None) -> "Worker":
+        return cls(
+            queue or Queue.from_settings(settings),
+            handler,
+            delivery=settings.delivery,
+            prefetch=settings.prefetch,
+            burst=burst,
+            grace=settings.grace,
+            worker_timeout=settings.worker_timeout,
+        )
+
+    def run(self) -> int:
+        """Work until SIGTERM/SIGINT (or an empty queue with burst); returns the exit code."""
+        self.shutdown.install()
+        self.log.info("worker_started", redis=self.queue.location, delivery=self.delivery, prefetch=self.prefetch, burst=self.burst)
+        housekeeper = threading.Thread(target=self._housekeeping, name="workqueue-housekeeping", daemon=True)
+        housekeeper.start()
+        try:
+            self._loop()
+            return self._stop()
+        finally:
+            self._finished.set()
+            housekeeper.join(timeout=2)
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self.shutdown.requested:
+            try:
+                if self._resync:
+                    self._sync_with_redis()
+                if self._held:
+                    self._process(self._held.popleft())
+                    self._settle_if_due()
+                elif not self._take():
+                    return  # burst: nothing left to do
+                self._outage.succeeded()
+            except REDIS_UNAVAILABLE as error:
+                self._resync = True
+                self._outage.failed(error, lambda: self.shutdown.requested)
+
+    def _take(self) -> bool:
+        """Settle what is done and take the next batch, blocking briefly when the queue is empty.
+        Returns False when a burst worker has nothing left to wait for."""
+        raws, wait_ms = self.queue.fetch(self.id, self._batch, self.delivery, self._outcomes)
+        if not raws:
+            if self.burst and wait_ms < 0:
+                return False
+            timeout = BLOCK_SECONDS if wait_ms < 0 else min(BLOCK_SECONDS, max(wait_ms, 10) / 1000)
+            raw = self.queue.block(self.id, self.delivery, timeout)
+            raws = [raw] if raw is not None else []
+        self._accept(raws)
+        return True
+
+    def _accept(self, raws: list[bytes]) -> None:
+        """Decode new messages and mark those already completed, or repeated in this batch."""
+        deliveries = []
+        for raw in raws:
+            try:
+                deliveries.append(Delivery(raw, message.decode(raw)))
+            except MalformedMessage as error:
+                deliveries.append(Delivery(raw, None, str(error)))
+        decoded = [d for d in deliveries if d.message is not None]
+        seen = {d.message.id for d in self._held if d.message is not None}
+        self._held.extend(deliveries)  # held first: if the check below fails, resync keeps them
+        for d, done in zip(decoded, self.queue.completed([d.message.id for d in decoded])):
+            d.duplicate = done or d.message.id in seen
+            seen.add(d.message.id)
+
+    def _process(self, delivery: Delivery) -> None:
+        log, msg = self.log, delivery.message
+        if msg is None:
+            self._outcomes.add("dead", delivery.raw, message.dead_letter_malformed(delivery.raw, delivery.problem))
+            log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {delivery.problem}")
+            return
+        if delivery.duplicate:
+            self._outcomes.add("dup", delivery.raw)
+            log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
+            return
+        started = time.perf_counter()
+        try:
+            self.handler(msg)
+        except Exception as error:  # the handler is user code: any failure is a failed try
+            text = f"{type(error).__name__}: {error}"
+            dead, delay = self.queue.retry_or_dead(self._outcomes, msg, text)
+            if dead:
+                log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
+            else:
+                log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3))
+        else:
+            self._outcomes.add("done", delivery.raw, b"", msg.id)
+            log.info("message_processed", id=msg.id, attempts=msg.attempts)
+        self._adapt_batch(time.perf_counter() - started)
+
+    def _adapt_batch(self, seconds: float) -> None:
+        self._handler_seconds = 0.8 * self._handler_seconds + 0.2 * seconds
+        self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(self._handler_seconds, 1e-6))))
+
+    def _settle_if_due(self) -> None:
+        outcomes = self._outcomes
+        if outcomes and (len(outcomes) >= self.prefetch or time.monotonic() - outcomes.first_at >= ACK_DELAY):
+            self.queue.settle(self.id, self.delivery, outcomes)
+
+    def _sync_with_redis(self) -> None:
+        """After start-up or a connection error: register, resend unsettled outcomes (settling is
+        idempotent), and trust Redis, not memory, about what we hold: a fetch whose reply was lost
+        may have moved messages, and a long outage may have let another worker recover ours."""
+        self.queue.scripts.load()  # Redis may have restarted without its script cache
+        self.queue.heartbeat(self.id, self.worker_timeout)
+        self.queue.settle(self.id, self.delivery, self._outcomes)
+        if self.delivery == "reliable":
+            in_redis = Counter(self.queue.in_flight(self.id))
+            kept: deque[Delivery] = deque()
+            for d in self._held:
+                if in_redis[d.raw] > 0:
+                    in_redis[d.raw] -= 1
+                    kept.append(d)
+            self._held = kept
+            orphans = list(in_redis.elements())
+            if orphans:
+                self.log.warning("in_flight_adopted", count=len(orphans))
+                self._accept(orphans)
+        self._resync = False
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def _stop(self) -> int:
+        """Put back what was taken but not started, settle the rest, deregister."""
+        for d in reversed(self._held):  # reversed: each release goes to the head of the queue
+            self._outcomes.add("release", d.raw)
+        released, self._held = len(self._held), deque()
+        while True:  # bounded: the housekeeper ends the process when the grace runs out
+            try:
+                self.queue.settle(self.id, self.delivery, self._outcomes)
+                if self.queue.deregister(self.id):
+                    break
+                self._sync_with_redis()  # something is still held: find out what, put it back
+                for d in reversed(self._held):
+                    self._outcomes.add("release", d.raw)
+                released, self._held = released + len(self._held), deque()
+            except REDIS_UNAVAILABLE as error:
+                self._outage.failed(error, lambda: self.shutdown.forced)
+        self.log.info("worker_stopped", released=released)
+        return 0
+
+    # -- housekeeping thread -----------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        next_beat = next_recovery = time.monotonic()
+        stop_requested_at = None
+        while not self._finished.wait(HOUSEKEEPING_TICK):
+            now = time.monotonic()
+            if self.shutdown.forced:
+                self.log.warning("worker_forced_exit", signal=self.shutdown.signum)
+                os._exit(128 + self.shutdown.signum)
+            if self.shutdown.requested:
+                if stop_requested_at is None:
+                    stop_requested_at = now
+                    self.log.info("worker_stopping", grace=self.grace)
+                elif now - stop_requested_at > self.grace:
+                    self.log.error("worker_grace_expired", grace=self.grace)
+                    os._exit(1)
+            try:
+                if now >= next_beat and not self._resync:
+                    self.queue.heartbeat(self.id, self.worker_timeout)
+                    next_beat = now + self.worker_timeout / 3
+                if now >= next_recovery:
+                    next_recovery = now + RECOVERY_INTERVAL * random.uniform(0.75, 1.25)
+                    for item in self.queue.recover_dead_workers(skip=self.id):
+                        self.log.warning(
+                            "message_recovered", id=item.message_id, attempts=item.attempts,
+                            dead_worker=item.worker_id, dead_lettered=item.dead_lettered,
+                        )
+            except REDIS_UNAVAILABLE:
+                pass  # the main loop logs the outage and resyncs; we try again next tick
