@@ -43,3 +43,21 @@ def queue_name() -> str:
 @pytest.fixture
 def client(shared_redis) -> redis.Redis:
     return shared_redis.client()
+
+
+@pytest.fixture
+def processes():
+    """Start scripts with processes.start(...); every one still running is killed at teardown."""
+    from support import Process
+
+    started: list[Process] = []
+
+    class Starter:
+        def start(self, script: str, *args: str, env: dict) -> Process:
+            process = Process(script, *args, env=env)
+            started.append(process)
+            return process
+
+    yield Starter()
+    for process in started:
+        process.kill()

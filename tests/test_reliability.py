@@ -1,0 +1,147 @@
+"""Nothing lost: killed workers, long jobs, backoff, shutdown, Redis outages, duplicates."""
+
+import json
+import os
+import signal
+import time
+
+from support import run, script_env, stats, wait_until
+from workqueue import Queue, Worker
+from workqueue.keys import QueueKeys
+
+
+def in_flight_total(client, queue):
+    return sum(client.llen(key) for key in client.scan_iter(match=QueueKeys(queue).in_flight_pattern))
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_killed_workers_message_is_recovered_with_one_more_attempt(shared_redis, client, queue_name, processes):
+    """A worker SIGKILLed while holding a message: another processes it within WORKER_TIMEOUT + a few s."""
+    env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=2)
+    doomed = processes.start("worker/main.py", "--work-seconds", "60", env=env)
+    doomed.wait_for("worker_started", timeout=15)
+    Queue.connect(shared_redis.url, queue_name).push({"job": 1})
+    wait_until(lambda: in_flight_total(client, queue_name) == 1, timeout=10)
+    doomed.popen.kill()
+    killed_at = time.monotonic()
+    rescuer = processes.start("worker/main.py", env=env)
+    [processed] = rescuer.wait_for("message_processed", timeout=15)
+    assert time.monotonic() - killed_at < 2 + 5
+    [recovered] = rescuer.named("message_recovered")
+    assert recovered["attempts"] == 1 and recovered["dead_worker"] == doomed.named("worker_started")[0]["worker"]
+    assert processed["attempts"] == 1 and processed["id"] == recovered["id"]
+    assert stats(shared_redis.url, queue_name)["recovered"] == 1
+
+
+def test_long_job_keeps_its_message_while_its_worker_lives(shared_redis, client, queue_name, processes):
+    """A 5-second job with WORKER_TIMEOUT 2 is processed once, by one worker, while another idles."""
+    env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=2)
+    workers = [processes.start("worker/main.py", "--work-seconds", "5", env=env) for _ in range(2)]
+    for worker in workers:
+        worker.wait_for("worker_started", timeout=15)
+    Queue.connect(shared_redis.url, queue_name).push({"job": "long"})
+    wait_until(lambda: any(w.named("message_processed") for w in workers), timeout=15)
+    time.sleep(1.5)  # time for a wrong recovery and second run to show up, were there one
+    processed = [e for w in workers for e in w.named("message_processed")]
+    assert len(processed) == 1 and processed[0]["attempts"] == 0
+    assert not [e for w in workers for e in w.named("message_recovered")]
+
+
+def test_failed_message_waits_its_backoff_and_idle_worker_does_not_spin(shared_redis, queue_name, processes):
+    """A failure is retried no sooner than its logged backoff; an idle worker uses < 0.2 s CPU in 5 s."""
+    env = script_env(shared_redis.url, queue_name, RETRY_BACKOFF=0.5, MAX_ATTEMPTS=3)
+    worker = processes.start("worker/main.py", "--fail-rate", "1", env=env)
+    worker.wait_for("worker_started", timeout=15)
+    Queue.connect(shared_redis.url, queue_name).push({"job": "fails"})
+    first, second = worker.wait_for("message_retried", timeout=15, count=2)
+    dead = worker.wait_for("message_dead_lettered", timeout=15)[0]
+
+    def at(event):
+        return time.mktime(time.strptime(event["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + event["timestamp"][20:26])
+
+    assert at(second) - at(first) >= first["retry_in"] - 0.002
+    assert at(dead) - at(second) >= second["retry_in"] - 0.002
+    time.sleep(1)
+    before = cpu_seconds(worker.popen.pid)
+    time.sleep(5)
+    assert cpu_seconds(worker.popen.pid) - before < 0.2
+
+
+def test_sigterm_mid_job_finishes_acknowledges_and_exits_0(shared_redis, client, queue_name, processes):
+    """SIGTERM during a job: the job completes and is acknowledged, exit 0 within the grace, nothing held."""
+    env = script_env(shared_redis.url, queue_name, GRACE=10)
+    worker = processes.start("worker/main.py", "--work-seconds", "2", env=env)
+    worker.wait_for("worker_started", timeout=15)
+    queue = Queue.connect(shared_redis.url, queue_name)
+    first, second = queue.push({"n": 1}), queue.push({"n": 2})
+    wait_until(lambda: in_flight_total(client, queue_name) >= 1, timeout=10)
+    worker.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert worker.wait(timeout=15) == 0
+    assert time.monotonic() - signalled < 10
+    assert [e["id"] for e in worker.named("message_processed")] == [first]
+    assert in_flight_total(client, queue_name) == 0
+    assert [json.loads(raw)["id"] for raw in client.lrange(queue_name, 0, -1)] == [second]
+    result = stats(shared_redis.url, queue_name)
+    assert result["workers"] == 0 and result["unaccounted"] == 0
+
+
+def test_second_signal_exits_at_once_and_recovery_brings_the_message_back(shared_redis, client, queue_name, processes):
+    """A second SIGTERM ends the worker at once; its message comes back through recovery."""
+    env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=2)
+    worker = processes.start("worker/main.py", "--work-seconds", "30", env=env)
+    worker.wait_for("worker_started", timeout=15)
+    message_id = Queue.connect(shared_redis.url, queue_name).push({"n": 1})
+    wait_until(lambda: in_flight_total(client, queue_name) == 1, timeout=10)
+    worker.signal(signal.SIGTERM)
+    worker.wait_for("worker_stopping", timeout=5)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=5) == 128 + signal.SIGTERM
+    rescuer = processes.start("worker/main.py", env=env)
+    [processed] = rescuer.wait_for("message_processed", timeout=15)
+    assert processed["id"] == message_id and processed["attempts"] == 1
+
+
+def test_same_message_pushed_twice_runs_the_handler_once(shared_redis, queue_name):
+    """A message pushed twice with one id (in one batch, and again later) runs its handler once."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    seen = []
+    queue.push({"n": 1}, message_id="order-42")
+    queue.push({"n": 1}, message_id="order-42")
+    Worker(queue, lambda m: seen.append(m.id), burst=True).run()
+    queue.push({"n": 1}, message_id="order-42")
+    Worker(queue, lambda m: seen.append(m.id), burst=True).run()
+    assert seen == ["order-42"]
+    result = queue.stats()
+    assert result["duplicates_skipped"] == 2 and result["completed"] == 1 and result["unaccounted"] == 0
+
+
+def test_redis_killed_for_3_seconds_loses_nothing(own_redis, queue_name, processes):
+    """Redis SIGKILLed for 3 s under a producer and two workers: all live on, every push accounted for."""
+    env = script_env(own_redis.url, queue_name, WORKER_TIMEOUT=10)
+    workers = [processes.start("worker/main.py", "--work-seconds", "0.01", env=env) for _ in range(2)]
+    producer = processes.start("app/main.py", "--count", "150", "--interval", "0.03", env=env)
+    producer.wait_for("message_pushed", timeout=15, count=30)
+    own_redis.kill()
+    time.sleep(3)
+    assert producer.popen.poll() is None and all(w.popen.poll() is None for w in workers)
+    own_redis.start()
+    assert producer.wait(timeout=60) == 0
+    pushed = {e["id"] for e in producer.named("message_pushed")}
+    assert len(pushed) == 150
+
+    def drained():
+        return {e["id"] for w in workers for e in w.named("message_processed")} >= pushed
+
+    wait_until(drained, timeout=60)
+    for worker in workers:
+        worker.signal()
+    assert [w.wait(timeout=30) for w in workers] == [0, 0]
+    assert producer.named("redis_unavailable") and all(w.named("redis_unavailable") for w in workers)
+    result = stats(own_redis.url, queue_name)
+    assert result["unaccounted"] == 0 and result["pending"] == 0 and result["in_flight"] == 0
