@@ -27,6 +27,14 @@ LABELS = {
 }
 
 
+def print_stats(queue: Queue) -> None:
+    """Print a queue's stats as a table, one labelled line per figure."""
+    result = queue.stats()
+    print(f"queue {queue.name} at {queue.location}")
+    for name, value in result.items():
+        print(f"  {name:<19}{value:>10}  {LABELS[name]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workqueue", description="Inspect a workqueue queue.")
     parser.add_argument("--queue", help="queue name (default: QUEUE_NAME, else demo-1)")
@@ -45,13 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     queue = Queue.from_settings(settings)
     try:
         if args.command == "stats":
-            result = queue.stats()
             if args.json:
-                print(json.dumps(result))
+                print(json.dumps(queue.stats()))
             else:
-                print(f"queue {settings.queue_name} at {queue.location}")
-                for name, value in result.items():
-                    print(f"  {name:<19}{value:>10}  {LABELS[name]}")
+                print_stats(queue)
         else:
             for entry in queue.dead_letters(limit):
                 print(entry.decode(errors="replace"))

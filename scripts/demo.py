@@ -1,0 +1,134 @@
+"""The demo behind scripts/demo: producer + workers with prefixed logs, then the final counts."""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+from dotenv import load_dotenv
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workqueue.cli import print_stats  # noqa: E402
+from workqueue.queue import Queue  # noqa: E402
+from workqueue.settings import ConfigError, Settings  # noqa: E402
+
+
+def answers(url: str) -> bool:
+    try:
+        return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
+    except (redis.exceptions.RedisError, ValueError):
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_throwaway_redis(directory: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not answers(url):
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise SystemExit(f"error: redis-server did not start on 127.0.0.1:{port}")
+        time.sleep(0.05)
+    return server, url
+
+
+def relay(name: str, stream) -> None:
+    """Copy a child's log lines to our stdout, each prefixed with the child's name."""
+    for line in stream:
+        sys.stdout.write(f"[{name:<9}] {line}")
+        sys.stdout.flush()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run the workqueue demo.")
+    parser.add_argument("--seconds", type=float, help="stop by itself after this many seconds")
+    parser.add_argument("--workers", type=int, default=3, help="how many workers (default 3)")
+    args = parser.parse_args()
+    load_dotenv(ROOT / ".env", override=False)
+    try:
+        settings = Settings.load()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LOG_FORMAT=os.environ.get("LOG_FORMAT", "console"))
+    server, scratch = None, None
+    if answers(settings.redis_url):
+        print(f"using the Redis at {settings.masked_url}")
+    else:
+        if shutil.which("redis-server") is None:
+            print(f"error: no Redis answers at {settings.masked_url} and redis-server is not installed "
+                  "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)", file=sys.stderr)
+            return 1
+        scratch = tempfile.mkdtemp(prefix="workqueue-demo-")
+        server, env["REDIS_URL"] = start_throwaway_redis(scratch)
+        print(f"no Redis at {settings.masked_url}; started a throwaway redis-server at {env['REDIS_URL']}")
+
+    commands = {"producer": [sys.executable, "app/main.py", "--interval", "0.5"]}
+    for n in range(1, args.workers + 1):
+        commands[f"worker-{n}"] = [sys.executable, "worker/main.py", "--fail-rate", "0.3", "--work-seconds", "0.3"]
+    children = {}
+    threads = []
+    try:
+        for name, command in commands.items():
+            # A session of their own: Ctrl-C reaches only us, and we stop them in order.
+            child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+            children[name] = child
+            threads.append(threading.Thread(target=relay, args=(name, child.stderr), daemon=True))
+            threads[-1].start()
+        stop.wait(args.seconds)
+        print("stopping: SIGTERM to the producer and the workers ...")
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        for thread in threads:
+            thread.join(timeout=5)
+        try:
+            print_stats(Queue.from_settings(Settings.load(os.environ | {"REDIS_URL": env.get("REDIS_URL", settings.redis_url)})))
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=10)
+                shutil.rmtree(scratch, ignore_errors=True)
+    codes = {name: child.returncode for name, child in children.items()}
+    failed = {name: code for name, code in codes.items() if code != 0}
+    if failed:
+        print(f"error: these exited with a failure code: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

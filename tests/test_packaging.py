@@ -1,0 +1,104 @@
+"""Docker Compose, Dockerfile and README, checked by reading them (no Docker engine here)."""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import yaml
+
+from support import PYTHON, ROOT, free_port
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+README = (ROOT / "README.md").read_text()
+
+
+def interpolate(value: str, env: dict | None = None) -> str:
+    """Resolve ${VAR:-default} the way Compose does, with VAR unset unless given."""
+    env = env or {}
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1), m.group(2)), value)
+
+
+def test_compose_redis_is_private_persistent_and_health_checked():
+    """Redis has a password, AOF on a named volume, an authenticating PONG check, and a loopback port."""
+    redis = COMPOSE["services"]["redis"]
+    command = [interpolate(part) for part in redis["command"]]
+    assert command[:3] == ["redis-server", "--requirepass", "secret"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.split(":")[0] in COMPOSE["volumes"] and v.endswith(":/data") for v in redis["volumes"])
+    assert interpolate(redis["environment"]["REDISCLI_AUTH"]) == "secret"
+    test = redis["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and "redis-cli" in test[1] and "grep -q PONG" in test[1]
+    assert [interpolate(p) for p in redis["ports"]] == ["127.0.0.1:6379:6379"]
+
+
+def test_compose_apps_wait_for_healthy_redis_and_use_its_password():
+    """Producer and worker wait for a healthy Redis, reach it as `redis` with the same password."""
+    for name in ("producer", "worker"):
+        service = COMPOSE["services"][name]
+        assert service["build"] == "."
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        url = interpolate(service["environment"]["REDIS_URL"])
+        assert url == "redis://:secret@redis:6379/0"
+        assert interpolate(service["environment"]["REDIS_URL"], {"REDIS_PASSWORD": "other"}) == "redis://:other@redis:6379/0"
+    assert "ports" not in COMPOSE["services"]["worker"]  # so --scale worker=3 does not clash
+
+
+def test_compose_commands_are_exec_form_and_documented():
+    """Commands are exec-form lists (signals reach Python), run real files, and the README shows them."""
+    for name in ("producer", "worker"):
+        command = COMPOSE["services"][name]["command"]
+        assert isinstance(command, list) and command[0] == "python"
+        assert (ROOT / command[1]).is_file()
+        assert f"python {command[1]}" in README
+        help_text = subprocess.run([PYTHON, command[1], "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+        for flag in command[2:]:
+            if flag.startswith("--"):
+                assert flag in help_text
+    assert "docker compose up --build" in README and "--scale worker=3" in README
+    assert "docker compose run redis redis-cli -h redis -a secret -n 0" in README
+
+
+def test_dockerfile_copies_what_exists_and_runs_exec_form():
+    """Every COPY source exists, and CMD is exec form so SIGTERM reaches the worker."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    for line in lines:
+        if line.startswith("COPY"):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), source
+    [cmd] = [line for line in lines if line.startswith("CMD")]
+    assert cmd.startswith('CMD ["python"')
+
+
+def test_every_setting_and_event_is_in_the_readme():
+    """Each setting, CLI command and log event the code defines appears in the README."""
+    from workqueue.settings import Settings
+    from dataclasses import fields
+
+    for field in fields(Settings):
+        assert f"`{field.name.upper()}`" in README
+    code = "".join(p.read_text() for p in (ROOT / "workqueue").glob("*.py"))
+    for event in set(re.findall(r'log\.(?:info|warning|error|debug)\(\s*"(\w+)"', code)):
+        assert f"`{event}`" in README, event
+    assert "python -m workqueue stats" in README and "python -m workqueue dead" in README
+
+
+def test_demo_starts_its_own_redis_and_cleans_up():
+    """scripts/demo --seconds 10 with no Redis at REDIS_URL: own Redis, pushes, processes, retries, exit 0, nothing left."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("QUEUE_NAME",)}
+    env.update(REDIS_URL=f"redis://127.0.0.1:{port}/0", LOG_FORMAT="json")
+    done = subprocess.run([str(ROOT / "scripts/demo"), "--seconds", "10"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "started a throwaway redis-server" in out
+    events = [json.loads(line.split("] ", 1)[1]) for line in out.splitlines() if line.startswith("[")]
+    names = {(e["event"], e["level"]) for e in events}
+    assert {("message_pushed", "info"), ("message_processed", "info"), ("message_retried", "warning")} <= names
+    assert {e["worker"] for e in events if e["event"] == "worker_stopped"} == {e["worker"] for e in events if e["event"] == "worker_started"}
+    assert re.search(r"unaccounted\s+0\b", out)
+    time.sleep(0.5)
+    leftovers = subprocess.run(["pgrep", "-f", f"redis-server.*:{port}|scripts/demo.py"], capture_output=True, text=True).stdout
+    assert leftovers.strip() == ""
