@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--queue", help="queue name (QUEUE_NAME, default demo-1)")
     parser.add_argument("--delivery", help="reliable (default) or simple (DELIVERY)")
     parser.add_argument("--max-attempts", help="failed tries before dead-lettering (MAX_ATTEMPTS, default 3)")
-    parser.add_argument("--prefetch", help="most messages taken per round trip (PREFETCH, default 100)")
+    parser.add_argument("--prefetch", help="most messages taken per round trip (PREFETCH, default 200)")
     parser.add_argument("--worker-timeout", help="seconds of silence before a worker is presumed dead (WORKER_TIMEOUT, default 30)")
     parser.add_argument("--grace", help="seconds to finish the current message on SIGTERM (GRACE, default 30)")
     parser.add_argument("--fail-rate", default="0", help="demo: probability that a try fails (default 0)")

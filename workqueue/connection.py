@@ -15,18 +15,19 @@ from typing import Any, Callable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, OutOfMemoryError, ReadOnlyError, TimeoutError
 from redis.retry import Retry
 
 # Blocking pops wait at most this long, then loop; the socket allows twice that plus slack.
 BLOCK_SECONDS = 2.0
 SOCKET_TIMEOUT = 2 * BLOCK_SECONDS + 5.0
 
-# Errors that mean "Redis is not answering right now": back off and try again. NoScriptError
-# means Redis restarted without its script cache; the caller reloads and re-reads its state.
-REDIS_UNAVAILABLE = (ConnectionError, TimeoutError, NoScriptError)
+# Errors that mean "Redis cannot take our writes right now": back off and try again.
+# NoScriptError means Redis restarted without its script cache: reload and re-read our state.
+# OutOfMemoryError (maxmemory reached) and ReadOnlyError (a replica after failover) pass too.
+REDIS_UNAVAILABLE = (ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError)
 
-SCRIPT_NAMES = ("fetch", "settle", "heartbeat", "expired")
+SCRIPT_NAMES = ("push", "fetch", "settle", "heartbeat", "expired", "stats")
 
 
 def connect(url: str) -> redis.Redis:

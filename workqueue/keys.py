@@ -47,11 +47,12 @@ class QueueKeys:
         """Hash of counters, each updated in the same atomic step as the transition it counts."""
         return f"{{{self.queue}}}:stats"
 
-    def in_flight(self, worker_id: str) -> str:
-        """List of the messages one reliable worker has taken and not yet settled."""
-        return f"{{{self.queue}}}:in_flight:{worker_id}"
-
     @property
-    def in_flight_pattern(self) -> str:
-        """Glob matching every worker's in-flight list (for `stats`, never on a hot path)."""
-        return f"{{{self.queue}}}:in_flight:*"
+    def settled(self) -> str:
+        """Hash of worker id -> number of its last applied settle call, so a resend is a no-op."""
+        return f"{{{self.queue}}}:settled"
+
+    def in_flight(self, worker_id: str) -> str:
+        """List of the messages one worker has taken and not yet settled. Only a worker listed
+        in `workers` has a non-empty one, so recovery and stats find them all without SCAN."""
+        return f"{{{self.queue}}}:in_flight:{worker_id}"

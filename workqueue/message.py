@@ -12,16 +12,17 @@ import json
 import random
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+
+_loads = json.JSONDecoder().decode  # skips json.loads' per-call type and encoding checks
 
 
 class MalformedMessage(ValueError):
     """Raised for list elements that are not a message; the text is the reason."""
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """A decoded message. `raw` is the exact stored text, which identifies it in Redis lists."""
 
     raw: bytes
@@ -45,7 +46,8 @@ class Message:
 
 
 def encode(fields: dict[str, Any]) -> bytes:
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII-only: any text survives, even lone surrogates from odd exception messages.
+    return json.dumps(fields, separators=(",", ":")).encode()
 
 
 def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
@@ -57,13 +59,18 @@ def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
 def decode(raw: bytes) -> Message:
     """Decode one list element, or raise MalformedMessage saying why it is not a message."""
     try:
-        fields = json.loads(raw)
+        fields = _loads(raw.decode())
     except ValueError as error:  # UnicodeDecodeError is a ValueError too
         raise MalformedMessage(f"not valid JSON: {error}") from None
     if not isinstance(fields, dict):
         raise MalformedMessage(f"not a JSON object but {type(fields).__name__}")
-    if not isinstance(fields.get("id"), str) or not fields["id"]:
+    message_id = fields.get("id")
+    if not isinstance(message_id, str) or not message_id:
         raise MalformedMessage("no id: a message needs a non-empty string 'id'")
+    try:
+        message_id.encode()
+    except UnicodeEncodeError:
+        raise MalformedMessage("'id' is not valid Unicode") from None
     attempts = fields.get("attempts", 0)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
         raise MalformedMessage("'attempts' must be a whole number of at least 0")

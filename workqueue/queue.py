@@ -29,9 +29,13 @@ class Outcomes:
 
     args: list[Any] = field(default_factory=list)
     first_at: float = 0.0  # time.monotonic() of the oldest one, to bound how long acks wait
+    sequence: int = 1  # numbers each settle call; a resend of an applied one changes nothing
 
     def __len__(self) -> int:
         return len(self.args) // 4
+
+    def __bool__(self) -> bool:
+        return bool(self.args)
 
     def add(self, op: str, raw: bytes, new_raw: bytes = b"", arg: Any = "") -> None:
         if not self.args:
@@ -39,7 +43,9 @@ class Outcomes:
         self.args += (op, raw, new_raw, arg)
 
     def clear(self) -> None:
+        """Forget the outcomes once Redis confirmed them; the next batch gets a new number."""
         self.args = []
+        self.sequence += 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,11 @@ class Recovered:
     message_id: str | None
     attempts: int
     dead_lettered: bool
+
+
+def _pairs(reply: list[Any]) -> list[tuple[bytes, bool]]:
+    """The fetch script's reply [wait_ms, message, done, message, done, ...] as pairs."""
+    return [(reply[i], reply[i + 1] == 1) for i in range(1, len(reply), 2)]
 
 
 class Queue:
@@ -107,42 +118,52 @@ class Queue:
         return [message_id for message_id, _ in built]
 
     def push_encoded(self, raws: Sequence[bytes]) -> None:
-        """Append encoded messages; each chunk is one MULTI with its `produced` count.
+        """Append encoded messages; each chunk is one script call that also counts them.
 
         After a connection error the caller may push the same messages again: a chunk that did
         reach Redis is then delivered twice, and the second copy is skipped by id.
         """
         for start in range(0, len(raws), PUSH_CHUNK):
-            chunk = raws[start : start + PUSH_CHUNK]
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(self.keys.pending, *chunk)
-                pipe.hincrby(self.keys.stats, "produced", len(chunk))
-                pipe.execute()
+            self.scripts.call("push", [self.keys.pending, self.keys.stats], raws[start : start + PUSH_CHUNK])
 
     # -- consuming ---------------------------------------------------------------------------
 
-    def fetch(self, worker_id: str, count: int, delivery: str, outcomes: Outcomes | None = None) -> tuple[list[bytes], int]:
+    def fetch(
+        self, worker_id: str, count: int, delivery: str, outcomes: Outcomes | None = None, *, worker_timeout: float = 30.0
+    ) -> tuple[list[tuple[bytes, bool]], int]:
         """Settle `outcomes` and take up to `count` messages, in one round trip.
 
-        Returns (messages, wait_ms): when nothing was taken, wait_ms says how long until a retry
-        is due (-1: none is waiting).
+        Returns ([(message, already_completed), ...], wait_ms): when nothing was taken, wait_ms
+        says how long until a retry is due (-1: none is waiting).
         """
-        in_flight = self.keys.in_flight(worker_id)
         with self.client.pipeline(transaction=False) as pipe:
             if outcomes:
-                self._settle(pipe, in_flight, delivery, outcomes.args)
-            self.scripts.call("fetch", [self.keys.pending, in_flight, self.keys.delayed], [count, delivery], pipe)
+                self._settle(pipe, worker_id, delivery, outcomes)
+            self._fetch(pipe, worker_id, count, delivery, False, worker_timeout)
             reply = pipe.execute()[-1]
         if outcomes:
             outcomes.clear()
-        return reply[1:], int(reply[0])
+        return _pairs(reply), int(reply[0])
 
-    def block(self, worker_id: str, delivery: str, timeout: float) -> bytes | None:
-        """Wait up to `timeout` seconds for one message (BLMOVE, or BLPOP in simple delivery)."""
-        if delivery == "reliable":
-            return self.client.blmove(self.keys.pending, self.keys.in_flight(worker_id), timeout, "LEFT", "RIGHT")
-        popped = self.client.blpop([self.keys.pending], timeout)
-        return popped[1] if popped else None
+    def block(self, worker_id: str, delivery: str, timeout: float, count: int, *, worker_timeout: float = 30.0) -> list[tuple[bytes, bool]]:
+        """Wait up to `timeout` seconds for a message, then take up to `count` - 1 more.
+
+        BLMOVE moves the first message into our in-flight list; the fetch script rides in the
+        same pipeline, so Redis runs it the moment BLMOVE returns: one round trip after a wake-up
+        covers the de-duplication check too. (In simple delivery the script pops it back out.)
+        """
+        in_flight = self.keys.in_flight(worker_id)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.blmove(self.keys.pending, in_flight, timeout, "LEFT", "RIGHT")
+            self._fetch(pipe, worker_id, count - 1, delivery, True, worker_timeout)
+            reply = pipe.execute()[-1]
+        return _pairs(reply)
+
+    def _fetch(self, pipe: Any, worker_id: str, count: int, delivery: str, woken: bool, worker_timeout: float) -> None:
+        k = self.keys
+        keys = [k.pending, k.in_flight(worker_id), k.delayed, k.done, k.workers]
+        args = [count, delivery, "1" if woken else "0", worker_id, max(1, int(worker_timeout * 1000))]
+        self.scripts.call("fetch", keys, args, pipe)
 
     def settle(self, worker_id: str, delivery: str, outcomes: Outcomes, *, recovering: bool = False) -> list[bool]:
         """Apply outcomes for messages held by `worker_id`; idempotent, so safe to resend.
@@ -150,20 +171,15 @@ class Queue:
         Returns, per outcome, whether it applied (False: another worker had recovered it)."""
         if not outcomes and not recovering:
             return []
-        applied = self._settle(self.client, self.keys.in_flight(worker_id), delivery, outcomes.args, worker_id if recovering else "")
+        applied = self._settle(None, worker_id, delivery, outcomes, recovering)
         outcomes.clear()
         return [bool(flag) for flag in applied]
 
-    def _settle(self, target: Any, in_flight: str, delivery: str, args: list[Any], holder: str = "") -> Any:
+    def _settle(self, pipe: Any, worker_id: str, delivery: str, outcomes: Outcomes, recovering: bool = False) -> Any:
         k = self.keys
-        keys = [in_flight, k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers]
-        return self.scripts.call("settle", keys, [delivery, self.dedup_ttl_ms, holder, *args], None if target is self.client else target)
-
-    def completed(self, message_ids: Sequence[str]) -> list[bool]:
-        """Which of these ids were completed within the de-duplication window."""
-        if not message_ids:
-            return []
-        return [score is not None for score in self.client.zmscore(self.keys.done, list(message_ids))]
+        keys = [k.in_flight(worker_id), k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers, k.settled]
+        args = [delivery, self.dedup_ttl_ms, worker_id, 0 if recovering else outcomes.sequence, *outcomes.args]
+        return self.scripts.call("settle", keys, args, pipe)
 
     def in_flight(self, worker_id: str) -> list[bytes]:
         """What Redis says this worker holds (the truth after a lost reply)."""
@@ -187,11 +203,13 @@ class Queue:
 
     def heartbeat(self, worker_id: str, timeout: float) -> None:
         """Register `worker_id` as alive for `timeout` more seconds (by the Redis clock)."""
-        self.scripts.call("heartbeat", [self.keys.workers, self.keys.in_flight(worker_id)], [worker_id, max(1, int(timeout * 1000))])
+        keys = [self.keys.workers, self.keys.in_flight(worker_id), self.keys.settled]
+        self.scripts.call("heartbeat", keys, [worker_id, max(1, int(timeout * 1000))])
 
     def deregister(self, worker_id: str) -> bool:
         """Remove a worker that holds nothing; False (and still registered) if it holds messages."""
-        return bool(self.scripts.call("heartbeat", [self.keys.workers, self.keys.in_flight(worker_id)], [worker_id, 0]))
+        keys = [self.keys.workers, self.keys.in_flight(worker_id), self.keys.settled]
+        return bool(self.scripts.call("heartbeat", keys, [worker_id, 0]))
 
     def recover_dead_workers(self, skip: str = "", limit: int = 100) -> list[Recovered]:
         """Take back what workers presumed dead were holding: each message returns to the queue
@@ -220,32 +238,28 @@ class Queue:
 
     # -- inspection --------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, int]:
-        """Counts, counters and the balance of messages unaccounted for (0: nothing lost)."""
+    def stats(self, attempts: int = 50) -> dict[str, int]:
+        """Counts, counters and the balance of messages unaccounted for (0: nothing lost).
+
+        One script reads everything at one instant. It needs the in-flight list of every
+        registered worker as a key, so it refuses when a worker came or went since we listed
+        them, and we list them again (bounded by `attempts`)."""
         k = self.keys
-        in_flight_keys = list(self.client.scan_iter(match=k.in_flight_pattern, count=1000))
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.llen(k.pending)
-            pipe.zcard(k.delayed)
-            pipe.llen(k.dead_letter)
-            pipe.hgetall(k.stats)
-            pipe.time()
-            pipe.zrange(k.workers, 0, -1, withscores=True)
-            for key in in_flight_keys:
-                pipe.llen(key)
-            pending, delayed, dead, counters, server_time, workers, *held = pipe.execute()
-        now_ms = server_time[0] * 1000 + server_time[1] // 1000
-        result = {
-            "pending": pending,
-            "in_flight": sum(held),
-            "delayed": delayed,
-            "dead": dead,
-            "workers": sum(1 for _, deadline in workers if deadline > now_ms),
-        }
-        result.update({name: int(counters.get(name.encode(), 0)) for name in COUNTERS})
+        for _ in range(attempts):
+            ids = [raw.decode() for raw in self.client.zrange(k.workers, 0, -1)]
+            keys = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, *(k.in_flight(i) for i in ids)]
+            reply = self.scripts.call("stats", keys, ids)
+            if reply[0] == 1:
+                break
+        else:
+            raise RuntimeError(f"workers kept coming and going; no consistent stats after {attempts} tries")
+        pending, delayed, dead, workers, in_flight = reply[1:6]
+        counters = {reply[i].decode(): int(reply[i + 1]) for i in range(6, len(reply), 2)}
+        result = {"pending": pending, "in_flight": in_flight, "delayed": delayed, "dead": dead, "workers": workers}
+        result.update({name: counters.get(name, 0) for name in COUNTERS})
         result["unaccounted"] = (
             result["produced"] - result["completed"] - result["dead_lettered"] - result["duplicates_skipped"]
-            - pending - delayed - result["in_flight"]
+            - pending - delayed - in_flight
         )
         return result
 

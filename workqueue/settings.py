@@ -116,7 +116,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     delivery: str = "reliable"
-    prefetch: int = 100
+    prefetch: int = 200
     worker_timeout: float = 30.0
     retry_backoff: float = 1.0
     retry_backoff_max: float = 300.0

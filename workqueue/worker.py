@@ -33,7 +33,7 @@ RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one
 HOUSEKEEPING_TICK = 0.2
 
 
-@dataclass
+@dataclass(slots=True)
 class Delivery:
     """A message taken from Redis and not started yet."""
 
@@ -52,7 +52,7 @@ class Worker:
         handler: Handler,
         *,
         delivery: str = "reliable",
-        prefetch: int = 100,
+        prefetch: int = 200,
         burst: bool = False,
         grace: float = 30.0,
         worker_timeout: float = 30.0,
@@ -61,6 +61,8 @@ class Worker:
     ) -> None:
         if delivery not in ("reliable", "simple"):
             raise ValueError("delivery must be 'reliable' or 'simple'")
+        if not 1 <= prefetch <= 1000:  # the Lua scripts unpack() up to this many values
+            raise ValueError("prefetch must be from 1 to 1000")
         self.queue = queue
         self.handler = handler
         self.delivery = delivery
@@ -74,10 +76,13 @@ class Worker:
         self._held: deque[Delivery] = deque()
         self._outcomes = Outcomes()
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
-        self._handler_seconds = BATCH_SECONDS
         self._outage = Outage(self.log)
         self._resync = True  # (re)register and re-read our in-flight list before taking messages
         self._finished = threading.Event()
+        # Held by the housekeeper while it heartbeats, so that no heartbeat can land after we
+        # deregistered (which would leave a ghost "live" worker in stats until its timeout).
+        self._registration = threading.Lock()
+        self._deregistering = False
 
     @classmethod
     def from_settings(cls, settings: Settings, handler: Handler, *, burst: bool = False, queue: Queue | None = None) -> "Worker":
@@ -112,8 +117,7 @@ class Worker:
                 if self._resync:
                     self._sync_with_redis()
                 if self._held:
-                    self._process(self._held.popleft())
-                    self._settle_if_due()
+                    self._work()
                 elif not self._take():
                     return  # burst: nothing left to do
                 self._outage.succeeded()
@@ -124,30 +128,36 @@ class Worker:
     def _take(self) -> bool:
         """Settle what is done and take the next batch, blocking briefly when the queue is empty.
         Returns False when a burst worker has nothing left to wait for."""
-        raws, wait_ms = self.queue.fetch(self.id, self._batch, self.delivery, self._outcomes)
-        if not raws:
+        taken, wait_ms = self.queue.fetch(self.id, self._batch, self.delivery, self._outcomes, worker_timeout=self.worker_timeout)
+        if not taken:
             if self.burst and wait_ms < 0:
                 return False
             timeout = BLOCK_SECONDS if wait_ms < 0 else min(BLOCK_SECONDS, max(wait_ms, 10) / 1000)
-            raw = self.queue.block(self.id, self.delivery, timeout)
-            raws = [raw] if raw is not None else []
-        self._accept(raws)
+            taken = self.queue.block(self.id, self.delivery, timeout, self._batch, worker_timeout=self.worker_timeout)
+        self._accept(taken)
         return True
 
-    def _accept(self, raws: list[bytes]) -> None:
-        """Decode new messages and mark those already completed, or repeated in this batch."""
-        deliveries = []
-        for raw in raws:
+    def _accept(self, taken: list[tuple[bytes, bool]]) -> None:
+        """Decode new messages; `duplicate` comes from the fetch script's check of completed ids."""
+        for raw, duplicate in taken:
             try:
-                deliveries.append(Delivery(raw, message.decode(raw)))
+                self._held.append(Delivery(raw, message.decode(raw), duplicate=duplicate))
             except MalformedMessage as error:
-                deliveries.append(Delivery(raw, None, str(error)))
-        decoded = [d for d in deliveries if d.message is not None]
-        seen = {d.message.id for d in self._held if d.message is not None}
-        self._held.extend(deliveries)  # held first: if the check below fails, resync keeps them
-        for d, done in zip(decoded, self.queue.completed([d.message.id for d in decoded])):
-            d.duplicate = done or d.message.id in seen
-            seen.add(d.message.id)
+                self._held.append(Delivery(raw, None, str(error)))
+
+    def _work(self) -> None:
+        """Process what we hold, settling outcomes once enough are done or the oldest waited
+        ACK_DELAY; then size the next batch to about BATCH_SECONDS of this pace."""
+        held, outcomes, shutdown = self._held, self._outcomes, self.shutdown
+        most = 4 * self.prefetch
+        started, count = time.perf_counter(), 0
+        while held and not shutdown.requested:
+            self._process(held.popleft())
+            count += 1
+            if len(outcomes.args) >= most or time.monotonic() - outcomes.first_at >= ACK_DELAY:
+                self.queue.settle(self.id, self.delivery, outcomes)
+        seconds = (time.perf_counter() - started) / max(count, 1)
+        self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
 
     def _process(self, delivery: Delivery) -> None:
         log, msg = self.log, delivery.message
@@ -159,7 +169,6 @@ class Worker:
             self._outcomes.add("dup", delivery.raw)
             log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
             return
-        started = time.perf_counter()
         try:
             self.handler(msg)
         except Exception as error:  # the handler is user code: any failure is a failed try
@@ -172,16 +181,6 @@ class Worker:
         else:
             self._outcomes.add("done", delivery.raw, b"", msg.id)
             log.info("message_processed", id=msg.id, attempts=msg.attempts)
-        self._adapt_batch(time.perf_counter() - started)
-
-    def _adapt_batch(self, seconds: float) -> None:
-        self._handler_seconds = 0.8 * self._handler_seconds + 0.2 * seconds
-        self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(self._handler_seconds, 1e-6))))
-
-    def _settle_if_due(self) -> None:
-        outcomes = self._outcomes
-        if outcomes and (len(outcomes) >= self.prefetch or time.monotonic() - outcomes.first_at >= ACK_DELAY):
-            self.queue.settle(self.id, self.delivery, outcomes)
 
     def _sync_with_redis(self) -> None:
         """After start-up or a connection error: register, resend unsettled outcomes (settling is
@@ -190,18 +189,18 @@ class Worker:
         self.queue.scripts.load()  # Redis may have restarted without its script cache
         self.queue.heartbeat(self.id, self.worker_timeout)
         self.queue.settle(self.id, self.delivery, self._outcomes)
-        if self.delivery == "reliable":
-            in_redis = Counter(self.queue.in_flight(self.id))
+        in_redis = Counter(self.queue.in_flight(self.id))
+        if self.delivery == "reliable":  # in simple delivery what we hold is in no Redis list
             kept: deque[Delivery] = deque()
             for d in self._held:
                 if in_redis[d.raw] > 0:
                     in_redis[d.raw] -= 1
                     kept.append(d)
             self._held = kept
-            orphans = list(in_redis.elements())
-            if orphans:
-                self.log.warning("in_flight_adopted", count=len(orphans))
-                self._accept(orphans)
+        orphans = list(in_redis.elements())
+        if orphans:
+            self.log.warning("in_flight_adopted", count=len(orphans))
+            self._accept([(raw, False) for raw in orphans])
         self._resync = False
 
     # -- stopping ----------------------------------------------------------------------------
@@ -214,6 +213,8 @@ class Worker:
         while True:  # bounded: the housekeeper ends the process when the grace runs out
             try:
                 self.queue.settle(self.id, self.delivery, self._outcomes)
+                with self._registration:
+                    self._deregistering = True
                 if self.queue.deregister(self.id):
                     break
                 self._sync_with_redis()  # something is still held: find out what, put it back
@@ -221,7 +222,7 @@ class Worker:
                     self._outcomes.add("release", d.raw)
                 released, self._held = released + len(self._held), deque()
             except REDIS_UNAVAILABLE as error:
-                self._outage.failed(error, lambda: self.shutdown.forced)
+                self._outage.failed(error)
         self.log.info("worker_stopped", released=released)
         return 0
 
@@ -244,7 +245,9 @@ class Worker:
                     os._exit(1)
             try:
                 if now >= next_beat and not self._resync:
-                    self.queue.heartbeat(self.id, self.worker_timeout)
+                    with self._registration:
+                        if not self._deregistering:
+                            self.queue.heartbeat(self.id, self.worker_timeout)
                     next_beat = now + self.worker_timeout / 3
                 if now >= next_recovery:
                     next_recovery = now + RECOVERY_INTERVAL * random.uniform(0.75, 1.25)
@@ -255,3 +258,5 @@ class Worker:
                         )
             except REDIS_UNAVAILABLE:
                 pass  # the main loop logs the outage and resyncs; we try again next tick
+            except Exception:  # this thread guards the heartbeat and the grace: it must go on
+                self.log.exception("housekeeping_failed")

@@ -1,13 +1,25 @@
--- fetch: move due retries back to the queue, then take up to COUNT messages from its head.
+-- fetch: move due retries back to the queue, take up to COUNT messages from its head, and say
+-- which of them were already completed (duplicates), so no extra round trip is needed for that.
 -- KEYS[1] pending      the queue list
--- KEYS[2] in_flight    this worker's in-flight list (ignored in simple delivery)
+-- KEYS[2] in_flight    this worker's in-flight list
 -- KEYS[3] delayed      sorted set of retries scored by due time (ms)
--- ARGV[1] count        how many messages to take at most
--- ARGV[2] delivery     'reliable' (move into KEYS[2]) or 'simple' (pop: at most once)
--- Returns {wait_ms, message...}. wait_ms is 0 when messages were taken; otherwise the ms until
--- the next retry is due, or -1 when none is waiting, so an idle worker knows how long to block.
+-- KEYS[4] done         sorted set of completed ids
+-- KEYS[5] workers      sorted set of worker ids scored by heartbeat deadline (ms)
+-- ARGV[1] count        how many messages to take from the queue at most
+-- ARGV[2] delivery     'reliable' (move them into KEYS[2]) or 'simple' (pop them: at most once)
+-- ARGV[3] woken        '1' when this call is pipelined right behind a BLMOVE from KEYS[1] to the
+--                      tail of KEYS[2]: that message is taken first (and in simple delivery
+--                      popped out of KEYS[2] again)
+-- ARGV[4] worker id    whose in-flight list KEYS[2] is
+-- ARGV[5] timeout_ms   its heartbeat timeout: registering in the same step as taking messages
+--                      keeps every non-empty in-flight list listed in KEYS[5], for recovery
+-- Returns {wait_ms, message, done, message, done, ...}. done is 1 when the message's id was
+-- completed already or appears earlier in this batch. wait_ms is 0 when something was taken;
+-- otherwise the ms until the next retry is due, or -1 when none is waiting.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local reliable = ARGV[2] == 'reliable'
+redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), ARGV[4])
 
 -- Bounded so one call never stalls Redis; the rest are promoted by the next fetch.
 local due = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE', 'LIMIT', 0, 1000)
@@ -16,25 +28,50 @@ if #due > 0 then
   redis.call('ZREM', KEYS[3], unpack(due))
 end
 
+local taken = {}
+if ARGV[3] == '1' then
+  local woken
+  if reliable then woken = redis.call('LINDEX', KEYS[2], -1) else woken = redis.call('RPOP', KEYS[2]) end
+  if woken then taken[1] = woken end
+end
 local count = tonumber(ARGV[1])
-local taken
-if ARGV[2] == 'reliable' then
-  taken = redis.call('LRANGE', KEYS[1], 0, count - 1)
-  if #taken > 0 then
-    redis.call('LTRIM', KEYS[1], #taken, -1)
-    redis.call('RPUSH', KEYS[2], unpack(taken))
+if count > 0 then
+  local more
+  if reliable then
+    more = redis.call('LRANGE', KEYS[1], 0, count - 1)
+    if #more > 0 then
+      redis.call('LTRIM', KEYS[1], #more, -1)
+      redis.call('RPUSH', KEYS[2], unpack(more))
+    end
+  else
+    more = redis.call('LPOP', KEYS[1], count) or {}
   end
-else
-  taken = redis.call('LPOP', KEYS[1], count) or {}
+  for _, message in ipairs(more) do taken[#taken + 1] = message end
 end
 
-local wait_ms = 0
 if #taken == 0 then
-  wait_ms = -1
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  if #first > 0 then
-    wait_ms = math.max(1, tonumber(first[2]) - now)
-  end
+  if #first > 0 then return {math.max(1, tonumber(first[2]) - now)} end
+  return {-1}
 end
-table.insert(taken, 1, wait_ms)
-return taken
+
+-- Our encoder writes the id first; anything else (hand-written JSON) is decoded in full.
+local function message_id(raw)
+  local id = string.match(raw, '^{"id":"([^"\\]*)"')
+  if id then return id end
+  local ok, fields = pcall(cjson.decode, raw)
+  if ok and type(fields) == 'table' and type(fields.id) == 'string' then return fields.id end
+  return nil
+end
+
+local reply, seen = {0}, {}
+for _, message in ipairs(taken) do
+  local id, done = message_id(message), 0
+  if id then
+    if seen[id] or redis.call('ZSCORE', KEYS[4], id) then done = 1 end
+    seen[id] = true
+  end
+  reply[#reply + 1] = message
+  reply[#reply + 1] = done
+end
+return reply

@@ -1,6 +1,7 @@
 -- heartbeat: register a worker as alive, or deregister it on a clean exit.
 -- KEYS[1] workers      sorted set of worker ids scored by heartbeat deadline (ms, Redis clock)
 -- KEYS[2] in_flight    the worker's in-flight list
+-- KEYS[3] settled      hash of worker id -> last applied settle sequence number
 -- ARGV[1] worker id
 -- ARGV[2] timeout_ms   how long the worker may stay silent before it is presumed dead;
 --                      0 deregisters it, which succeeds only if it holds nothing
@@ -16,4 +17,5 @@ if redis.call('LLEN', KEYS[2]) > 0 then
   return 0
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return 1

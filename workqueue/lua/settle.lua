@@ -1,81 +1,133 @@
--- settle: apply a batch of outcomes to messages held in an in-flight list, all at once.
--- KEYS[1] in_flight    the holder's in-flight list
+-- settle: apply a batch of outcomes to messages in one worker's in-flight list, all at once.
+-- KEYS[1] in_flight    that worker's in-flight list
 -- KEYS[2] pending      the queue list
 -- KEYS[3] delayed      sorted set of retries scored by due time (ms)
 -- KEYS[4] dead_letter  the dead-letter list
 -- KEYS[5] done         sorted set of completed ids scored by when they may be forgotten (ms)
 -- KEYS[6] stats        hash of counters
 -- KEYS[7] workers      sorted set of worker ids scored by heartbeat deadline (ms)
+-- KEYS[8] settled      hash of worker id -> sequence number of its last applied settle
 -- ARGV[1] delivery     'reliable': an outcome applies only if its message is still in KEYS[1]
 --                      (else another worker recovered it and owns it now); 'simple': always
 -- ARGV[2] dedup_ttl_ms how long a completed id is remembered
--- ARGV[3] holder       '' for the holder itself; a worker id when recovering that worker: then
---                      nothing happens while its heartbeat is alive, and it is deregistered
---                      once its in-flight list is empty
--- ARGV[4..] outcomes, four values each: op, raw, new_raw, arg
+-- ARGV[3] worker id    whose in-flight list KEYS[1] is
+-- ARGV[4] sequence     > 0: the worker settling its own outcomes; a call whose number was
+--                      applied already (a resend after a lost reply) changes nothing.
+--                      0: recovery of a worker presumed dead; nothing happens while its
+--                      heartbeat is alive, and it is deregistered once its list is empty
+-- ARGV[5..] outcomes, four values each: op, raw, new_raw, arg
 --   done     completed; arg = message id (remembered for de-duplication)
 --   dup      skipped as already completed
 --   retry    new_raw waits in delayed for arg ms
 --   dead     new_raw goes to the dead-letter list; arg = '1' when found by recovery
 --   requeue  new_raw goes back to the queue's tail (recovery)
 --   release  raw goes back to the queue's head untouched (never started; send in reverse order)
--- Returns one flag per outcome: 1 if it applied, 0 if its message was no longer held (another
--- worker recovered it); an empty array when the recovered holder turned out to be alive.
+-- Returns one flag per outcome: 1 if it applied, 0 if its message was no longer held; an empty
+-- array when nothing was done (a resend, or the worker being recovered turned out alive).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local reliable = ARGV[1] == 'reliable'
-local holder = ARGV[3]
+local worker = ARGV[3]
+local sequence = tonumber(ARGV[4])
+local first = 5
+local n = (#ARGV - first + 1) / 4
 
-if holder ~= '' then
-  local deadline = redis.call('ZSCORE', KEYS[7], holder)
+-- Every check comes before the first write: a script that fails half-way keeps its writes.
+local known = {done = true, dup = true, retry = true, dead = true, requeue = true, release = true}
+for j = 0, n - 1 do
+  local op = ARGV[first + j * 4]
+  if not known[op] then return redis.error_reply('settle: unknown op ' .. tostring(op)) end
+end
+if sequence > 0 then
+  if tonumber(redis.call('HGET', KEYS[8], worker) or '0') >= sequence then
+    return {}
+  end
+else
+  local deadline = redis.call('ZSCORE', KEYS[7], worker)
   if deadline and tonumber(deadline) > now then
     return {}
   end
 end
 
+-- Which messages are still held. Fast path: outcomes usually come in the order the messages
+-- were taken, so they are the head of the in-flight list and one LTRIM removes them all. In
+-- simple delivery the list is normally empty (it holds only messages adopted after a lost
+-- reply), and an outcome always applies.
+local held = {}
+local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
+local in_order = #head == n
+if in_order then
+  for j = 1, n do
+    if head[j] ~= ARGV[first + (j - 1) * 4 + 1] then in_order = false break end
+  end
+end
+if in_order then
+  redis.call('LTRIM', KEYS[1], n, -1)
+end
+for j = 1, n do
+  if in_order or (#head == 0 and not reliable) then
+    held[j] = true
+  else
+    held[j] = redis.call('LREM', KEYS[1], 1, ARGV[first + (j - 1) * 4 + 1]) == 1 or not reliable
+  end
+end
+
+local counts = {completed = 0, duplicates_skipped = 0, retried = 0, dead_lettered = 0, recovered = 0}
+local done_args = {}
+local forget_at = now + tonumber(ARGV[2])
 local applied = {}
-for i = 4, #ARGV, 4 do
+for j = 1, n do
+  local i = first + (j - 1) * 4
   local op, raw, new_raw, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local held = (not reliable) or redis.call('LREM', KEYS[1], 1, raw) == 1
   if op == 'done' then
-    if held then
-      redis.call('HINCRBY', KEYS[6], 'completed', 1)
-      redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), arg)
+    if held[j] then
+      counts.completed = counts.completed + 1
+      done_args[#done_args + 1] = forget_at
+      done_args[#done_args + 1] = arg
     elseif not redis.call('ZSCORE', KEYS[5], arg) then
       -- Recovered away while we worked: remember the id so the copy back in circulation is
       -- skipped (and counted there as a duplicate), but do not count a completion twice.
-      redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), arg)
+      done_args[#done_args + 1] = forget_at
+      done_args[#done_args + 1] = arg
     end
-  elseif held then
+  elseif held[j] then
     if op == 'dup' then
-      redis.call('HINCRBY', KEYS[6], 'duplicates_skipped', 1)
+      counts.duplicates_skipped = counts.duplicates_skipped + 1
     elseif op == 'retry' then
       -- An identical copy already waiting collapses into one member: count it as a duplicate.
       if redis.call('ZADD', KEYS[3], now + tonumber(arg), new_raw) == 1 then
-        redis.call('HINCRBY', KEYS[6], 'retried', 1)
+        counts.retried = counts.retried + 1
       else
-        redis.call('HINCRBY', KEYS[6], 'duplicates_skipped', 1)
+        counts.duplicates_skipped = counts.duplicates_skipped + 1
       end
     elseif op == 'dead' then
       redis.call('RPUSH', KEYS[4], new_raw)
-      redis.call('HINCRBY', KEYS[6], 'dead_lettered', 1)
-      if arg == '1' then redis.call('HINCRBY', KEYS[6], 'recovered', 1) end
+      counts.dead_lettered = counts.dead_lettered + 1
+      if arg == '1' then counts.recovered = counts.recovered + 1 end
     elseif op == 'requeue' then
       redis.call('RPUSH', KEYS[2], new_raw)
-      redis.call('HINCRBY', KEYS[6], 'recovered', 1)
+      counts.recovered = counts.recovered + 1
     elseif op == 'release' then
       redis.call('LPUSH', KEYS[2], raw)
-    else
-      return redis.error_reply('settle: unknown op ' .. op)
     end
   end
-  applied[#applied + 1] = held and 1 or 0
+  applied[j] = held[j] and 1 or 0
 end
 
+-- In slices: unpack() of more than a few thousand values overflows Lua's stack.
+for i = 1, #done_args, 1000 do
+  redis.call('ZADD', KEYS[5], unpack(done_args, i, math.min(i + 999, #done_args)))
+end
+for name, count in pairs(counts) do
+  if count > 0 then redis.call('HINCRBY', KEYS[6], name, count) end
+end
 -- Forget ids whose de-duplication window has passed (O(log n) when none has).
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
 
-if holder ~= '' and redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[7], holder)
+if sequence > 0 then
+  redis.call('HSET', KEYS[8], worker, sequence)
+elseif redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[7], worker)
+  redis.call('HDEL', KEYS[8], worker)
 end
 return applied
