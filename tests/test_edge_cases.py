@@ -1,0 +1,131 @@
+"""Edge cases found in review: odd text, full memory, lost replies, big batches."""
+
+import json
+import threading
+import time
+
+import pytest
+from structlog.testing import capture_logs
+
+from support import free_port, wait_until
+from workqueue import Queue, Worker, message
+from workqueue.queue import Outcomes
+
+
+def test_unencodable_id_is_dead_lettered_and_odd_error_text_survives(shared_redis, client, queue_name):
+    """An id with a lone surrogate is malformed; an exception text with one is kept escaped."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    client.rpush(queue_name, '{"id": "\\ud800x", "attempts": 0, "body": 1}')
+    queue.push({"n": 1})
+
+    def handler(message):
+        raise ValueError("cannot read /tmp/\udcff")
+
+    Worker(queue, handler, burst=True).run()
+    malformed, failed = [json.loads(raw) for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
+    assert "not valid Unicode" in malformed["error"]
+    assert failed["error"] == "ValueError: cannot read /tmp/\udcff" and failed["attempts"] == 1
+
+
+def test_worker_backs_off_while_redis_is_out_of_memory(own_redis, queue_name):
+    """With Redis refusing writes (maxmemory), the worker warns and waits, then goes on."""
+    queue = Queue.connect(own_redis.url, queue_name)
+    queue.push({"n": 1})
+    seen = []
+    worker = Worker(queue, lambda m: seen.append(m.id), worker_timeout=5)
+    admin = own_redis.client()
+    admin.config_set("maxmemory", 1)
+    with capture_logs() as logs:
+        thread = threading.Thread(target=worker._loop, daemon=True)
+        thread.start()
+        wait_until(lambda: any(e["event"] == "redis_unavailable" for e in logs), timeout=10)
+        assert seen == []
+        admin.config_set("maxmemory", 0)
+        wait_until(lambda: seen, timeout=15)
+        worker.shutdown.request()
+        thread.join(timeout=10)
+    unavailable = [e for e in logs if e["event"] == "redis_unavailable"][0]
+    assert unavailable["log_level"] == "warning" and "OutOfMemoryError" in unavailable["error"]
+    assert any(e["event"] == "redis_available" for e in logs)
+
+
+@pytest.mark.parametrize("delivery", ["reliable", "simple"])
+def test_resent_settle_after_a_lost_reply_changes_nothing(shared_redis, client, queue_name, delivery):
+    """Settling the same numbered batch twice (a resend after a lost reply) applies it once."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    queue.push({"n": 1})
+    taken, _ = queue.fetch("w1", 10, delivery)
+    [(raw, _)] = taken
+    outcomes = Outcomes()
+    queue.retry_or_dead(outcomes, message.decode(raw), "boom")
+    resend = Outcomes(list(outcomes.args), sequence=outcomes.sequence)
+    assert queue.settle("w1", delivery, outcomes) == [True]
+    assert queue.settle("w1", delivery, resend) == []
+    assert client.llen(f"{{{queue_name}}}:dead") == 1
+    result = queue.stats()
+    assert result["dead_lettered"] == 1 and result["unaccounted"] == 0
+
+
+def test_a_batch_larger_than_luas_stack_settles_whole(shared_redis, queue_name):
+    """4,500 completions in one settle call are all applied (the ZADD is sliced)."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many({"n": i} for i in range(4500))
+    outcomes = Outcomes()
+    while True:
+        taken, _ = queue.fetch("w1", 1000, "reliable")
+        if not taken:
+            break
+        for raw, _ in taken:
+            outcomes.add("done", raw, b"", json.loads(raw)["id"])
+    assert len(queue.settle("w1", "reliable", outcomes)) == 4500
+    result = queue.stats()
+    assert result["completed"] == 4500 and result["in_flight"] == 0 and result["unaccounted"] == 0
+
+
+def test_prefetch_outside_what_lua_can_unpack_is_refused(shared_redis, queue_name):
+    """Worker(prefetch=5000) raises instead of failing later inside a script."""
+    with pytest.raises(ValueError):
+        Worker(Queue.connect(shared_redis.url, queue_name), print, prefetch=5000)
+
+
+def test_messages_moved_by_a_lost_fetch_reply_are_adopted(shared_redis, queue_name):
+    """Messages in a worker's in-flight list that it never received are found and processed."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    ids = queue.push_many({"n": i} for i in range(3))
+    queue.fetch("worker-a", 10, "reliable")  # as if the reply had been lost on the way
+    seen = []
+    with capture_logs() as logs:
+        Worker(queue, lambda m: seen.append(m.id), worker_id="worker-a", burst=True).run()
+    assert seen == ids
+    assert {"event": "in_flight_adopted", "count": 3, "log_level": "warning", "queue": queue_name, "worker": "worker-a"} in logs
+    assert queue.stats()["unaccounted"] == 0
+
+
+def test_recovery_skips_live_workers_and_takes_from_dead_ones(shared_redis, client, queue_name):
+    """Recovery leaves a live worker's messages alone and requeues a dead one's with attempts + 1."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push({"n": 1})
+    queue.push({"n": 2})
+    queue.fetch("alive", 1, "reliable", worker_timeout=60)
+    queue.fetch("dead", 1, "reliable", worker_timeout=0.001)
+    time.sleep(0.05)
+    recovered = queue.recover_dead_workers()
+    assert [(r.worker_id, r.attempts, r.dead_lettered) for r in recovered] == [("dead", 1, False)]
+    assert client.llen(f"{{{queue_name}}}:in_flight:alive") == 1
+    assert json.loads(client.lindex(queue_name, 0))["attempts"] == 1
+    assert queue.recover_dead_workers() == []  # a second recoverer finds nothing to do
+    assert queue.stats()["recovered"] == 1 and queue.stats()["workers"] == 1
+
+
+def test_redis_connection_refused_at_startup_is_not_a_traceback(queue_name):
+    """A worker pointed at a closed port logs redis_unavailable warnings rather than crashing."""
+    queue = Queue.connect(f"redis://127.0.0.1:{free_port()}/0", queue_name)
+    worker = Worker(queue, print)
+    with capture_logs() as logs:
+        thread = threading.Thread(target=worker._loop, daemon=True)
+        thread.start()
+        wait_until(lambda: len([e for e in logs if e["event"] == "redis_unavailable"]) >= 2, timeout=10)
+        worker.shutdown.request()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert all(isinstance(e["retry_in"], float) for e in logs if e["event"] == "redis_unavailable")
