@@ -3,8 +3,9 @@
     python systems.py drain  SYSTEM N      # prints {"drain": jobs/s, "enqueue": jobs/s, "version": ...}
     python systems.py pickup SYSTEM N      # prints {"p50_ms": ..., "p99_ms": ...}
     python systems.py worker SYSTEM        # (internal) runs one single-process worker until killed
+    python systems.py rss N                # workqueue only: worker RSS after 10 000 and after N messages
 
-SYSTEM is raw (redis-py alone), workqueue, workqueue-simple, rq, dramatiq, celery, huey or arq. The Redis is
+SYSTEM is raw (redis-py alone), workqueue, workqueue-simple, workqueue-info (INFO logs on), rq, dramatiq, celery, huey or arq. The Redis is
 BENCH_REDIS_URL (the benchmark's own server). Jobs are no-ops, except that job 0 and job N-1
 record when they ran, so the drain rate excludes start-up: (N-1) / (last - first).
 """
@@ -46,7 +47,7 @@ def system(name: str):
     if name == "raw":
         return Raw()
     if name.startswith("workqueue"):
-        return Workqueue("simple" if name.endswith("simple") else "reliable")
+        return Workqueue("simple" if name.endswith("simple") else "reliable", "info" if name.endswith("info") else "warning")
     return {"rq": Rq, "dramatiq": Dramatiq, "celery": Celery, "huey": Huey, "arq": Arq}[name]()
 
 
@@ -74,10 +75,11 @@ class Raw:
 class Workqueue:
     package = "workqueue"
 
-    def __init__(self, delivery: str) -> None:
+    def __init__(self, delivery: str, log_level: str) -> None:
         from workqueue import Queue
 
         self.delivery = delivery
+        self.log_level = log_level
         self.queue = Queue.connect(URL, QUEUE)
 
     def enqueue(self, kind: str, *args) -> None:
@@ -90,7 +92,7 @@ class Workqueue:
         from workqueue import Worker
         from workqueue.logs import configure_logging
 
-        configure_logging("warning", "json")
+        configure_logging(self.log_level, "json")  # the worker's stderr goes to /dev/null
         jobs = {"record": record, "pickup": pickup}
         Worker(self.queue, lambda m: jobs[m.body["kind"]](*m.body["args"]), delivery=self.delivery).run()
 
@@ -287,6 +289,33 @@ def pickup_latency(name: str, samples: int) -> dict:
     return {"p50_ms": latencies[len(latencies) // 2], "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
 
 
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def worker_rss(n: int) -> dict:
+    """Drain n messages in this process and read its RSS after 10 000 and after all of them."""
+    from workqueue import Queue, Worker
+    from workqueue.logs import configure_logging
+
+    stamps.flushdb()
+    configure_logging("warning", "json")
+    queue = Queue.connect(URL, QUEUE)
+    for start in range(0, n, 100_000):
+        queue.push_many({"i": i} for i in range(start, min(n, start + 100_000)))
+    seen = {"count": 0}
+    rss = {}
+
+    def handler(message) -> None:
+        seen["count"] += 1
+        if seen["count"] in (10_000, n):
+            rss[seen["count"]] = rss_kib()
+
+    Worker(queue, handler, burst=True).run()
+    return {"rss_10k_mib": rss[10_000] / 1024, "rss_end_mib": rss[n] / 1024, "messages": n}
+
+
 if __name__ == "__main__":
     # Work through the module under its importable name, so that producers and workers name
     # the jobs alike (systems.record, not __main__.record).
@@ -294,7 +323,9 @@ if __name__ == "__main__":
     import systems
 
     command, name = sys.argv[1], sys.argv[2]
-    if command == "worker":
+    if command == "rss":
+        print(json.dumps(systems.worker_rss(int(name))))
+    elif command == "worker":
         systems.system(name).work()
     elif command == "drain":
         print(json.dumps(systems.drain(name, int(sys.argv[3]))))

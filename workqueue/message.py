@@ -62,17 +62,19 @@ def decode(raw: bytes) -> Message:
         fields = _loads(raw.decode())
     except ValueError as error:  # UnicodeDecodeError is a ValueError too
         raise MalformedMessage(f"not valid JSON: {error}") from None
-    if not isinstance(fields, dict):
+    # type() rather than isinstance(): this runs for every message, and bool is not an int here.
+    if type(fields) is not dict:
         raise MalformedMessage(f"not a JSON object but {type(fields).__name__}")
     message_id = fields.get("id")
-    if not isinstance(message_id, str) or not message_id:
+    if type(message_id) is not str or not message_id:
         raise MalformedMessage("no id: a message needs a non-empty string 'id'")
-    try:
-        message_id.encode()
-    except UnicodeEncodeError:
-        raise MalformedMessage("'id' is not valid Unicode") from None
+    if not message_id.isascii():
+        try:
+            message_id.encode()
+        except UnicodeEncodeError:
+            raise MalformedMessage("'id' is not valid Unicode") from None
     attempts = fields.get("attempts", 0)
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+    if type(attempts) is not int or attempts < 0:
         raise MalformedMessage("'attempts' must be a whole number of at least 0")
     return Message(raw, fields)
 
