@@ -23,7 +23,17 @@ import redis
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6399/0")
 QUEUE = "bench"
-stamps = redis.Redis.from_url(URL)
+stamps = redis.Redis.from_url(URL, socket_timeout=10)  # every blocking wait below is 2 s at most
+
+
+def wait_pop(key: str, seconds: float):
+    """BLPOP in short slices (a long block would outlast the socket timeout) until `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        reply = stamps.blpop([key], timeout=2)
+        if reply:
+            return reply
+    return None
 
 
 def record(i: int, n: int) -> None:
@@ -257,7 +267,7 @@ def drain(name: str, n: int) -> dict:
     enqueue_rate = n / (time.perf_counter() - started)
     worker = start_worker(name)
     try:
-        if not stamps.blpop(["bench:done"], timeout=600):
+        if not wait_pop("bench:done", 600):
             raise SystemExit(f"{name}: the last job did not run within 600 s")
     finally:
         worker.kill()
@@ -273,12 +283,12 @@ def pickup_latency(name: str, samples: int) -> dict:
     latencies = []
     try:
         target.enqueue("pickup", time.time())  # wait for the worker to be up
-        if not stamps.blpop(["bench:latency"], timeout=60):
+        if not wait_pop("bench:latency", 60):
             raise SystemExit(f"{name}: worker did not start")
         for _ in range(samples):
             time.sleep(0.02)  # let the worker go idle
             target.enqueue("pickup", time.time())
-            reply = stamps.blpop(["bench:latency"], timeout=30)
+            reply = wait_pop("bench:latency", 30)
             if not reply:
                 raise SystemExit(f"{name}: a pickup took over 30 s")
             latencies.append(float(reply[1]) * 1000)

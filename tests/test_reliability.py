@@ -145,3 +145,23 @@ def test_redis_killed_for_3_seconds_loses_nothing(own_redis, queue_name, process
     assert producer.named("redis_unavailable") and all(w.named("redis_unavailable") for w in workers)
     result = stats(own_redis.url, queue_name)
     assert result["unaccounted"] == 0 and result["pending"] == 0 and result["in_flight"] == 0
+
+
+def test_worker_killed_with_a_full_prefetch_batch_loses_none_of_it(shared_redis, client, queue_name, processes):
+    """SIGKILL while holding a whole prefetched batch: every message of it is recovered and processed."""
+    env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=2, PREFETCH=200, MAX_ATTEMPTS=3)
+    queue = Queue.connect(shared_redis.url, queue_name)
+    ids = queue.push_many([{"n": i} for i in range(600)] + [{"stall": True}] + [{"n": i} for i in range(600, 1200)])
+    doomed = processes.start("tests/stalling_worker.py", env=env)
+    wait_until(lambda: len(doomed.named("message_processed")) >= 600 and in_flight_total(client, queue_name) > 1, timeout=20)
+    time.sleep(0.3)  # it is stuck on the stalling message now, the rest of its batch untouched
+    held = in_flight_total(client, queue_name)
+    assert held >= 100
+    doomed.popen.kill()
+    doomed.wait()
+    rescuer = processes.start("worker/main.py", env=env)
+    wait_until(lambda: stats(shared_redis.url, queue_name)["completed"] == 1201, timeout=30)
+    processed = {e["id"] for p in (doomed, rescuer) for e in p.named("message_processed")}
+    assert processed == set(ids)
+    result = stats(shared_redis.url, queue_name)
+    assert result["recovered"] == held and result["unaccounted"] == 0 and result["in_flight"] == 0

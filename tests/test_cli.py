@@ -1,0 +1,54 @@
+"""`python -m workqueue`: stats and dead letters from the command line."""
+
+import json
+import subprocess
+
+from support import PYTHON, ROOT, free_port, script_env, stats
+from workqueue import Queue, Worker
+
+STATS_KEYS = ["pending", "in_flight", "delayed", "dead", "workers", "produced", "completed", "retried",
+              "recovered", "dead_lettered", "duplicates_skipped", "unaccounted"]
+
+
+def cli(*args, env):
+    return subprocess.run([PYTHON, "-m", "workqueue", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_stats_json_has_exactly_the_documented_keys_and_balance(shared_redis, client, queue_name):
+    """stats --json prints one object with the documented keys; the balance is 0 after a clean run."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    queue.push_many([{"ok": True}, {"ok": False}, {"ok": True}])
+
+    def handler(message):
+        if not message.body["ok"]:
+            raise RuntimeError("no")
+
+    Worker(queue, handler, burst=True).run()
+    queue.push({"later": 1})
+    result = stats(shared_redis.url, queue_name)
+    assert list(result) == STATS_KEYS
+    assert result == {"pending": 1, "in_flight": 0, "delayed": 0, "dead": 1, "workers": 0, "produced": 4,
+                                       "completed": 2, "retried": 0, "recovered": 0, "dead_lettered": 1,
+                                       "duplicates_skipped": 0, "unaccounted": 0}
+
+
+def test_stats_table_and_dead_listing(shared_redis, client, queue_name):
+    """The plain stats table labels the balance; `dead` prints each dead letter as one JSON line."""
+    client.rpush(queue_name, "garbage")
+    Worker(Queue.connect(shared_redis.url, queue_name), print, burst=True).run()
+    env = script_env(shared_redis.url, queue_name)
+    table = cli("stats", env=env)
+    assert table.returncode == 0
+    assert "unaccounted" in table.stdout and "messages unaccounted for" in table.stdout
+    dead = cli("dead", "--limit", "5", env=env)
+    assert dead.returncode == 0
+    assert [json.loads(line)["raw"] for line in dead.stdout.splitlines()] == ["garbage"]
+
+
+def test_cli_errors_are_one_line_with_the_right_exit_code(queue_name):
+    """Bad config exits 2; an unreachable Redis exits 1; one line each, password masked, no traceback."""
+    bad = cli("stats", env=script_env("redis://127.0.0.1:1/0", queue_name, QUEUE_NAME="a b"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "QUEUE_NAME" in bad.stderr
+    down = cli("stats", env=script_env(f"redis://:hunter2@127.0.0.1:{free_port()}/0", queue_name))
+    assert down.returncode == 1 and down.stderr.count("\n") == 1
+    assert "hunter2" not in down.stderr and "***" in down.stderr and "Traceback" not in down.stderr
