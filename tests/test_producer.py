@@ -1,8 +1,10 @@
 """The producer script: what it pushes and what it logs."""
 
 import json
+import signal
+import time
 
-from support import run, script_env
+from support import free_port, run, script_env
 
 
 def test_producer_pushes_count_messages_in_order(shared_redis, client, queue_name):
@@ -26,3 +28,43 @@ def test_producer_batch_pushes_the_same_messages(shared_redis, client, queue_nam
     assert [m["body"]["seq"] for m in messages] == list(range(25))
     assert len([e for e in events if e["event"] == "message_pushed"]) == 25
     assert int(client.hget(f"{{{queue_name}}}:stats", "produced")) == 25
+
+
+def test_producer_stops_cleanly_on_sigterm(shared_redis, client, queue_name, processes):
+    """SIGTERM: the producer finishes the push in progress, logs producer_stopped, exits 0 at once."""
+    producer = processes.start("app/main.py", "--interval", "0.5", env=script_env(shared_redis.url, queue_name))
+    producer.wait_for("message_pushed", timeout=15, count=2)
+    producer.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert producer.wait(timeout=10) == 0
+    assert time.monotonic() - signalled < 2
+    [stopped] = producer.named("producer_stopped")
+    pushed = [e["id"] for e in producer.named("message_pushed")]
+    assert stopped["pushed"] == len(pushed) == client.llen(queue_name)
+    assert [json.loads(raw)["id"] for raw in client.lrange(queue_name, 0, -1)] == pushed
+
+
+def test_producer_keeps_its_message_through_an_outage(own_redis, queue_name, processes):
+    """Redis down mid-run: the producer warns, keeps the same message, and pushes it once Redis is back."""
+    env = script_env(own_redis.url, queue_name)
+    producer = processes.start("app/main.py", "--count", "6", "--interval", "0.2", env=env)
+    producer.wait_for("message_pushed", timeout=15, count=2)
+    own_redis.kill()
+    producer.wait_for("redis_unavailable", timeout=10, count=2)
+    own_redis.start()
+    assert producer.wait(timeout=30) == 0
+    pushed = [e["id"] for e in producer.named("message_pushed")]
+    stored = [json.loads(raw)["id"] for raw in own_redis.client().lrange(queue_name, 0, -1)]
+    assert len(pushed) == 6 and set(stored) == set(pushed)
+    assert len(stored) - len(set(stored)) <= 1  # a push whose reply was lost may land twice, same id
+
+
+def test_producer_gives_up_after_the_grace_when_stopped_during_an_outage(queue_name, processes):
+    """SIGTERM while Redis is unreachable: after GRACE seconds the producer exits 1 naming the unpushed ids."""
+    producer = processes.start("app/main.py", env=script_env(f"redis://127.0.0.1:{free_port()}/0", queue_name, GRACE=1))
+    producer.wait_for("redis_unavailable", timeout=15)
+    producer.signal(signal.SIGTERM)
+    assert producer.wait(timeout=15) == 1
+    [abandoned] = producer.named("push_abandoned")
+    assert abandoned["level"] == "error" and len(abandoned["ids"]) == 1
+    assert not producer.named("message_pushed")

@@ -146,15 +146,15 @@ class Worker:
                 self._held.append(Delivery(raw, None, str(error)))
 
     def _work(self) -> None:
-        """Process what we hold, settling outcomes once enough are done or the oldest waited
-        ACK_DELAY; then size the next batch to about BATCH_SECONDS of this pace."""
+        """Process what we hold, settling outcomes early if the oldest waited ACK_DELAY (slow
+        handlers); then size the next batch to about BATCH_SECONDS of this pace."""
         held, outcomes, shutdown = self._held, self._outcomes, self.shutdown
-        most = 4 * self.prefetch
         started, count = time.perf_counter(), 0
         while held and not shutdown.requested:
             self._process(held.popleft())
             count += 1
-            if len(outcomes.args) >= most or time.monotonic() - outcomes.first_at >= ACK_DELAY:
+            # A whole batch's outcomes ride with the next fetch; settle here only for slow work.
+            if time.monotonic() - outcomes.first_at >= ACK_DELAY and held:
                 self.queue.settle(self.id, self.delivery, outcomes)
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))

@@ -64,14 +64,27 @@ local function message_id(raw)
   return nil
 end
 
-local reply, seen = {0}, {}
-for _, message in ipairs(taken) do
-  local id, done = message_id(message), 0
+-- One ZMSCORE for the whole batch: a redis.call per message would cost more than the check.
+local ids, positions = {}, {}
+for i, message in ipairs(taken) do
+  local id = message_id(message)
   if id then
-    if seen[id] or redis.call('ZSCORE', KEYS[4], id) then done = 1 end
+    ids[#ids + 1] = id
+    positions[#ids] = i
+  end
+end
+local done = {}
+if #ids > 0 then
+  local scores = redis.call('ZMSCORE', KEYS[4], unpack(ids))
+  local seen = {}
+  for j, id in ipairs(ids) do
+    if scores[j] or seen[id] then done[positions[j]] = 1 end
     seen[id] = true
   end
+end
+local reply = {0}
+for i, message in ipairs(taken) do
   reply[#reply + 1] = message
-  reply[#reply + 1] = done
+  reply[#reply + 1] = done[i] or 0
 end
 return reply
