@@ -129,3 +129,22 @@ def test_redis_connection_refused_at_startup_is_not_a_traceback(queue_name):
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert all(isinstance(e["retry_in"], float) for e in logs if e["event"] == "redis_unavailable")
+
+
+def test_unexpected_redis_error_is_logged_and_the_worker_goes_on(shared_redis, client, queue_name):
+    """A queue key of the wrong type (WRONGTYPE) logs worker_error; once fixed, work resumes."""
+    client.set(queue_name, "not a list")
+    queue = Queue.connect(shared_redis.url, queue_name)
+    seen = []
+    worker = Worker(queue, lambda m: seen.append(m.id))
+    with capture_logs() as logs:
+        thread = threading.Thread(target=worker._loop, daemon=True)
+        thread.start()
+        wait_until(lambda: any(e["event"] == "worker_error" for e in logs), timeout=10)
+        client.delete(queue_name)
+        message_id = queue.push({"n": 1})
+        wait_until(lambda: seen == [message_id], timeout=10)
+        worker.shutdown.request()
+        thread.join(timeout=10)
+    error = [e for e in logs if e["event"] == "worker_error"][0]
+    assert error["log_level"] == "error" and error["exc_info"] is True and "WRONGTYPE" in error["error"]

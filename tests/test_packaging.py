@@ -79,7 +79,7 @@ def test_every_setting_and_event_is_in_the_readme():
     for field in fields(Settings):
         assert f"`{field.name.upper()}`" in README
     code = "".join(p.read_text() for p in (ROOT / "workqueue").glob("*.py"))
-    for event in set(re.findall(r'log\.(?:info|warning|error|debug)\(\s*"(\w+)"', code)):
+    for event in set(re.findall(r'log\.(?:info|warning|error|debug|exception)\(\s*"(\w+)"', code)):
         assert f"`{event}`" in README, event
     assert "python -m workqueue stats" in README and "python -m workqueue dead" in README
 

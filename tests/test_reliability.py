@@ -5,7 +5,7 @@ import os
 import signal
 import time
 
-from support import run, script_env, stats, wait_until
+from support import script_env, stats, wait_until
 from workqueue import Queue, Worker
 
 

@@ -31,9 +31,6 @@ class Outcomes:
     first_at: float = 0.0  # time.monotonic() of the oldest one, to bound how long acks wait
     sequence: int = 1  # numbers each settle call; a resend of an applied one changes nothing
 
-    def __len__(self) -> int:
-        return len(self.args) // 4
-
     def __bool__(self) -> bool:
         return bool(self.args)
 

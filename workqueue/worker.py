@@ -124,6 +124,10 @@ class Worker:
             except REDIS_UNAVAILABLE as error:
                 self._resync = True
                 self._outage.failed(error, lambda: self.shutdown.requested)
+            except Exception as error:  # a bug or an unexpected reply: log it whole, pause, resync
+                self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
+                self._resync = True
+                time.sleep(1)
 
     def _take(self) -> bool:
         """Settle what is done and take the next batch, blocking briefly when the queue is empty.
@@ -154,7 +158,7 @@ class Worker:
             self._process(held.popleft())
             count += 1
             # A whole batch's outcomes ride with the next fetch; settle here only for slow work.
-            if time.monotonic() - outcomes.first_at >= ACK_DELAY and held:
+            if held and time.monotonic() - outcomes.first_at >= ACK_DELAY:
                 self.queue.settle(self.id, self.delivery, outcomes)
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
@@ -258,5 +262,5 @@ class Worker:
                         )
             except REDIS_UNAVAILABLE:
                 pass  # the main loop logs the outage and resyncs; we try again next tick
-            except Exception:  # this thread guards the heartbeat and the grace: it must go on
-                self.log.exception("housekeeping_failed")
+            except Exception as error:  # this thread guards the heartbeat and the grace: go on
+                self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
