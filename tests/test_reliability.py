@@ -80,6 +80,7 @@ def test_sigterm_mid_job_finishes_acknowledges_and_exits_0(shared_redis, client,
     queue = Queue.connect(shared_redis.url, queue_name)
     first, second = queue.push({"n": 1}), queue.push({"n": 2})
     wait_until(lambda: in_flight_total(client, queue_name) >= 1, timeout=10)
+    time.sleep(0.5)  # taken is not started: let the 2-second job begin before the signal
     worker.signal(signal.SIGTERM)
     signalled = time.monotonic()
     assert worker.wait(timeout=15) == 0
@@ -98,6 +99,7 @@ def test_second_signal_exits_at_once_and_recovery_brings_the_message_back(shared
     worker.wait_for("worker_started", timeout=15)
     message_id = Queue.connect(shared_redis.url, queue_name).push({"n": 1})
     wait_until(lambda: in_flight_total(client, queue_name) == 1, timeout=10)
+    time.sleep(0.5)  # taken is not started (a stop then puts it back): let the job begin
     worker.signal(signal.SIGTERM)
     worker.wait_for("worker_stopping", timeout=5)
     worker.signal(signal.SIGTERM)
