@@ -52,3 +52,27 @@ def test_cli_errors_are_one_line_with_the_right_exit_code(queue_name):
     down = cli("stats", env=script_env(f"redis://:hunter2@127.0.0.1:{free_port()}/0", queue_name))
     assert down.returncode == 1 and down.stderr.count("\n") == 1
     assert "hunter2" not in down.stderr and "***" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_requeue_dead_gives_dead_letters_another_round(shared_redis, client, queue_name):
+    """requeue-dead moves dead messages back with attempts 0, leaves malformed ones, keeps the balance."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    failing = {"on": True}
+
+    def handler(message):
+        if failing["on"]:
+            raise RuntimeError("downstream is down")
+
+    message_id = queue.push({"n": 1})
+    client.rpush(queue_name, "garbage")
+    Worker(queue, handler, burst=True).run()
+    assert client.llen(f"{{{queue_name}}}:dead") == 2
+    done = cli("requeue-dead", env=script_env(shared_redis.url, queue_name))
+    assert done.returncode == 0 and "requeued 1" in done.stdout and "left 1 malformed" in done.stdout
+    [requeued] = [json.loads(raw) for raw in client.lrange(queue_name, 0, -1)]
+    assert requeued["id"] == message_id and requeued["attempts"] == 0 and "error" not in requeued
+    failing["on"] = False
+    Worker(queue, handler, burst=True).run()
+    result = stats(shared_redis.url, queue_name)
+    assert result["dead"] == 1 and result["completed"] == 1 and result["produced"] == 2
+    assert result["unaccounted"] == -1  # the hand-pushed "garbage": never produced, dead-lettered

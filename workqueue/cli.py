@@ -1,4 +1,4 @@
-"""Command-line inspection: `python -m workqueue stats|dead`."""
+"""Command-line inspection: `python -m workqueue stats|dead|requeue-dead`."""
 
 from __future__ import annotations
 
@@ -43,10 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     dead = commands.add_parser("dead", help="print dead-letter entries, oldest first, one per line")
     dead.add_argument("--limit", default="100", help="how many at most (default 100)")
+    requeue = commands.add_parser("requeue-dead", help="move dead letters back to the queue, attempts reset")
+    requeue.add_argument("--limit", default="100", help="how many at most, oldest first (default 100)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.load(queue_name=args.queue)
-        limit = count(args.limit) if args.command == "dead" else 0
+        limit = count(args.limit) if args.command != "stats" else 0
     except (ConfigError, ValueError) as error:
         print(f"error: {error}" if isinstance(error, ConfigError) else f"error: --limit {error}", file=sys.stderr)
         return 2
@@ -57,9 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(queue.stats()))
             else:
                 print_stats(queue)
-        else:
+        elif args.command == "dead":
             for entry in queue.dead_letters(limit):
                 print(entry.decode(errors="replace"))
+        else:
+            moved, malformed = queue.requeue_dead(limit)
+            print(f"requeued {moved} dead letters to {settings.queue_name}; left {malformed} malformed entries")
     except REDIS_UNAVAILABLE as error:
         print(f"error: Redis at {settings.masked_url} is not answering: {error}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ SOCKET_TIMEOUT = 2 * BLOCK_SECONDS + 5.0
 # OutOfMemoryError (maxmemory reached) and ReadOnlyError (a replica after failover) pass too.
 REDIS_UNAVAILABLE = (ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError)
 
-SCRIPT_NAMES = ("push", "fetch", "settle", "heartbeat", "expired", "stats")
+SCRIPT_NAMES = ("push", "fetch", "settle", "heartbeat", "expired", "stats", "requeue")
 
 
 def connect(url: str) -> redis.Redis:

@@ -263,3 +263,21 @@ class Queue:
     def dead_letters(self, limit: int = 100) -> list[bytes]:
         """The oldest `limit` entries of the dead-letter list, as stored."""
         return self.client.lrange(self.keys.dead_letter, 0, limit - 1)
+
+    def requeue_dead(self, limit: int = 100) -> tuple[int, int]:
+        """Give the oldest `limit` dead letters another round: back to the queue with attempts 0
+        and no error. Malformed entries stay (there is no message to retry). Returns (moved,
+        left as malformed)."""
+        pairs, malformed = [], 0
+        for raw in self.dead_letters(limit):
+            try:
+                fields = message.decode(raw).fields
+            except MalformedMessage:
+                malformed += 1
+                continue
+            fields = {name: value for name, value in fields.items() if name != "error"}
+            pairs += (raw, message.encode({**fields, "attempts": 0}))
+        moved = 0
+        for start in range(0, len(pairs), 2 * PUSH_CHUNK):
+            moved += self.scripts.call("requeue", [self.keys.dead_letter, self.keys.pending, self.keys.stats], pairs[start : start + 2 * PUSH_CHUNK])
+        return moved, malformed
