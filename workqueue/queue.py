@@ -136,7 +136,7 @@ class Queue:
         with self.client.pipeline(transaction=False) as pipe:
             if outcomes:
                 self._settle(pipe, worker_id, delivery, outcomes)
-            self._fetch(pipe, worker_id, count, delivery, False, worker_timeout)
+            self.scripts.call("fetch", *self._fetch_call(worker_id, count, delivery, False, worker_timeout), pipe)
             reply = pipe.execute()[-1]
         if outcomes:
             outcomes.clear()
@@ -145,22 +145,34 @@ class Queue:
     def block(self, worker_id: str, delivery: str, timeout: float, count: int, *, worker_timeout: float = 30.0) -> list[tuple[bytes, bool]]:
         """Wait up to `timeout` seconds for a message, then take up to `count` - 1 more.
 
-        BLMOVE moves the first message into our in-flight list; the fetch script rides in the
-        same pipeline, so Redis runs it the moment BLMOVE returns: one round trip after a wake-up
+        BLMOVE moves the first message into our in-flight list; the fetch script is sent in the
+        same write, so Redis runs it the moment BLMOVE returns: one round trip after a wake-up
         covers the de-duplication check too. (In simple delivery the script pops it back out.)
+        Both go straight down one connection: redis-py's Pipeline bookkeeping would add tens of
+        microseconds to this, the idle pickup path.
         """
-        in_flight = self.keys.in_flight(worker_id)
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.blmove(self.keys.pending, in_flight, timeout, "LEFT", "RIGHT")
-            self._fetch(pipe, worker_id, count - 1, delivery, True, worker_timeout)
-            reply = pipe.execute()[-1]
+        keys, args = self._fetch_call(worker_id, count - 1, delivery, True, worker_timeout)
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands([
+                ("BLMOVE", keys[0], keys[1], "LEFT", "RIGHT", timeout),
+                ("EVALSHA", self.scripts.sha["fetch"], len(keys), *keys, *args),
+            ]))
+            conn.read_response()
+            reply = conn.read_response()
+        except BaseException:
+            conn.disconnect()  # a half-read reply would confuse the next user of this connection
+            raise
+        finally:
+            pool.release(conn)
         return _pairs(reply)
 
-    def _fetch(self, pipe: Any, worker_id: str, count: int, delivery: str, woken: bool, worker_timeout: float) -> None:
+    def _fetch_call(self, worker_id: str, count: int, delivery: str, woken: bool, worker_timeout: float) -> tuple[list, list]:
+        """Keys and arguments of fetch.lua."""
         k = self.keys
         keys = [k.pending, k.in_flight(worker_id), k.delayed, k.done, k.workers]
-        args = [count, delivery, "1" if woken else "0", worker_id, max(1, int(worker_timeout * 1000))]
-        self.scripts.call("fetch", keys, args, pipe)
+        return keys, [count, delivery, "1" if woken else "0", worker_id, max(1, int(worker_timeout * 1000))]
 
     def settle(self, worker_id: str, delivery: str, outcomes: Outcomes, *, recovering: bool = False) -> list[bool]:
         """Apply outcomes for messages held by `worker_id`; idempotent, so safe to resend.
