@@ -102,3 +102,13 @@ def test_demo_starts_its_own_redis_and_cleans_up():
     time.sleep(0.5)
     leftovers = subprocess.run(["pgrep", "-f", f"redis-server.*:{port}|scripts/demo.py"], capture_output=True, text=True).stdout
     assert leftovers.strip() == ""
+
+
+def test_every_redis_key_is_in_the_readme():
+    """Each key name QueueKeys builds appears in the README's key table."""
+    from workqueue.keys import QueueKeys
+
+    keys = QueueKeys("demo-1")
+    names = [getattr(keys, attr) for attr in ("pending", "dead_letter", "delayed", "workers", "done", "stats", "settled")]
+    for name in names + ["{demo-1}:in_flight:<worker>"]:
+        assert f"| `{name}` |" in README, name
