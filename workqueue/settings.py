@@ -39,7 +39,7 @@ def mask_url(url: str) -> str:
 def _redis_url(value: str) -> str:
     try:
         parts = urlsplit(value)
-        port = parts.port  # raises ValueError on a non-numeric port
+        parts.port  # read only to validate: raises ValueError on a non-numeric port
     except ValueError:
         raise ValueError(f"is not a valid URL ({mask_url(value)})") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
@@ -51,7 +51,6 @@ def _redis_url(value: str) -> str:
     db = parts.path.lstrip("/") if parts.scheme != "unix" else "0"
     if db and not db.isdigit():
         raise ValueError("must end with a database number, as in redis://localhost:6379/0")
-    del port
     return value
 
 
