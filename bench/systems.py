@@ -22,7 +22,7 @@ from importlib.metadata import version
 import redis
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6399/0")
-QUEUE = "bench"
+QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 stamps = redis.Redis.from_url(URL, socket_timeout=10)  # every blocking wait below is 2 s at most
 
 
@@ -75,11 +75,11 @@ class Raw:
     def work(self) -> None:
         jobs = {"record": record, "pickup": pickup}
         while True:
-            raw = self.client.blmove(QUEUE, "bench:processing", 1, "LEFT", "RIGHT")
+            raw = self.client.blmove(QUEUE, f"{QUEUE}:processing", 1, "LEFT", "RIGHT")
             if raw is not None:
                 body = json.loads(raw)
                 jobs[body["kind"]](*body["args"])
-                self.client.lrem("bench:processing", 1, raw)
+                self.client.lrem(f"{QUEUE}:processing", 1, raw)
 
 
 class Workqueue:

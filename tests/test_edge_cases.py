@@ -148,3 +148,15 @@ def test_unexpected_redis_error_is_logged_and_the_worker_goes_on(shared_redis, c
         thread.join(timeout=10)
     error = [e for e in logs if e["event"] == "worker_error"][0]
     assert error["log_level"] == "error" and error["exc_info"] is True and "WRONGTYPE" in error["error"]
+
+
+def test_a_message_taken_by_block_is_always_in_a_registered_workers_list(shared_redis, client, queue_name):
+    """block() registers the worker in the same write as BLMOVE, so recovery can find what it takes."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    [message_id] = queue.push_many([{"n": 1}])
+    client.zrem(queue.keys.workers, "w-unlisted")  # as if recovery had presumed it dead meanwhile
+    [(raw, duplicate)] = queue.block("w-unlisted", "reliable", 1.0, worker_timeout=30)
+    assert message.decode(raw).id == message_id and not duplicate
+    assert client.zscore(queue.keys.workers, "w-unlisted") is not None
+    assert client.lrange(queue.keys.in_flight("w-unlisted"), 0, -1) == [raw]
+    assert queue.stats()["unaccounted"] == 0 and queue.block("w-unlisted", "reliable", 0.01) == []

@@ -27,7 +27,7 @@ SOCKET_TIMEOUT = 2 * BLOCK_SECONDS + 5.0
 # OutOfMemoryError (maxmemory reached) and ReadOnlyError (a replica after failover) pass too.
 REDIS_UNAVAILABLE = (ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError)
 
-SCRIPT_NAMES = ("push", "fetch", "settle", "heartbeat", "expired", "stats", "requeue")
+SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue")
 
 
 def connect(url: str) -> redis.Redis:
@@ -40,6 +40,23 @@ def connect(url: str) -> redis.Redis:
         health_check_interval=0,
         decode_responses=False,
     )
+
+
+def send_together(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Write `commands` down one connection in one write, so Redis runs them back to back, and
+    return their replies. This is for the idle pickup path, where redis-py's Pipeline
+    bookkeeping would cost tens of microseconds. The first error reply is raised, and the
+    connection is then dropped: its unread replies would confuse its next user."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        return [conn.read_response() for _ in commands]
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 class Scripts:

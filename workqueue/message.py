@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import time
-import uuid
 from typing import Any, NamedTuple
 
 
-_loads = json.JSONDecoder().decode  # skips json.loads' per-call type and encoding checks
+# Made once: json.dumps with separators builds a new encoder on every call, and json.loads
+# checks its argument's type and encoding; this is the hot path of producers and workers.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_loads = json.JSONDecoder().decode
 
 
 class MalformedMessage(ValueError):
@@ -47,12 +50,12 @@ class Message(NamedTuple):
 
 def encode(fields: dict[str, Any]) -> bytes:
     # ASCII-only: any text survives, even lone surrogates from odd exception messages.
-    return json.dumps(fields, separators=(",", ":")).encode()
+    return _dumps(fields).encode()
 
 
 def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
     """Build a fresh message; returns its id and its encoded form."""
-    message_id = message_id or uuid.uuid4().hex
+    message_id = message_id or secrets.token_hex(16)
     return message_id, encode({"id": message_id, "attempts": 0, "created_at": round(time.time(), 6), "body": body})
 
 

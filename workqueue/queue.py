@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import redis
 
 from . import message
-from .connection import Scripts, connect
+from .connection import Scripts, connect, send_together
 from .keys import QueueKeys
 from .message import MalformedMessage, Message
 from .settings import Settings
@@ -136,43 +136,36 @@ class Queue:
         with self.client.pipeline(transaction=False) as pipe:
             if outcomes:
                 self._settle(pipe, worker_id, delivery, outcomes)
-            self.scripts.call("fetch", *self._fetch_call(worker_id, count, delivery, False, worker_timeout), pipe)
+            k = self.keys
+            keys = [k.pending, k.in_flight(worker_id), k.delayed, k.done, k.workers]
+            self.scripts.call("fetch", keys, [count, delivery, worker_id, max(1, int(worker_timeout * 1000))], pipe)
             reply = pipe.execute()[-1]
         if outcomes:
             outcomes.clear()
         return _pairs(reply), int(reply[0])
 
-    def block(self, worker_id: str, delivery: str, timeout: float, count: int, *, worker_timeout: float = 30.0) -> list[tuple[bytes, bool]]:
-        """Wait up to `timeout` seconds for a message, then take up to `count` - 1 more.
+    def block(self, worker_id: str, delivery: str, timeout: float, *, worker_timeout: float = 30.0) -> list[tuple[bytes, bool]]:
+        """Wait up to `timeout` seconds for one message; returns [] or [(message, already_completed)].
 
-        BLMOVE moves the first message into our in-flight list; the fetch script is sent in the
-        same write, so Redis runs it the moment BLMOVE returns: one round trip after a wake-up
-        covers the de-duplication check too. (In simple delivery the script pops it back out.)
-        Both go straight down one connection: redis-py's Pipeline bookkeeping would add tens of
-        microseconds to this, the idle pickup path.
+        Three commands go down one connection in one write, so Redis runs them back to back: the
+        heartbeat script (registering us before anything can enter our in-flight list), BLMOVE
+        into our in-flight list, and the small woken script, which checks the moved message's id
+        against completed ones (and in simple delivery pops it back out). Whatever else arrived
+        meanwhile is taken by the next fetch. The write bypasses redis-py's Pipeline, whose
+        bookkeeping would add tens of microseconds to this, the idle pickup path.
         """
-        keys, args = self._fetch_call(worker_id, count - 1, delivery, True, worker_timeout)
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands([
-                ("BLMOVE", keys[0], keys[1], "LEFT", "RIGHT", timeout),
-                ("EVALSHA", self.scripts.sha["fetch"], len(keys), *keys, *args),
-            ]))
-            conn.read_response()
-            reply = conn.read_response()
-        except BaseException:
-            conn.disconnect()  # a half-read reply would confuse the next user of this connection
-            raise
-        finally:
-            pool.release(conn)
-        return _pairs(reply)
-
-    def _fetch_call(self, worker_id: str, count: int, delivery: str, woken: bool, worker_timeout: float) -> tuple[list, list]:
-        """Keys and arguments of fetch.lua."""
-        k = self.keys
-        keys = [k.pending, k.in_flight(worker_id), k.delayed, k.done, k.workers]
-        return keys, [count, delivery, "1" if woken else "0", worker_id, max(1, int(worker_timeout * 1000))]
+        k, sha = self.keys, self.scripts.sha
+        in_flight = k.in_flight(worker_id)
+        _, moved, checked = send_together(self.client, [
+            ("EVALSHA", sha["heartbeat"], 3, k.workers, in_flight, k.settled, worker_id, max(1, int(worker_timeout * 1000))),
+            ("BLMOVE", k.pending, in_flight, "LEFT", "RIGHT", timeout),
+            ("EVALSHA", sha["woken"], 2, in_flight, k.done, delivery),
+        ])
+        # After a timeout the reliable script reads an older element, if any, of our list: it was
+        # not taken now. (What the simple script pops is ours either way, so it is returned.)
+        if moved is None and delivery == "reliable":
+            return []
+        return [(checked[0], checked[1] == 1)] if checked else []
 
     def settle(self, worker_id: str, delivery: str, outcomes: Outcomes, *, recovering: bool = False) -> list[bool]:
         """Apply outcomes for messages held by `worker_id`; idempotent, so safe to resend.

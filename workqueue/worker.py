@@ -137,7 +137,7 @@ class Worker:
             if self.burst and wait_ms < 0:
                 return False
             timeout = BLOCK_SECONDS if wait_ms < 0 else min(BLOCK_SECONDS, max(wait_ms, 10) / 1000)
-            taken = self.queue.block(self.id, self.delivery, timeout, self._batch, worker_timeout=self.worker_timeout)
+            taken = self.queue.block(self.id, self.delivery, timeout, worker_timeout=self.worker_timeout)
         self._accept(taken)
         return True
 

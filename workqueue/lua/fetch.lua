@@ -7,11 +7,8 @@
 -- KEYS[5] workers      sorted set of worker ids scored by heartbeat deadline (ms)
 -- ARGV[1] count        how many messages to take from the queue at most
 -- ARGV[2] delivery     'reliable' (move them into KEYS[2]) or 'simple' (pop them: at most once)
--- ARGV[3] woken        '1' when this call is pipelined right behind a BLMOVE from KEYS[1] to the
---                      tail of KEYS[2]: that message is taken first (and in simple delivery
---                      popped out of KEYS[2] again)
--- ARGV[4] worker id    whose in-flight list KEYS[2] is
--- ARGV[5] timeout_ms   its heartbeat timeout: registering in the same step as taking messages
+-- ARGV[3] worker id    whose in-flight list KEYS[2] is
+-- ARGV[4] timeout_ms   its heartbeat timeout: registering in the same step as taking messages
 --                      keeps every non-empty in-flight list listed in KEYS[5], for recovery
 -- Returns {wait_ms, message, done, message, done, ...}. done is 1 when the message's id was
 -- completed already or appears earlier in this batch. wait_ms is 0 when something was taken;
@@ -19,7 +16,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local reliable = ARGV[2] == 'reliable'
-redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), ARGV[4])
+redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[3])
 
 -- Bounded so one call never stalls Redis; the rest are promoted by the next fetch.
 local due = redis.call('ZRANGE', KEYS[3], '-inf', now, 'BYSCORE', 'LIMIT', 0, 1000)
@@ -28,25 +25,16 @@ if #due > 0 then
   redis.call('ZREM', KEYS[3], unpack(due))
 end
 
-local taken = {}
-if ARGV[3] == '1' then
-  local woken
-  if reliable then woken = redis.call('LINDEX', KEYS[2], -1) else woken = redis.call('RPOP', KEYS[2]) end
-  if woken then taken[1] = woken end
-end
 local count = tonumber(ARGV[1])
-if count > 0 then
-  local more
-  if reliable then
-    more = redis.call('LRANGE', KEYS[1], 0, count - 1)
-    if #more > 0 then
-      redis.call('LTRIM', KEYS[1], #more, -1)
-      redis.call('RPUSH', KEYS[2], unpack(more))
-    end
-  else
-    more = redis.call('LPOP', KEYS[1], count) or {}
+local taken = {}
+if count > 0 and reliable then
+  taken = redis.call('LRANGE', KEYS[1], 0, count - 1)
+  if #taken > 0 then
+    redis.call('LTRIM', KEYS[1], #taken, -1)
+    redis.call('RPUSH', KEYS[2], unpack(taken))
   end
-  for _, message in ipairs(more) do taken[#taken + 1] = message end
+elseif count > 0 then
+  taken = redis.call('LPOP', KEYS[1], count) or {}
 end
 
 if #taken == 0 then
