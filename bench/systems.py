@@ -2,6 +2,7 @@
 
     python systems.py drain  SYSTEM N      # prints {"drain": jobs/s, "enqueue": jobs/s, "version": ...}
     python systems.py pickup SYSTEM N      # prints {"p50_ms": ..., "p99_ms": ...}
+    python systems.py paired-pickup N A B  # A's and B's pickups, samples interleaved (see below)
     python systems.py worker SYSTEM        # (internal) runs one single-process worker until killed
     python systems.py rss N                # workqueue only: worker RSS after 10 000 and after N messages
 
@@ -52,12 +53,12 @@ def pickup(sent: float) -> None:
 # -- each system: its package, how to enqueue, how to run one worker process ------------------
 
 
-def system(name: str):
+def system(name: str, queue: str = QUEUE):
     """The named system, set up (only its own package is imported)."""
     if name == "raw":
-        return Raw()
+        return Raw(queue)
     if name.startswith("workqueue"):
-        return Workqueue("simple" if name.endswith("simple") else "reliable", "info" if name.endswith("info") else "warning")
+        return Workqueue("simple" if name.endswith("simple") else "reliable", "info" if name.endswith("info") else "warning", queue)
     return {"rq": Rq, "dramatiq": Dramatiq, "celery": Celery, "huey": Huey, "arq": Arq}[name]()
 
 
@@ -66,31 +67,32 @@ class Raw:
 
     package = "redis"
 
-    def __init__(self) -> None:
+    def __init__(self, queue: str = QUEUE) -> None:
         self.client = redis.Redis.from_url(URL)
+        self.queue = queue
 
     def enqueue(self, kind: str, *args) -> None:
-        self.client.rpush(QUEUE, json.dumps({"kind": kind, "args": args}))
+        self.client.rpush(self.queue, json.dumps({"kind": kind, "args": args}))
 
     def work(self) -> None:
         jobs = {"record": record, "pickup": pickup}
         while True:
-            raw = self.client.blmove(QUEUE, f"{QUEUE}:processing", 1, "LEFT", "RIGHT")
+            raw = self.client.blmove(self.queue, f"{self.queue}:processing", 1, "LEFT", "RIGHT")
             if raw is not None:
                 body = json.loads(raw)
                 jobs[body["kind"]](*body["args"])
-                self.client.lrem(f"{QUEUE}:processing", 1, raw)
+                self.client.lrem(f"{self.queue}:processing", 1, raw)
 
 
 class Workqueue:
     package = "workqueue"
 
-    def __init__(self, delivery: str, log_level: str) -> None:
+    def __init__(self, delivery: str, log_level: str, queue: str = QUEUE) -> None:
         from workqueue import Queue
 
         self.delivery = delivery
         self.log_level = log_level
-        self.queue = Queue.connect(URL, QUEUE)
+        self.queue = Queue.connect(URL, queue)
 
     def enqueue(self, kind: str, *args) -> None:
         self.queue.push({"kind": kind, "args": args})
@@ -246,9 +248,9 @@ class Arq:
 # -- measurements ---------------------------------------------------------------------------
 
 
-def start_worker(name: str) -> subprocess.Popen:
+def start_worker(name: str, queue: str = QUEUE) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, "worker", name], cwd=os.path.dirname(os.path.abspath(__file__)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=dict(os.environ, BENCH_QUEUE=queue), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def drain(name: str, n: int) -> dict:
@@ -295,8 +297,45 @@ def pickup_latency(name: str, samples: int) -> dict:
     finally:
         worker.kill()
         worker.wait()
-    latencies.sort()
-    return {"p50_ms": latencies[len(latencies) // 2], "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+    return percentiles(latencies)
+
+
+def percentiles(latencies: list[float]) -> dict:
+    ordered = sorted(latencies)
+    return {"p50_ms": ordered[len(ordered) // 2], "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
+
+
+def paired_pickup(names: list[str], samples: int) -> dict:
+    """Idle pickup of several systems whose workers idle side by side, each on its own queue;
+    their samples alternate, so a noisy moment of the machine hits all of them alike. Also the
+    median of the per-round differences from the first system (its overhead over the first)."""
+    stamps.flushdb()
+    targets = {name: system(name, f"bench-{name}") for name in names}
+    workers = [start_worker(name, f"bench-{name}") for name in names]
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for name, target in targets.items():  # wait for each worker to be up
+            target.enqueue("pickup", time.time())
+            if not wait_pop("bench:latency", 60):
+                raise SystemExit(f"{name}: worker did not start")
+        for i in range(samples):
+            for name in names if i % 2 == 0 else names[::-1]:
+                time.sleep(0.02)  # let the workers go idle
+                targets[name].enqueue("pickup", time.time())
+                reply = wait_pop("bench:latency", 30)
+                if not reply:
+                    raise SystemExit(f"{name}: a pickup took over 30 s")
+                latencies[name].append(float(reply[1]) * 1000)
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    result = {name: percentiles(values) | {"samples": samples} for name, values in latencies.items()}
+    base = latencies[names[0]]
+    for name in names[1:]:
+        differences = sorted(b - a for a, b in zip(base, latencies[name]))
+        result[name]["median_overhead_ms"] = differences[len(differences) // 2]
+    return result
 
 
 def rss_kib() -> int:
@@ -341,3 +380,5 @@ if __name__ == "__main__":
         print(json.dumps(systems.drain(name, int(sys.argv[3]))))
     elif command == "pickup":
         print(json.dumps(systems.pickup_latency(name, int(sys.argv[3]))))
+    elif command == "paired-pickup":
+        print(json.dumps(systems.paired_pickup(sys.argv[3:], int(name))))
