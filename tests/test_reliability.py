@@ -5,12 +5,13 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 
 import pytest
 from structlog.testing import capture_logs
 
 from support import script_env, stats, wait_until
-from workqueue import Queue, Worker
+from workqueue import Queue, Worker, message
 from workqueue.shutdown import Shutdown
 
 
@@ -202,3 +203,40 @@ def test_copy_of_a_completed_message_that_wakes_an_idle_worker_is_skipped(shared
     assert skipped in logs
     result = queue.stats()
     assert result["duplicates_skipped"] == 1 and result["completed"] == 1 and result["unaccounted"] == 0
+
+
+def test_copies_in_nearby_batches_run_the_handler_once(shared_redis, queue_name):
+    """Copies of one id spread over a long queue, in one batch or in batches fetched ahead, run once."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    raws = [message.new({"n": i})[1] for i in range(3000)]
+    for twin, (first, gap) in enumerate([(100, 1), (500, 120), (900, 230), (1500, 350), (2200, 420)]):
+        raws[first] = raws[first + gap] = message.new({"twin": twin}, f"twin-{twin}")[1]
+    queue.push_encoded(raws)
+    seen = Counter()
+    worker = Worker(queue, lambda m: seen.update([m.id]), burst=True)
+    worker.run()
+    assert max(seen.values()) == 1 and len(seen) == 3000 - 5
+    result = queue.stats()
+    assert result["duplicates_skipped"] == 5 and result["completed"] == 2995 and result["unaccounted"] == 0
+
+
+@pytest.mark.parametrize("delivery", ["reliable", "simple"])
+def test_stop_while_a_batch_is_fetched_ahead_puts_every_unstarted_message_back(shared_redis, queue_name, delivery):
+    """A stop mid-batch, with the next batch already fetched ahead, returns both batches' rest to the queue in order."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    ids = queue.push_many({"n": i} for i in range(3000))
+    shutdown, seen = Shutdown(), []
+
+    def handler(m) -> None:
+        seen.append(m.id)
+        if len(seen) == 700:
+            shutdown.request()
+
+    with capture_logs() as logs:
+        assert Worker(queue, handler, delivery=delivery, shutdown=shutdown).run() == 0
+    assert seen == ids[:700]
+    [stopped] = [e for e in logs if e["event"] == "worker_stopped"]
+    assert stopped["released"] >= 200  # the rest of its batch and the batch fetched ahead
+    assert [message.decode(raw).id for raw in queue.client.lrange(queue.keys.pending, 0, -1)] == ids[700:]
+    result = queue.stats()
+    assert result["completed"] == 700 and result["in_flight"] == 0 and result["unaccounted"] == 0

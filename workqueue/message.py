@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 # checks its argument's type and encoding; this is the hot path of producers and workers.
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.JSONDecoder().decode
+_raw_decode = json.JSONDecoder().raw_decode  # without decode()'s two whitespace regexes
 
 
 class MalformedMessage(ValueError):
@@ -62,9 +63,15 @@ def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
 def decode(raw: bytes) -> Message:
     """Decode one list element, or raise MalformedMessage saying why it is not a message."""
     try:
-        fields = _loads(raw.decode())
-    except ValueError as error:  # UnicodeDecodeError is a ValueError too
-        raise MalformedMessage(f"not valid JSON: {error}") from None
+        text = raw.decode()
+        fields, end = _raw_decode(text)
+        if end != len(text):
+            raise ValueError("not one JSON value alone")
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        try:  # the full decoder allows surrounding whitespace, and says why it refuses
+            fields = _loads(raw.decode())
+        except ValueError as error:
+            raise MalformedMessage(f"not valid JSON: {error}") from None
     # type() rather than isinstance(): this runs for every message, and bool is not an int here.
     if type(fields) is not dict:
         raise MalformedMessage(f"not a JSON object but {type(fields).__name__}")

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import redis
 
 from . import message
-from .connection import Scripts, connect, send_together
+from .connection import Scripts, Sent, connect, send_together
 from .keys import QueueKeys
 from .message import MalformedMessage, Message
 from .settings import Settings
@@ -58,6 +58,25 @@ class Recovered:
 def _pairs(reply: list[Any]) -> list[tuple[bytes, bool]]:
     """The fetch script's reply [wait_ms, message, done, message, done, ...] as pairs."""
     return [(reply[i], reply[i + 1] == 1) for i in range(1, len(reply), 2)]
+
+
+class SentFetch:
+    """A fetch (and the settlement riding with it) sent to Redis, its reply not read yet."""
+
+    def __init__(self, sent: Sent, outcomes: Outcomes | None) -> None:
+        self.sent = sent
+        self.outcomes = outcomes
+
+    def receive(self) -> tuple[list[tuple[bytes, bool]], int]:
+        """Wait for the reply: ([(message, already_completed), ...], wait_ms) as from fetch."""
+        reply = self.sent.replies()[-1]
+        if self.outcomes:
+            self.outcomes.clear()  # Redis applied them
+        return _pairs(reply), int(reply[0])
+
+    def abandon(self) -> None:
+        """Drop the connection unread; the outcomes stay, to be resent (settling is idempotent)."""
+        self.sent.abandon()
 
 
 class Queue:
@@ -133,16 +152,19 @@ class Queue:
         Returns ([(message, already_completed), ...], wait_ms): when nothing was taken, wait_ms
         says how long until a retry is due (-1: none is waiting).
         """
-        with self.client.pipeline(transaction=False) as pipe:
-            if outcomes:
-                self._settle(pipe, worker_id, delivery, outcomes)
-            k = self.keys
-            keys = [k.pending, k.in_flight(worker_id), k.delayed, k.done, k.workers]
-            self.scripts.call("fetch", keys, [count, delivery, worker_id, max(1, int(worker_timeout * 1000))], pipe)
-            reply = pipe.execute()[-1]
+        return self.send_fetch(worker_id, count, delivery, outcomes, worker_timeout=worker_timeout).receive()
+
+    def send_fetch(
+        self, worker_id: str, count: int, delivery: str, outcomes: Outcomes | None = None, *, worker_timeout: float = 30.0
+    ) -> "SentFetch":
+        """Send what `fetch` sends, without waiting: the reply is read by SentFetch.receive()."""
+        k = self.keys
+        commands = []
         if outcomes:
-            outcomes.clear()
-        return _pairs(reply), int(reply[0])
+            commands.append(("EVALSHA", self.scripts.sha["settle"], *self._settle_call(worker_id, delivery, outcomes)))
+        keys = [k.pending, k.in_flight(worker_id), k.delayed, k.done, k.workers]
+        commands.append(("EVALSHA", self.scripts.sha["fetch"], len(keys), *keys, count, delivery, worker_id, max(1, int(worker_timeout * 1000))))
+        return SentFetch(Sent(self.client, commands), outcomes)
 
     def block(self, worker_id: str, delivery: str, timeout: float, *, worker_timeout: float = 30.0) -> list[tuple[bytes, bool]]:
         """Wait up to `timeout` seconds for one message; returns [] or [(message, already_completed)].
@@ -173,15 +195,16 @@ class Queue:
         Returns, per outcome, whether it applied (False: another worker had recovered it)."""
         if not outcomes and not recovering:
             return []
-        applied = self._settle(None, worker_id, delivery, outcomes, recovering)
+        numkeys, *rest = self._settle_call(worker_id, delivery, outcomes, recovering)
+        applied = self.scripts.call("settle", rest[:numkeys], rest[numkeys:])
         outcomes.clear()
         return [bool(flag) for flag in applied]
 
-    def _settle(self, pipe: Any, worker_id: str, delivery: str, outcomes: Outcomes, recovering: bool = False) -> Any:
+    def _settle_call(self, worker_id: str, delivery: str, outcomes: Outcomes, recovering: bool = False) -> list[Any]:
+        """numkeys, keys and arguments of settle.lua."""
         k = self.keys
         keys = [k.in_flight(worker_id), k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers, k.settled]
-        args = [delivery, self.dedup_ttl_ms, worker_id, 0 if recovering else outcomes.sequence, *outcomes.args]
-        return self.scripts.call("settle", keys, args, pipe)
+        return [len(keys), *keys, delivery, self.dedup_ttl_ms, worker_id, 0 if recovering else outcomes.sequence, *outcomes.args]
 
     def in_flight(self, worker_id: str) -> list[bytes]:
         """What Redis says this worker holds (the truth after a lost reply)."""

@@ -21,7 +21,7 @@ import structlog
 from . import message
 from .connection import BLOCK_SECONDS, REDIS_UNAVAILABLE, Outage
 from .message import MalformedMessage, Message
-from .queue import Outcomes, Queue
+from .queue import Outcomes, Queue, SentFetch
 from .settings import Settings
 from .shutdown import Shutdown
 
@@ -31,6 +31,10 @@ ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its batc
 BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
 RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one cheap call
 HOUSEKEEPING_TICK = 0.2
+# From this batch size on (handlers at 1 ms a message or faster) the next batch is asked for
+# before the current one starts, so Redis's work overlaps the handler's; the worker then holds
+# up to two batches. Slower handlers gain nothing from it and would hoard messages.
+FETCH_AHEAD_BATCH = 50
 
 
 @dataclass(slots=True)
@@ -78,6 +82,9 @@ class Worker:
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
         self._resync = True  # (re)register and re-read our in-flight list before taking messages
+        self._ahead: SentFetch | None = None  # the next batch, asked for; reply not read yet
+        self._next: list[tuple[bytes, bool]] = []  # the next batch, read but not started
+        self._ahead_of: frozenset[str] = frozenset()  # ids of the batch that was held meanwhile
         self._finished = threading.Event()
         # Held by the housekeeper while it heartbeats, so that no heartbeat can land after we
         # deregistered (which would leave a ghost "live" worker in stats until its timeout).
@@ -132,6 +139,14 @@ class Worker:
     def _take(self) -> bool:
         """Settle what is done and take the next batch, blocking briefly when the queue is empty.
         Returns False when a burst worker has nothing left to wait for."""
+        if self._ahead is not None:
+            self._receive_ahead()
+        if self._next:
+            # The fetch that took these ran before the previous batch was settled, so Redis could
+            # not see its ids as completed: a copy of one of them is a duplicate here.
+            self._accept(self._next, self._ahead_of)
+            self._next = []
+            return True
         taken, wait_ms = self.queue.fetch(self.id, self._batch, self.delivery, self._outcomes, worker_timeout=self.worker_timeout)
         if not taken:
             if self.burst and wait_ms < 0:
@@ -141,17 +156,46 @@ class Worker:
         self._accept(taken)
         return True
 
-    def _accept(self, taken: list[tuple[bytes, bool]]) -> None:
-        """Decode new messages; `duplicate` comes from the fetch script's check of completed ids."""
+    def _accept(self, taken: list[tuple[bytes, bool]], earlier: frozenset[str] = frozenset()) -> None:
+        """Decode new messages; `duplicate` comes from the fetch script's check of completed ids,
+        or from `earlier`, the ids of a batch taken before this one but not yet settled."""
         for raw, duplicate in taken:
             try:
-                self._held.append(Delivery(raw, message.decode(raw), duplicate=duplicate))
+                msg = message.decode(raw)
             except MalformedMessage as error:
                 self._held.append(Delivery(raw, None, str(error)))
+            else:
+                self._held.append(Delivery(raw, msg, duplicate=duplicate or msg.id in earlier))
+
+    def _send_ahead(self) -> None:
+        """Ask for the next batch (settling the last one's outcomes) before starting this one."""
+        self._ahead_of = frozenset(d.message.id for d in self._held if d.message is not None)
+        sent = self._outcomes
+        self._ahead = self.queue.send_fetch(self.id, self._batch, self.delivery, sent, worker_timeout=self.worker_timeout)
+        self._outcomes = Outcomes(sequence=sent.sequence + 1)  # new outcomes wait until those are confirmed
+
+    def _receive_ahead(self) -> None:
+        """Read the batch asked for ahead. On an error it stays set: _settle_all resends its
+        outcomes, and _sync_with_redis adopts its messages."""
+        taken, _ = self._ahead.receive()
+        self._ahead = None
+        self._next = taken
+
+    def _settle_all(self) -> None:
+        """Settle every outcome not confirmed by Redis: first those that rode with a fetch whose
+        reply was lost (they have the lower sequence number), then the newer ones."""
+        if self._ahead is not None:
+            self._ahead.abandon()
+            if self._ahead.outcomes:
+                self.queue.settle(self.id, self.delivery, self._ahead.outcomes)
+            self._ahead = None
+        self.queue.settle(self.id, self.delivery, self._outcomes)
 
     def _work(self) -> None:
         """Process what we hold, settling outcomes early if the oldest waited ACK_DELAY (slow
         handlers); then size the next batch to about BATCH_SECONDS of this pace."""
+        if self._batch >= FETCH_AHEAD_BATCH and self._ahead is None and not self._next:
+            self._send_ahead()
         held, outcomes, shutdown = self._held, self._outcomes, self.shutdown
         started, count = time.perf_counter(), 0
         while held and not shutdown.requested:
@@ -159,6 +203,8 @@ class Worker:
             count += 1
             # A whole batch's outcomes ride with the next fetch; settle here only for slow work.
             if held and time.monotonic() - outcomes.first_at >= ACK_DELAY:
+                if self._ahead is not None:
+                    self._receive_ahead()  # its outcomes first: settling goes in sequence order
                 self.queue.settle(self.id, self.delivery, outcomes)
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
@@ -192,7 +238,9 @@ class Worker:
         may have moved messages, and a long outage may have let another worker recover ours."""
         self.queue.scripts.load()  # Redis may have restarted without its script cache
         self.queue.heartbeat(self.id, self.worker_timeout)
-        self.queue.settle(self.id, self.delivery, self._outcomes)
+        self._settle_all()
+        self._accept(self._next, self._ahead_of)
+        self._next = []
         in_redis = Counter(self.queue.in_flight(self.id))
         if self.delivery == "reliable":  # in simple delivery what we hold is in no Redis list
             kept: deque[Delivery] = deque()
@@ -211,12 +259,19 @@ class Worker:
 
     def _stop(self) -> int:
         """Put back what was taken but not started, settle the rest, deregister."""
+        try:
+            if self._ahead is not None:
+                self._receive_ahead()
+        except REDIS_UNAVAILABLE:
+            pass  # its messages are found below, when deregistering is refused
+        self._accept(self._next, self._ahead_of)
+        self._next = []
         for d in reversed(self._held):  # reversed: each release goes to the head of the queue
             self._outcomes.add("release", d.raw)
         released, self._held = len(self._held), deque()
         while True:  # bounded: the housekeeper ends the process when the grace runs out
             try:
-                self.queue.settle(self.id, self.delivery, self._outcomes)
+                self._settle_all()
                 with self._registration:
                     self._deregistering = True
                 if self.queue.deregister(self.id):
