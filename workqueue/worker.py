@@ -31,8 +31,8 @@ ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its batc
 BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
 RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one cheap call
 HOUSEKEEPING_TICK = 0.2
-# From this batch size on (handlers at 1 ms a message or faster) the next batch is asked for
-# before the current one starts, so Redis's work overlaps the handler's; the worker then holds
+# From this batch size on (handlers at 1 ms a message or faster, and a busy queue) the next
+# batch is asked for before the current one starts, so Redis's work overlaps the handler's; the worker then holds
 # up to two batches. Slower handlers gain nothing from it and would hoard messages.
 FETCH_AHEAD_BATCH = 50
 
@@ -194,7 +194,8 @@ class Worker:
     def _work(self) -> None:
         """Process what we hold, settling outcomes early if the oldest waited ACK_DELAY (slow
         handlers); then size the next batch to about BATCH_SECONDS of this pace."""
-        if self._batch >= FETCH_AHEAD_BATCH and self._ahead is None and not self._next:
+        # Not for a small batch (a woken worker's one message): sending would delay its start.
+        if len(self._held) >= FETCH_AHEAD_BATCH and self._batch >= FETCH_AHEAD_BATCH and self._ahead is None and not self._next:
             self._send_ahead()
         held, outcomes, shutdown = self._held, self._outcomes, self.shutdown
         started, count = time.perf_counter(), 0
