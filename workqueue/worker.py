@@ -32,8 +32,8 @@ BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in abo
 RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one cheap call
 HOUSEKEEPING_TICK = 0.2
 # From this batch size on (handlers at 1 ms a message or faster, and a busy queue) the next
-# batch is asked for before the current one starts, so Redis's work overlaps the handler's; the worker then holds
-# up to two batches. Slower handlers gain nothing from it and would hoard messages.
+# batch is asked for before the current one starts, so Redis's work overlaps the handler's;
+# the worker then holds up to two batches. Slower handlers would only hoard messages.
 FETCH_AHEAD_BATCH = 50
 
 
