@@ -5,10 +5,12 @@ import threading
 import time
 
 import pytest
+import redis
 from structlog.testing import capture_logs
 
 from support import free_port, wait_until
 from workqueue import Queue, Worker, message
+from workqueue.connection import Sent
 from workqueue.queue import Outcomes
 
 
@@ -160,3 +162,29 @@ def test_a_message_taken_by_block_is_always_in_a_registered_workers_list(shared_
     assert client.zscore(queue.keys.workers, "w-unlisted") is not None
     assert client.lrange(queue.keys.in_flight("w-unlisted"), 0, -1) == [raw]
     assert queue.stats()["unaccounted"] == 0 and queue.block("w-unlisted", "reliable", 0.01) == []
+
+
+def test_adopted_messages_get_the_duplicate_check_their_lost_reply_carried(shared_redis, queue_name):
+    """Messages adopted after a lost fetch reply skip copies of completed ids and repeats among themselves."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push({"n": 0}, message_id="done-before")
+    Worker(queue, lambda m: None, burst=True).run()
+    queue.push({"n": 0}, message_id="done-before")
+    ids = queue.push_many({"n": i} for i in range(1, 4))
+    queue.push({"n": 9}, message_id="twin")
+    queue.push({"n": 9}, message_id="twin")
+    queue.fetch("worker-a", 10, "reliable")  # moved into worker-a's list; the reply is "lost"
+    seen = []
+    Worker(queue, lambda m: seen.append(m.id), worker_id="worker-a", burst=True).run()
+    assert seen == ids + ["twin"]
+    result = queue.stats()
+    assert result["duplicates_skipped"] == 2 and result["completed"] == 5 and result["unaccounted"] == 0
+
+
+def test_a_sent_request_whose_replies_are_gone_reports_a_connection_error(client):
+    """Reading a request's replies twice raises ConnectionError, which the worker treats as an outage."""
+    sent = Sent(client, [("SET", "sent-test", 1), ("GET", "sent-test")])
+    assert sent.replies() == [b"OK", b"1"]
+    with pytest.raises(redis.exceptions.ConnectionError):
+        sent.replies()
+    sent.abandon()  # and giving it back again changes nothing

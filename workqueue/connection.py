@@ -64,6 +64,8 @@ class Sent:
     def replies(self) -> list[Any]:
         """Every command's reply, in order; the first error reply is raised."""
         conn, self.conn = self.conn, None
+        if conn is None:  # read already, or dropped after an error: for the caller, an outage
+            raise ConnectionError("the replies were read already or lost")
         try:
             return [conn.read_response() for _ in range(self.count)]
         except BaseException:

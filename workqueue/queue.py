@@ -206,6 +206,10 @@ class Queue:
         keys = [k.in_flight(worker_id), k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers, k.settled]
         return [len(keys), *keys, delivery, self.dedup_ttl_ms, worker_id, 0 if recovering else outcomes.sequence, *outcomes.args]
 
+    def completed(self, message_ids: Sequence[str]) -> list[bool]:
+        """Whether each id was completed (within the de-duplication window)."""
+        return [score is not None for score in self.client.zmscore(self.keys.done, message_ids)] if message_ids else []
+
     def in_flight(self, worker_id: str) -> list[bytes]:
         """What Redis says this worker holds (the truth after a lost reply)."""
         return self.client.lrange(self.keys.in_flight(worker_id), 0, -1)

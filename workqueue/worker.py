@@ -253,8 +253,27 @@ class Worker:
         orphans = list(in_redis.elements())
         if orphans:
             self.log.warning("in_flight_adopted", count=len(orphans))
-            self._accept([(raw, False) for raw in orphans])
+            self._adopt(orphans)
         self._resync = False
+
+    def _adopt(self, orphans: list[bytes]) -> None:
+        """Take on messages Redis lists as ours whose fetch reply was lost, with that reply's
+        duplicate check done again: an id completed already, held already, or seen earlier among
+        the orphans marks a duplicate."""
+        ids: list[str | None] = []
+        for raw in orphans:
+            try:
+                ids.append(message.decode(raw).id)
+            except MalformedMessage:
+                ids.append(None)  # _accept dead-letters it
+        valid = [i for i in ids if i is not None]
+        completed = dict(zip(valid, self.queue.completed(valid)))
+        seen = {d.message.id for d in self._held if d.message is not None}
+        flagged = []
+        for raw, message_id in zip(orphans, ids):
+            flagged.append((raw, message_id is not None and (completed[message_id] or message_id in seen)))
+            seen.add(message_id)
+        self._accept(flagged)
 
     # -- stopping ----------------------------------------------------------------------------
 
