@@ -188,3 +188,18 @@ def test_a_sent_request_whose_replies_are_gone_reports_a_connection_error(client
     with pytest.raises(redis.exceptions.ConnectionError):
         sent.replies()
     sent.abandon()  # and giving it back again changes nothing
+
+
+def test_a_simple_workers_adopted_message_is_adopted_once_however_often_it_resyncs(shared_redis, client, queue_name):
+    """In simple delivery, a message left in the in-flight list by a lost reply runs once across repeated resyncs."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    [message_id] = queue.push_many([{"n": 1}])
+    client.lmove(queue.keys.pending, queue.keys.in_flight("w-simple"), "LEFT", "RIGHT")  # BLMOVE ran, the pop did not
+    seen = []
+    worker = Worker(queue, lambda m: seen.append(m.id), delivery="simple", worker_id="w-simple", burst=True)
+    worker._sync_with_redis()
+    worker._sync_with_redis()  # as after a second connection error before the message was settled
+    worker.run()
+    assert seen == [message_id]
+    result = queue.stats()
+    assert result["completed"] == 1 and result["in_flight"] == 0 and result["unaccounted"] == 0

@@ -243,13 +243,14 @@ class Worker:
         self._accept(self._next, self._ahead_of)
         self._next = []
         in_redis = Counter(self.queue.in_flight(self.id))
-        if self.delivery == "reliable":  # in simple delivery what we hold is in no Redis list
-            kept: deque[Delivery] = deque()
-            for d in self._held:
-                if in_redis[d.raw] > 0:
-                    in_redis[d.raw] -= 1
-                    kept.append(d)
-            self._held = kept
+        kept: deque[Delivery] = deque()
+        for d in self._held:
+            if in_redis[d.raw] > 0:
+                in_redis[d.raw] -= 1
+                kept.append(d)
+            elif self.delivery == "simple":  # popped, so in no Redis list, unless adopted earlier
+                kept.append(d)
+        self._held = kept
         orphans = list(in_redis.elements())
         if orphans:
             self.log.warning("in_flight_adopted", count=len(orphans))
