@@ -20,7 +20,9 @@ def chaos_run(redis_server, queue, processes, delivery, work_seconds):
     redis_restarted = False
     while time.monotonic() - started < 14:  # bounded chaos phase
         time.sleep(rng.uniform(0.5, 1.2))
-        victim = rng.randrange(len(workers))
+        # Kill a worker that is working (a fresh one may not have taken anything yet).
+        busy = [i for i, w in enumerate(workers) if w.named("message_processed")]
+        victim = rng.choice(busy or range(len(workers)))
         workers[victim].popen.kill()
         kills += 1
         workers[victim] = processes.start("worker/main.py", *worker_args, env=env)
