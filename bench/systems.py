@@ -279,25 +279,8 @@ def drain(name: str, n: int) -> dict:
 
 
 def pickup_latency(name: str, samples: int) -> dict:
-    stamps.flushdb()
-    target = system(name)
-    worker = start_worker(name)
-    latencies = []
-    try:
-        target.enqueue("pickup", time.time())  # wait for the worker to be up
-        if not wait_pop("bench:latency", 60):
-            raise SystemExit(f"{name}: worker did not start")
-        for _ in range(samples):
-            time.sleep(0.02)  # let the worker go idle
-            target.enqueue("pickup", time.time())
-            reply = wait_pop("bench:latency", 30)
-            if not reply:
-                raise SystemExit(f"{name}: a pickup took over 30 s")
-            latencies.append(float(reply[1]) * 1000)
-    finally:
-        worker.kill()
-        worker.wait()
-    return percentiles(latencies)
+    """Idle pickup of one system on the default queue (the peers know no other)."""
+    return paired_pickup([name], samples, queue_of=lambda _: QUEUE)[name]
 
 
 def percentiles(latencies: list[float]) -> dict:
@@ -305,13 +288,13 @@ def percentiles(latencies: list[float]) -> dict:
     return {"p50_ms": ordered[len(ordered) // 2], "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
 
 
-def paired_pickup(names: list[str], samples: int) -> dict:
+def paired_pickup(names: list[str], samples: int, queue_of=lambda name: f"bench-{name}") -> dict:
     """Idle pickup of several systems whose workers idle side by side, each on its own queue;
     their samples alternate, so a noisy moment of the machine hits all of them alike. Also the
     median of the per-round differences from the first system (its overhead over the first)."""
     stamps.flushdb()
-    targets = {name: system(name, f"bench-{name}") for name in names}
-    workers = [start_worker(name, f"bench-{name}") for name in names]
+    targets = {name: system(name, queue_of(name)) for name in names}
+    workers = [start_worker(name, queue_of(name)) for name in names]
     latencies: dict[str, list[float]] = {name: [] for name in names}
     try:
         for name, target in targets.items():  # wait for each worker to be up

@@ -101,17 +101,18 @@ class Scripts:
         for source in self.source.values():
             self.client.script_load(source)
 
-    def call(self, name: str, keys: Sequence[str], args: Sequence[Any], pipe: Any = None) -> Any:
-        """Run a script, on `pipe` when given (its reply comes from pipe.execute())."""
-        target = pipe if pipe is not None else self.client
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script and return its reply."""
         try:
-            return target.evalsha(self.sha[name], len(keys), *keys, *args)
+            return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
         except NoScriptError:
-            if pipe is not None:
-                raise
             # Not run at all, so running it again after loading is safe.
             self.load()
             return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
+
+    def command(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+        """The EVALSHA command running a script, for Sent (a NOSCRIPT reply is raised there)."""
+        return ("EVALSHA", self.sha[name], len(keys), *keys, *args)
 
 
 class Outage:

@@ -55,6 +55,11 @@ class Recovered:
     dead_lettered: bool
 
 
+def _ms(seconds: float) -> int:
+    """A timeout in whole milliseconds for the scripts, at least 1 (0 would mean 'none')."""
+    return max(1, int(seconds * 1000))
+
+
 def _pairs(reply: list[Any]) -> list[tuple[bytes, bool]]:
     """The fetch script's reply [wait_ms, message, done, message, done, ...] as pairs."""
     return [(reply[i], reply[i + 1] == 1) for i in range(1, len(reply), 2)]
@@ -161,9 +166,9 @@ class Queue:
         k = self.keys
         commands = []
         if outcomes:
-            commands.append(("EVALSHA", self.scripts.sha["settle"], *self._settle_call(worker_id, delivery, outcomes)))
+            commands.append(self.scripts.command("settle", *self._settle_call(worker_id, delivery, outcomes)))
         keys = [k.pending, k.in_flight(worker_id), k.delayed, k.done, k.workers]
-        commands.append(("EVALSHA", self.scripts.sha["fetch"], len(keys), *keys, count, delivery, worker_id, max(1, int(worker_timeout * 1000))))
+        commands.append(self.scripts.command("fetch", keys, [count, delivery, worker_id, _ms(worker_timeout)]))
         return SentFetch(Sent(self.client, commands), outcomes)
 
     def block(self, worker_id: str, delivery: str, timeout: float, *, worker_timeout: float = 30.0) -> list[tuple[bytes, bool]]:
@@ -176,12 +181,11 @@ class Queue:
         meanwhile is taken by the next fetch. The write bypasses redis-py's Pipeline, whose
         bookkeeping would add tens of microseconds to this, the idle pickup path.
         """
-        k, sha = self.keys, self.scripts.sha
-        in_flight = k.in_flight(worker_id)
+        in_flight = self.keys.in_flight(worker_id)
         _, moved, checked = send_together(self.client, [
-            ("EVALSHA", sha["heartbeat"], 3, k.workers, in_flight, k.settled, worker_id, max(1, int(worker_timeout * 1000))),
-            ("BLMOVE", k.pending, in_flight, "LEFT", "RIGHT", timeout),
-            ("EVALSHA", sha["woken"], 2, in_flight, k.done, delivery),
+            self.scripts.command("heartbeat", *self._heartbeat_call(worker_id, worker_timeout)),
+            ("BLMOVE", self.keys.pending, in_flight, "LEFT", "RIGHT", timeout),
+            self.scripts.command("woken", [in_flight, self.keys.done], [delivery]),
         ])
         # After a timeout the reliable script reads an older element, if any, of our list: it was
         # not taken now. (What the simple script pops is ours either way, so it is returned.)
@@ -195,20 +199,21 @@ class Queue:
         Returns, per outcome, whether it applied (False: another worker had recovered it)."""
         if not outcomes and not recovering:
             return []
-        numkeys, *rest = self._settle_call(worker_id, delivery, outcomes, recovering)
-        applied = self.scripts.call("settle", rest[:numkeys], rest[numkeys:])
+        applied = self.scripts.call("settle", *self._settle_call(worker_id, delivery, outcomes, recovering))
         outcomes.clear()
         return [bool(flag) for flag in applied]
 
-    def _settle_call(self, worker_id: str, delivery: str, outcomes: Outcomes, recovering: bool = False) -> list[Any]:
-        """numkeys, keys and arguments of settle.lua."""
+    def _settle_call(self, worker_id: str, delivery: str, outcomes: Outcomes, recovering: bool = False) -> tuple[list, list]:
+        """Keys and arguments of settle.lua."""
         k = self.keys
         keys = [k.in_flight(worker_id), k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers, k.settled]
-        return [len(keys), *keys, delivery, self.dedup_ttl_ms, worker_id, 0 if recovering else outcomes.sequence, *outcomes.args]
+        return keys, [delivery, self.dedup_ttl_ms, worker_id, 0 if recovering else outcomes.sequence, *outcomes.args]
 
     def completed(self, message_ids: Sequence[str]) -> list[bool]:
         """Whether each id was completed (within the de-duplication window)."""
-        return [score is not None for score in self.client.zmscore(self.keys.done, message_ids)] if message_ids else []
+        if not message_ids:
+            return []
+        return [score is not None for score in self.client.zmscore(self.keys.done, list(message_ids))]
 
     def in_flight(self, worker_id: str) -> list[bytes]:
         """What Redis says this worker holds (the truth after a lost reply)."""
@@ -232,13 +237,16 @@ class Queue:
 
     def heartbeat(self, worker_id: str, timeout: float) -> None:
         """Register `worker_id` as alive for `timeout` more seconds (by the Redis clock)."""
-        keys = [self.keys.workers, self.keys.in_flight(worker_id), self.keys.settled]
-        self.scripts.call("heartbeat", keys, [worker_id, max(1, int(timeout * 1000))])
+        self.scripts.call("heartbeat", *self._heartbeat_call(worker_id, timeout))
 
     def deregister(self, worker_id: str) -> bool:
         """Remove a worker that holds nothing; False (and still registered) if it holds messages."""
+        return bool(self.scripts.call("heartbeat", *self._heartbeat_call(worker_id, 0)))
+
+    def _heartbeat_call(self, worker_id: str, timeout: float) -> tuple[list, list]:
+        """Keys and arguments of heartbeat.lua; a timeout of 0 deregisters."""
         keys = [self.keys.workers, self.keys.in_flight(worker_id), self.keys.settled]
-        return bool(self.scripts.call("heartbeat", keys, [worker_id, 0]))
+        return keys, [worker_id, _ms(timeout) if timeout > 0 else 0]
 
     def recover_dead_workers(self, skip: str = "", limit: int = 100) -> list[Recovered]:
         """Take back what workers presumed dead were holding: each message returns to the queue

@@ -142,10 +142,7 @@ class Worker:
         if self._ahead is not None:
             self._receive_ahead()
         if self._next:
-            # The fetch that took these ran before the previous batch was settled, so Redis could
-            # not see its ids as completed: a copy of one of them is a duplicate here.
-            self._accept(self._next, self._ahead_of)
-            self._next = []
+            self._accept_next()
             return True
         taken, wait_ms = self.queue.fetch(self.id, self._batch, self.delivery, self._outcomes, worker_timeout=self.worker_timeout)
         if not taken:
@@ -166,6 +163,12 @@ class Worker:
                 self._held.append(Delivery(raw, None, str(error)))
             else:
                 self._held.append(Delivery(raw, msg, duplicate=duplicate or msg.id in earlier))
+
+    def _accept_next(self) -> None:
+        """Hold the batch fetched ahead. That fetch ran before the previous batch was settled, so
+        Redis could not see its ids as completed: a copy of one of them is a duplicate here."""
+        self._accept(self._next, self._ahead_of)
+        self._next = []
 
     def _send_ahead(self) -> None:
         """Ask for the next batch (settling the last one's outcomes) before starting this one."""
@@ -240,8 +243,7 @@ class Worker:
         self.queue.scripts.load()  # Redis may have restarted without its script cache
         self.queue.heartbeat(self.id, self.worker_timeout)
         self._settle_all()
-        self._accept(self._next, self._ahead_of)
-        self._next = []
+        self._accept_next()
         in_redis = Counter(self.queue.in_flight(self.id))
         kept: deque[Delivery] = deque()
         for d in self._held:
@@ -285,8 +287,7 @@ class Worker:
                 self._receive_ahead()
         except REDIS_UNAVAILABLE:
             pass  # its messages are found below, when deregistering is refused
-        self._accept(self._next, self._ahead_of)
-        self._next = []
+        self._accept_next()
         for d in reversed(self._held):  # reversed: each release goes to the head of the queue
             self._outcomes.add("release", d.raw)
         released, self._held = len(self._held), deque()
