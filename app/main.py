@@ -5,14 +5,11 @@
 
 import argparse
 import sys
-from pathlib import Path
 
-from dotenv import load_dotenv
-
+from workqueue import ConfigError, Queue, RedisRefused, Settings, __version__
 from workqueue.logs import configure_logging
 from workqueue.producer import produce
-from workqueue.queue import Queue
-from workqueue.settings import ConfigError, Settings, count, parse_value, seconds
+from workqueue.settings import count, load_env_file, parse_value, seconds
 
 
 def demo_body(seq: int) -> dict:
@@ -22,12 +19,13 @@ def demo_body(seq: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"workqueue {__version__}")
     parser.add_argument("--count", help="push this many messages, then exit (default: forever)")
     parser.add_argument("--interval", default="1.0", help="seconds between pushes (default 1.0)")
     parser.add_argument("--batch", default="1", help="messages per push, pipelined (default 1)")
     parser.add_argument("--queue", help="queue name (QUEUE_NAME, default demo-1)")
     args = parser.parse_args()
-    load_dotenv(Path(__file__).resolve().parents[1] / ".env", override=False)
+    load_env_file()
     try:
         settings = Settings.load(queue_name=args.queue)
         total = parse_value("--count", args.count, count) if args.count is not None else None
@@ -38,7 +36,11 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     queue = Queue.from_settings(settings)
-    return produce(queue, demo_body, count=total, interval=interval, batch=batch, grace=settings.grace)
+    try:
+        return produce(queue, demo_body, count=total, interval=interval, batch=batch, grace=settings.grace)
+    except RedisRefused as error:
+        print(f"error: Redis at {settings.masked_url} refused the producer: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def _pings(client: redis.Redis) -> bool:
 
 SETTING_NAMES = (
     "REDIS_URL", "QUEUE_NAME", "MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "DELIVERY", "PREFETCH",
-    "WORKER_TIMEOUT", "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "DEDUP_TTL", "GRACE",
+    "WORKER_TIMEOUT", "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "DEDUP_TTL", "GRACE", "JOB_TIMEOUT",
 )
 
 
@@ -98,7 +98,7 @@ def script_env(redis_url: str, queue: str, **overrides: Any) -> dict[str, str]:
     env.update(
         REDIS_URL=redis_url, QUEUE_NAME=queue, MAX_ATTEMPTS="3", LOG_LEVEL="info", LOG_FORMAT="json",
         DELIVERY="reliable", PREFETCH="100", WORKER_TIMEOUT="30", RETRY_BACKOFF="0.05",
-        RETRY_BACKOFF_MAX="1", DEDUP_TTL="86400", GRACE="30", PYTHONUNBUFFERED="1",
+        RETRY_BACKOFF_MAX="1", DEDUP_TTL="86400", GRACE="30", JOB_TIMEOUT="0", PYTHONUNBUFFERED="1",
     )
     env.update({k: str(v) for k, v in overrides.items()})
     return env

@@ -44,7 +44,7 @@ def test_password_is_masked_in_urls():
         ({"MAX_ATTEMPTS": "0"}, [], "MAX_ATTEMPTS"),
         ({"REDIS_URL": "redis://:hunter2@127.0.0.1:notaport/0"}, [], "REDIS_URL"),
         ({"LOG_FORMAT": "xml"}, [], "LOG_FORMAT"),
-        ({}, ["--queue", "bad{name}"], "--queue-name"),
+        ({}, ["--queue", "bad{name}"], "--queue"),
     ],
 )
 def test_bad_config_exits_2_with_one_line(shared_redis, queue_name, script, env_overrides, args, setting):

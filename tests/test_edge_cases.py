@@ -9,7 +9,7 @@ import redis
 from structlog.testing import capture_logs
 
 from support import free_port, wait_until
-from workqueue import Queue, Worker, message
+from workqueue import Queue, RedisRefused, Worker, message
 from workqueue.connection import Sent
 from workqueue.queue import Outcomes
 
@@ -133,23 +133,39 @@ def test_redis_connection_refused_at_startup_is_not_a_traceback(queue_name):
     assert all(isinstance(e["retry_in"], float) for e in logs if e["event"] == "redis_unavailable")
 
 
-def test_unexpected_redis_error_is_logged_and_the_worker_goes_on(shared_redis, client, queue_name):
-    """A queue key of the wrong type (WRONGTYPE) logs worker_error; once fixed, work resumes."""
+def test_a_queue_key_of_the_wrong_type_stops_the_worker_with_a_refusal(shared_redis, client, queue_name):
+    """A queue key holding a string (WRONGTYPE) is configuration, not an outage: run() raises RedisRefused."""
     client.set(queue_name, "not a list")
+    worker = Worker(Queue.connect(shared_redis.url, queue_name), lambda m: None)
+    with capture_logs() as logs, pytest.raises(RedisRefused, match="another type of value"):
+        worker._loop()
+    assert not [e for e in logs if e["event"] in ("worker_error", "redis_unavailable")]
+
+
+def test_an_unexpected_error_is_logged_and_the_worker_goes_on(shared_redis, queue_name, monkeypatch):
+    """An error of no known kind (here a bug in fetch, once) logs worker_error with its traceback; work resumes."""
     queue = Queue.connect(shared_redis.url, queue_name)
+    real_fetch, calls = queue.fetch, []
+
+    def fetch_failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("a bug")
+        return real_fetch(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "fetch", fetch_failing_once)
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id))
     with capture_logs() as logs:
         thread = threading.Thread(target=worker._loop, daemon=True)
         thread.start()
         wait_until(lambda: any(e["event"] == "worker_error" for e in logs), timeout=10)
-        client.delete(queue_name)
         message_id = queue.push({"n": 1})
         wait_until(lambda: seen == [message_id], timeout=10)
         worker.shutdown.request()
         thread.join(timeout=10)
     error = [e for e in logs if e["event"] == "worker_error"][0]
-    assert error["log_level"] == "error" and error["exc_info"] is True and "WRONGTYPE" in error["error"]
+    assert error["log_level"] == "error" and error["exc_info"] is True and error["error"] == "ValueError: a bug"
 
 
 def test_a_message_taken_by_block_is_always_in_a_registered_workers_list(shared_redis, client, queue_name):

@@ -2,33 +2,33 @@
 
     python worker/main.py [--queue NAME] [--delivery reliable|simple] [--max-attempts N]
                           [--fail-rate P] [--work-seconds S] [--burst] [--prefetch N]
-                          [--worker-timeout S] [--grace S]
+                          [--worker-timeout S] [--grace S] [--job-timeout S]
 """
 
 import argparse
 import random
 import sys
 import time
-from pathlib import Path
+from typing import Callable
 
 import structlog
-from dotenv import load_dotenv
 
-from workqueue import Message, Worker
+from workqueue import ConfigError, Message, RedisRefused, Settings, Worker, __version__
 from workqueue.logs import configure_logging
-from workqueue.settings import ConfigError, Settings, fraction, parse_value, seconds
+from workqueue.settings import fraction, load_env_file, parse_value, seconds
 
 
 class SimulatedFailure(Exception):
     """Raised by the demo handler when --fail-rate says this try fails."""
 
 
-def demo_handler(fail_rate: float, work_seconds: float):
+def demo_handler(fail_rate: float, work_seconds: float) -> Callable[[Message], None]:
     log = structlog.get_logger()
 
     def handle(message: Message) -> None:
-        time.sleep(work_seconds)
-        if random.random() < fail_rate:
+        if work_seconds:  # time.sleep(0) alone costs tens of microseconds a message
+            time.sleep(work_seconds)
+        if fail_rate and random.random() < fail_rate:
             raise SimulatedFailure(f"simulated failure (fail rate {fail_rate})")
         log.debug("demo_work_done", id=message.id, body=message.body)
 
@@ -37,21 +37,24 @@ def demo_handler(fail_rate: float, work_seconds: float):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"workqueue {__version__}")
     parser.add_argument("--queue", help="queue name (QUEUE_NAME, default demo-1)")
     parser.add_argument("--delivery", help="reliable (default) or simple (DELIVERY)")
     parser.add_argument("--max-attempts", help="failed tries before dead-lettering (MAX_ATTEMPTS, default 3)")
     parser.add_argument("--prefetch", help="most messages taken per round trip (PREFETCH, default 200)")
     parser.add_argument("--worker-timeout", help="seconds of silence before a worker is presumed dead (WORKER_TIMEOUT, default 30)")
     parser.add_argument("--grace", help="seconds to finish the current message on SIGTERM (GRACE, default 30)")
+    parser.add_argument("--job-timeout", help="seconds a try may run before it is interrupted (JOB_TIMEOUT, default 0: no limit)")
     parser.add_argument("--fail-rate", default="0", help="demo: probability that a try fails (default 0)")
     parser.add_argument("--work-seconds", default="0", help="demo: seconds each message takes (default 0)")
     parser.add_argument("--burst", action="store_true", help="exit 0 once nothing is left to do")
     args = parser.parse_args()
-    load_dotenv(Path(__file__).resolve().parents[1] / ".env", override=False)
+    load_env_file()
     try:
         settings = Settings.load(
             queue_name=args.queue, delivery=args.delivery, max_attempts=args.max_attempts,
             prefetch=args.prefetch, worker_timeout=args.worker_timeout, grace=args.grace,
+            job_timeout=args.job_timeout,
         )
         fail_rate = parse_value("--fail-rate", args.fail_rate, fraction)
         work_seconds = parse_value("--work-seconds", args.work_seconds, seconds)
@@ -59,7 +62,11 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    return Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst).run()
+    try:
+        return Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst).run()
+    except RedisRefused as error:
+        print(f"error: Redis at {settings.masked_url} refused the worker: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,8 +1,17 @@
 """workqueue: distributed work for Python on Redis lists, with nothing lost."""
 
+from importlib.metadata import PackageNotFoundError, version
+
+from .connection import RedisRefused
+from .handlers import JobTimeout
 from .message import Message
 from .queue import Queue
 from .settings import ConfigError, Settings
 from .worker import Worker
 
-__all__ = ["ConfigError", "Message", "Queue", "Settings", "Worker"]
+try:
+    __version__ = version("workqueue")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"
+
+__all__ = ["ConfigError", "JobTimeout", "Message", "Queue", "RedisRefused", "Settings", "Worker", "__version__"]

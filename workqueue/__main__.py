@@ -1,11 +1,10 @@
-"""Entry point of `python -m workqueue`: load .env from the working directory, then the CLI."""
+"""Entry point of `python -m workqueue`: load .env as the scripts do, then the CLI."""
 
 import sys
 
-from dotenv import find_dotenv, load_dotenv
-
 from .cli import main
+from .settings import load_env_file
 
 if __name__ == "__main__":
-    load_dotenv(find_dotenv(usecwd=True), override=False)
+    load_env_file()
     sys.exit(main())

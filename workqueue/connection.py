@@ -16,7 +16,11 @@ from typing import Any, Callable, Sequence
 import hiredis
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, NoScriptError, OutOfMemoryError, ReadOnlyError, TimeoutError
+from redis.exceptions import (
+    AskError, AuthenticationError, AuthorizationError, ClusterCrossSlotError, ClusterDownError, ConnectionError,
+    NoPermissionError, NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError, TimeoutError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 # Blocking pops wait at most this long, then loop; the socket allows twice that plus slack.
@@ -25,8 +29,53 @@ SOCKET_TIMEOUT = 2 * BLOCK_SECONDS + 5.0
 
 # Errors that mean "Redis cannot take our writes right now": back off and try again.
 # NoScriptError means Redis restarted without its script cache: reload and re-read our state.
-# OutOfMemoryError (maxmemory reached) and ReadOnlyError (a replica after failover) pass too.
-REDIS_UNAVAILABLE = (ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError)
+# OutOfMemoryError (maxmemory reached), ReadOnlyError (a replica after failover) and a cluster
+# between masters pass too. Refusals (see refusal()) are ConnectionErrors in redis-py, but are
+# never outages: callers ask is_outage(), not isinstance() with this tuple alone.
+REDIS_UNAVAILABLE = (ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
+# Replies redis-py leaves as a plain ResponseError that are outages too: a script running too
+# long, a failed snapshot stopping writes, too few replicas, a dataset still loading.
+OUTAGE_REPLIES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "LOADING ")
+
+
+class RedisRefused(Exception):
+    """Redis answers, and will keep answering no until someone changes the configuration: a
+    wrong or missing password, a user without a permission we need, an unknown database, a key
+    of the wrong type, a server without our commands. The text says which, never the password."""
+
+
+def refusal(error: BaseException) -> RedisRefused | None:
+    """The configuration problem `error` shows, or None (an outage, or an error of another kind)."""
+    text = str(error)
+    if isinstance(error, (AuthenticationError, AuthorizationError)):
+        return RedisRefused(f"authentication failed, check the user and password in REDIS_URL ({text})")
+    if isinstance(error, NoPermissionError):
+        return RedisRefused(f"the Redis user lacks a permission workqueue needs ({text})")
+    if isinstance(error, (AskError, ClusterCrossSlotError)):  # MovedError is an AskError
+        return RedisRefused(f"this Redis node does not serve the queue's keys ({text})")
+    if not isinstance(error, ResponseError):
+        return None
+    if "DB index is out of range" in text or "invalid DB index" in text:
+        return RedisRefused(f"REDIS_URL names a database number the server does not have ({text})")
+    if text.startswith("WRONGTYPE"):
+        return RedisRefused(f"a key of this queue holds another type of value; is the name used by something else? ({text})")
+    if text.startswith(("unknown command", "ERR unknown command")):
+        return RedisRefused(f"the server lacks a command workqueue needs; Redis 6.2 or newer is required ({text})")
+    return None
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` is Redis being unreachable or unable for now: wait and try again."""
+    if refusal(error) is not None:
+        return False
+    return isinstance(error, REDIS_UNAVAILABLE) or (isinstance(error, ResponseError) and str(error).startswith(OUTAGE_REPLIES))
+
+
+def raise_if_refused(error: RedisError) -> None:
+    """Raise RedisRefused (from None: a traceback of redis-py's would say nothing more) if `error` is one."""
+    refused = refusal(error)
+    if refused is not None:
+        raise refused from None
 
 SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue")
 
@@ -40,6 +89,10 @@ def connect(url: str) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
         decode_responses=False,
+        # A worker id read back from Redis is decoded with surrogateescape, so even one that is
+        # not UTF-8 (written by hand) turns back into its own bytes in key names: recovery of
+        # every other worker never stops on it.
+        encoding_errors="surrogateescape",
     )
 
 

@@ -15,11 +15,24 @@ import time
 from typing import Any, NamedTuple
 
 
+# Deeper documents are malformed: far below Python's recursion limit (about 1000 frames, which
+# json's C code counts too), so a message that decodes can always be encoded again from inside
+# a handler's failure path, and below Lua cjson's own limit of 1000 used by the scripts.
+MAX_NESTING = 100
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 # Made once: json.dumps with separators builds a new encoder on every call, and json.loads
 # checks its argument's type and encoding; this is the hot path of producers and workers.
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-_loads = json.JSONDecoder().decode
-_raw_decode = json.JSONDecoder().raw_decode  # without decode()'s two whitespace regexes
+# New messages refuse NaN and Infinity (not JSON); a stored message is re-encoded leniently,
+# so a number too large for a float (read as inf) can never make a retry raise.
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_dumps_stored = json.JSONEncoder(separators=(",", ":")).encode
+_loads = json.JSONDecoder(parse_constant=_not_json).decode
+_raw_decode = json.JSONDecoder(parse_constant=_not_json).raw_decode  # without decode()'s two whitespace regexes
 
 
 class MalformedMessage(ValueError):
@@ -46,16 +59,26 @@ class Message(NamedTuple):
 
     def failed(self, error: str) -> bytes:
         """Encode this message after one more failed try, carrying the error."""
-        return encode({**self.fields, "attempts": self.attempts + 1, "error": error})
+        return encode_stored({**self.fields, "attempts": self.attempts + 1, "error": error})
 
 
 def encode(fields: dict[str, Any]) -> bytes:
+    """Encode new fields; raises ValueError for NaN, Infinity or nesting deeper than MAX_NESTING."""
     # ASCII-only: any text survives, even lone surrogates from odd exception messages.
-    return _dumps(fields).encode()
+    raw = _dumps(fields).encode()
+    if _too_deep(raw, fields):
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+    return raw
+
+
+def encode_stored(fields: dict[str, Any]) -> bytes:
+    """Encode fields that came from decode(): never raises (their depth was checked there)."""
+    return _dumps_stored(fields).encode()
 
 
 def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
-    """Build a fresh message; returns its id and its encoded form."""
+    """Build a fresh message; returns its id and its encoded form. A body that is not JSON (NaN,
+    a set, too deep) raises ValueError or TypeError here rather than poison a worker later."""
     message_id = message_id or secrets.token_hex(16)
     return message_id, encode({"id": message_id, "attempts": 0, "created_at": round(time.time(), 6), "body": body})
 
@@ -67,14 +90,18 @@ def decode(raw: bytes) -> Message:
         fields, end = _raw_decode(text)
         if end != len(text):
             raise ValueError("not one JSON value alone")
-    except ValueError:  # UnicodeDecodeError is a ValueError too
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
         try:  # the full decoder allows surrounding whitespace, and says why it refuses
             fields = _loads(raw.decode())
+        except RecursionError:
+            raise MalformedMessage(f"not valid JSON: nested deeper than {MAX_NESTING} levels") from None
         except ValueError as error:
             raise MalformedMessage(f"not valid JSON: {error}") from None
     # type() rather than isinstance(): this runs for every message, and bool is not an int here.
     if type(fields) is not dict:
         raise MalformedMessage(f"not a JSON object but {type(fields).__name__}")
+    if _too_deep(raw, fields):
+        raise MalformedMessage(f"not valid JSON: nested deeper than {MAX_NESTING} levels")
     message_id = fields.get("id")
     if type(message_id) is not str or not message_id:
         raise MalformedMessage("no id: a message needs a non-empty string 'id'")
@@ -89,9 +116,24 @@ def decode(raw: bytes) -> Message:
     return Message(raw, fields)
 
 
+def _too_deep(raw: bytes, value: Any) -> bool:
+    """Whether `value` (decoded from `raw`) nests more than MAX_NESTING levels. Counting brackets
+    in C rules out almost every message; only one with that many is walked (without recursion)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
+        return False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return True
+        children = item.values() if type(item) is dict else item
+        stack += [(child, depth + 1) for child in children if type(child) in (dict, list)]
+    return False
+
+
 def dead_letter_malformed(raw: bytes, reason: str) -> bytes:
     """Wrap an element that is not a message, keeping its raw text, for the dead-letter list."""
-    return encode({"error": f"malformed message: {reason}", "raw": raw.decode(errors="replace")})
+    return encode_stored({"error": f"malformed message: {reason}", "raw": raw.decode(errors="replace")})
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:

@@ -7,9 +7,10 @@ import time
 from typing import Any, Callable
 
 import structlog
+from redis.exceptions import RedisError
 
 from . import message
-from .connection import REDIS_UNAVAILABLE, Outage
+from .connection import Outage, is_outage, raise_if_refused
 from .queue import PUSH_CHUNK, Queue
 from .shutdown import Shutdown
 
@@ -26,7 +27,8 @@ def produce(
 ) -> int:
     """Push make_body(0), make_body(1), ... one batch per `interval` seconds, `count` in all
     (None: until SIGTERM/SIGINT). A push that fails is retried with the same ids until Redis
-    takes it; `message_pushed` is logged only for what Redis stored. Returns the exit code."""
+    takes it; `message_pushed` is logged only for what Redis stored. Returns the exit code.
+    Raises RedisRefused when Redis refuses us for good (configuration, not an outage)."""
     shutdown = shutdown or Shutdown()
     shutdown.install()
     log = structlog.get_logger().bind(queue=queue.name)
@@ -58,7 +60,10 @@ def _push_until_stored(queue: Queue, raws: list[bytes], outage: Outage, shutdown
             queue.push_encoded(raws)
             outage.succeeded()
             return True
-        except REDIS_UNAVAILABLE as error:
+        except RedisError as error:
+            raise_if_refused(error)
+            if not is_outage(error):
+                raise
             if shutdown.requested and stop_deadline is None:
                 stop_deadline = time.monotonic() + grace
             if shutdown.forced or (stop_deadline is not None and time.monotonic() > stop_deadline):

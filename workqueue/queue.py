@@ -180,12 +180,17 @@ class Queue:
         against completed ones (and in simple delivery pops it back out). Whatever else arrived
         meanwhile is taken by the next fetch. The write bypasses redis-py's Pipeline, whose
         bookkeeping would add tens of microseconds to this, the idle pickup path.
+
+        A wait can outlive our registration (we froze, and were presumed dead): the woken
+        script then puts the message back on the queue, so it never strands in a list nobody
+        recovers, whatever `timeout` is (see woken.lua).
         """
-        in_flight = self.keys.in_flight(worker_id)
+        k = self.keys
+        in_flight = k.in_flight(worker_id)
         _, moved, checked = send_together(self.client, [
             self.scripts.command("heartbeat", *self._heartbeat_call(worker_id, worker_timeout)),
-            ("BLMOVE", self.keys.pending, in_flight, "LEFT", "RIGHT", timeout),
-            self.scripts.command("woken", [in_flight, self.keys.done], [delivery]),
+            ("BLMOVE", k.pending, in_flight, "LEFT", "RIGHT", timeout),
+            self.scripts.command("woken", [in_flight, k.done, k.workers, k.pending], [delivery, worker_id]),
         ])
         # After a timeout the reliable script reads an older element, if any, of our list: it was
         # not taken now. (What the simple script pops is ours either way, so it is returned.)
@@ -255,7 +260,7 @@ class Queue:
         only if it is still in the dead worker's list."""
         recovered: list[Recovered] = []
         for raw_id in self.scripts.call("expired", [self.keys.workers], [limit]):
-            worker_id = raw_id.decode()
+            worker_id = raw_id.decode(errors="surrogateescape")  # any bytes: see connection.connect
             if worker_id == skip:
                 continue
             outcomes, found = Outcomes(), []
@@ -283,7 +288,7 @@ class Queue:
         them, and we list them again (bounded by `attempts`)."""
         k = self.keys
         for _ in range(attempts):
-            ids = [raw.decode() for raw in self.client.zrange(k.workers, 0, -1)]
+            ids = [raw.decode(errors="surrogateescape") for raw in self.client.zrange(k.workers, 0, -1)]
             keys = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, *(k.in_flight(i) for i in ids)]
             reply = self.scripts.call("stats", keys, ids)
             if reply[0] == 1:
@@ -316,7 +321,7 @@ class Queue:
                 malformed += 1
                 continue
             fields = {name: value for name, value in fields.items() if name != "error"}
-            pairs += (raw, message.encode({**fields, "attempts": 0}))
+            pairs += (raw, message.encode_stored({**fields, "attempts": 0}))
         moved = 0
         for start in range(0, len(pairs), 2 * PUSH_CHUNK):
             moved += self.scripts.call("requeue", [self.keys.dead_letter, self.keys.pending, self.keys.stats], pairs[start : start + 2 * PUSH_CHUNK])

@@ -1,8 +1,8 @@
 """Settings: the one place that reads the environment.
 
 Each setting comes from a command-line flag, else the environment variable of the same name in
-upper case (a `.env` file has already been merged into the environment by the entry script),
-else its default. A bad value raises ConfigError naming the setting; entry scripts turn that into
+upper case (a `.env` file has already been merged into the environment by the entry script,
+with load_env_file), else its default. A bad value raises ConfigError naming the setting; entry scripts turn that into
 one line on stderr and exit code 2.
 """
 
@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import find_dotenv, load_dotenv
 
 
 class ConfigError(Exception):
@@ -102,7 +104,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "retry_backoff_max": _number(float, 0),
     "dedup_ttl": _number(float, 0),
     "grace": _number(float, 0),
+    "job_timeout": _number(float, 0),
 }
+# The command-line flag of a setting, where it is not the name with dashes.
+_FLAGS = {"queue_name": "--queue"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ class Settings:
     retry_backoff_max: float = 300.0
     dedup_ttl: float = 86400.0
     grace: float = 30.0
+    job_timeout: float = 0.0  # seconds a try may run before it is interrupted; 0: no limit
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> "Settings":
@@ -131,7 +137,7 @@ class Settings:
             env_name = field.name.upper()
             flag = flags.pop(field.name, None)
             if flag is not None:
-                raw, source = str(flag), "--" + field.name.replace("_", "-")
+                raw, source = str(flag), _FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
             elif environ.get(env_name, "") != "":
                 raw, source = environ[env_name], env_name
             else:
@@ -145,6 +151,16 @@ class Settings:
     @property
     def masked_url(self) -> str:
         return mask_url(self.redis_url)
+
+
+def load_env_file() -> str:
+    """Merge the nearest `.env`, from the working directory upwards, into the environment; a
+    variable already set wins. The entry scripts and the CLI call this, and nothing else does.
+    Returns the file's path ('' when there is none)."""
+    path = find_dotenv(usecwd=True)
+    if path:
+        load_dotenv(path, override=False)
+    return path
 
 
 def parse_value(source: str, raw: str, parser: Callable[[str], Any]) -> Any:

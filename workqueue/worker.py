@@ -14,18 +14,16 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Callable
-
 import structlog
+from redis.exceptions import RedisError
 
 from . import message
-from .connection import BLOCK_SECONDS, REDIS_UNAVAILABLE, Outage
+from .connection import BLOCK_SECONDS, Outage, RedisRefused, is_outage, raise_if_refused, refusal
+from .handlers import Handler, HandlerRunner, JobTimeout
 from .message import MalformedMessage, Message
 from .queue import Outcomes, Queue, SentFetch
 from .settings import Settings
 from .shutdown import Shutdown
-
-Handler = Callable[[Message], Any]
 
 ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its batch to be settled
 BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
@@ -60,6 +58,7 @@ class Worker:
         burst: bool = False,
         grace: float = 30.0,
         worker_timeout: float = 30.0,
+        job_timeout: float = 0.0,
         worker_id: str | None = None,
         shutdown: Shutdown | None = None,
     ) -> None:
@@ -69,6 +68,8 @@ class Worker:
             raise ValueError("prefetch must be from 1 to 1000")
         self.queue = queue
         self.handler = handler
+        self._runner = HandlerRunner(handler, job_timeout)
+        self.job_timeout = job_timeout
         self.delivery = delivery
         self.prefetch = prefetch
         self.burst = burst
@@ -90,6 +91,7 @@ class Worker:
         # deregistered (which would leave a ghost "live" worker in stats until its timeout).
         self._registration = threading.Lock()
         self._deregistering = False
+        self._refused: RedisRefused | None = None  # found by the housekeeper; raised by the loop
 
     @classmethod
     def from_settings(cls, settings: Settings, handler: Handler, *, burst: bool = False, queue: Queue | None = None) -> "Worker":
@@ -101,11 +103,14 @@ class Worker:
             burst=burst,
             grace=settings.grace,
             worker_timeout=settings.worker_timeout,
+            job_timeout=settings.job_timeout,
         )
 
     def run(self) -> int:
-        """Work until SIGTERM/SIGINT (or an empty queue with burst); returns the exit code."""
+        """Work until SIGTERM/SIGINT (or an empty queue with burst); returns the exit code.
+        Raises RedisRefused when Redis refuses us in a way no wait will change (configuration)."""
         self.shutdown.install()
+        self._runner.install()
         self.log.info("worker_started", redis=self.queue.location, delivery=self.delivery, prefetch=self.prefetch, burst=self.burst)
         housekeeper = threading.Thread(target=self._housekeeping, name="workqueue-housekeeping", daemon=True)
         housekeeper.start()
@@ -115,11 +120,14 @@ class Worker:
         finally:
             self._finished.set()
             housekeeper.join(timeout=2)
+            self._runner.close()
 
     # -- main loop ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self.shutdown.requested:
+            if self._refused is not None:
+                raise self._refused
             try:
                 if self._resync:
                     self._sync_with_redis()
@@ -128,13 +136,21 @@ class Worker:
                 elif not self._take():
                     return  # burst: nothing left to do
                 self._outage.succeeded()
-            except REDIS_UNAVAILABLE as error:
+            except RedisError as error:
+                raise_if_refused(error)
+                if not is_outage(error):
+                    self._unexpected(error)
+                    continue
                 self._resync = True
                 self._outage.failed(error, lambda: self.shutdown.requested)
-            except Exception as error:  # a bug or an unexpected reply: log it whole, pause, resync
-                self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
-                self._resync = True
-                time.sleep(1)
+            except Exception as error:
+                self._unexpected(error)
+
+    def _unexpected(self, error: Exception) -> None:
+        """A bug or an unexpected reply: log it whole, pause, and re-read our state from Redis."""
+        self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
+        self._resync = True
+        time.sleep(1)
 
     def _take(self) -> bool:
         """Settle what is done and take the next batch, blocking briefly when the queue is empty.
@@ -148,7 +164,11 @@ class Worker:
         if not taken:
             if self.burst and wait_ms < 0:
                 return False
-            timeout = BLOCK_SECONDS if wait_ms < 0 else min(BLOCK_SECONDS, max(wait_ms, 10) / 1000)
+            # Short waits: a frozen worker's wait ends long before it can be presumed dead, so it
+            # does not keep a message from the others (woken.lua returns one that came too late).
+            timeout = min(BLOCK_SECONDS, self.worker_timeout / 4)
+            if wait_ms >= 0:
+                timeout = min(timeout, max(wait_ms, 10) / 1000)
             taken = self.queue.block(self.id, self.delivery, timeout, worker_timeout=self.worker_timeout)
         self._accept(taken)
         return True
@@ -224,17 +244,22 @@ class Worker:
             log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
             return
         try:
-            self.handler(msg)
+            self._runner(msg)
+        except JobTimeout:
+            self._failed(msg, f"job timeout after {self.job_timeout:g} s")
         except Exception as error:  # the handler is user code: any failure is a failed try
-            text = f"{type(error).__name__}: {error}"
-            dead, delay = self.queue.retry_or_dead(self._outcomes, msg, text)
-            if dead:
-                log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
-            else:
-                log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3))
+            self._failed(msg, f"{type(error).__name__}: {error}")
         else:
             self._outcomes.add("done", delivery.raw, b"", msg.id)
             log.info("message_processed", id=msg.id, attempts=msg.attempts)
+
+    def _failed(self, msg: Message, text: str) -> None:
+        """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
+        dead, delay = self.queue.retry_or_dead(self._outcomes, msg, text)
+        if dead:
+            self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
+        else:
+            self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3))
 
     def _sync_with_redis(self) -> None:
         """After start-up or a connection error: register, resend unsettled outcomes (settling is
@@ -281,30 +306,41 @@ class Worker:
     # -- stopping ----------------------------------------------------------------------------
 
     def _stop(self) -> int:
-        """Put back what was taken but not started, settle the rest, deregister."""
+        """Put back what was taken but not started, settle the rest, deregister. During an
+        outage, a worker with nothing to settle stops at once: its registration runs out, and
+        recovery takes back anything a lost reply had put in its in-flight list."""
         try:
             if self._ahead is not None:
                 self._receive_ahead()
-        except REDIS_UNAVAILABLE:
-            pass  # its messages are found below, when deregistering is refused
+        except RedisError as error:
+            raise_if_refused(error)
+            if not is_outage(error):
+                raise
+            # its messages are found below, when deregistering is refused
         self._accept_next()
         for d in reversed(self._held):  # reversed: each release goes to the head of the queue
             self._outcomes.add("release", d.raw)
         released, self._held = len(self._held), deque()
-        while True:  # bounded: the housekeeper ends the process when the grace runs out
+        deregistered = False
+        while not deregistered:  # bounded: the housekeeper ends the process when the grace runs out
             try:
                 self._settle_all()
                 with self._registration:
                     self._deregistering = True
-                if self.queue.deregister(self.id):
+                deregistered = self.queue.deregister(self.id)
+                if not deregistered:
+                    self._sync_with_redis()  # something is still held: find out what, put it back
+                    for d in reversed(self._held):
+                        self._outcomes.add("release", d.raw)
+                    released, self._held = released + len(self._held), deque()
+            except RedisError as error:
+                raise_if_refused(error)
+                if not is_outage(error):
+                    raise
+                if not self._outcomes and self._ahead is None and not self._held:
                     break
-                self._sync_with_redis()  # something is still held: find out what, put it back
-                for d in reversed(self._held):
-                    self._outcomes.add("release", d.raw)
-                released, self._held = released + len(self._held), deque()
-            except REDIS_UNAVAILABLE as error:
                 self._outage.failed(error)
-        self.log.info("worker_stopped", released=released)
+        self.log.info("worker_stopped", released=released, deregistered=deregistered)
         return 0
 
     # -- housekeeping thread -----------------------------------------------------------------
@@ -324,6 +360,9 @@ class Worker:
                 elif now - stop_requested_at > self.grace:
                     self.log.error("worker_grace_expired", grace=self.grace)
                     os._exit(1)
+            if self.job_timeout and self._runner.enforce():
+                self.log.error("worker_handler_stuck", job_timeout=self.job_timeout)
+                os._exit(1)  # its messages come back through recovery, with one more attempt
             try:
                 if now >= next_beat and not self._resync:
                     with self._registration:
@@ -337,7 +376,10 @@ class Worker:
                             "message_recovered", id=item.message_id, attempts=item.attempts,
                             dead_worker=item.worker_id, dead_lettered=item.dead_lettered,
                         )
-            except REDIS_UNAVAILABLE:
-                pass  # the main loop logs the outage and resyncs; we try again next tick
+            except RedisError as error:
+                if refusal(error) is not None:
+                    self._refused = refusal(error)  # the main loop stops with it
+                elif not is_outage(error):  # an outage: the main loop logs it and resyncs
+                    self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
             except Exception as error:  # this thread guards the heartbeat and the grace: go on
                 self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")

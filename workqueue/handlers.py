@@ -1,0 +1,126 @@
+"""Running the user's handler: a plain function or an `async def`, with an optional time limit.
+
+A plain handler past its time limit is interrupted the way Dramatiq's time limits do it: the
+housekeeping thread asks CPython to raise JobTimeout in the thread running the handler
+(PyThreadState_SetAsyncExc). That lands at the handler's next Python instruction; to also cut
+short a blocking call such as time.sleep() or a socket read, the housekeeper then sends the
+process SIGUSR2, whose handler does nothing at all: the interrupted call returns to Python, which
+raises the pending JobTimeout. A call stuck in C code that never returns to Python is not cut;
+for that the housekeeper ends the process once a try has run twice its limit (see worker.py).
+An async handler runs on an event loop of the runner's own, under asyncio.wait_for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from .message import Message
+
+Handler = Callable[[Message], Any]
+
+WAKE_SIGNAL = signal.SIGUSR2
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = [ctypes.c_ulong, ctypes.py_object]
+
+
+class JobTimeout(BaseException):
+    """Raised inside a handler that ran past its time limit. A BaseException, like
+    KeyboardInterrupt, so that a handler's own `except Exception` does not swallow it; its
+    `finally` blocks and context managers still run."""
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """WAKE_SIGNAL's handler: nothing to do; its arrival is what interrupts a blocking call."""
+
+
+class HandlerRunner:
+    """Calls the handler once per try and enforces `job_timeout` (seconds; 0: no limit)."""
+
+    def __init__(self, handler: Handler, job_timeout: float = 0.0) -> None:
+        self.handler = handler
+        self.job_timeout = job_timeout
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        # Guards the three fields below: a JobTimeout is only ever requested while the try it is
+        # meant for is still running, and a request that came too late is withdrawn.
+        self._lock = threading.Lock()
+        self._thread = 0  # ident of the thread running the current try
+        self._deadline: float | None = None  # time.monotonic() past which a plain try is cut
+        self._started: float | None = None  # when the current try began (None: none running)
+        self._interrupted = False
+        self._wake_installed = False  # without our handler, WAKE_SIGNAL would end the process
+
+    def install(self) -> None:
+        """Let WAKE_SIGNAL interrupt blocking calls; only possible (and only done) in the main thread."""
+        if self.job_timeout and threading.current_thread() is threading.main_thread():
+            signal.signal(WAKE_SIGNAL, _ignore)
+            self._wake_installed = True
+
+    def __call__(self, message: Message) -> None:
+        """Run one try of the handler; raises what the handler raised, or JobTimeout."""
+        if not self.job_timeout:
+            result = self.handler(message)
+            if inspect.isawaitable(result):
+                self._run_async(result)
+            return
+        with self._lock:
+            self._thread = threading.get_ident()
+            self._started = time.monotonic()
+            self._interrupted = False
+            # An async handler is cut by wait_for, never from outside, so its loop stays sound.
+            self._deadline = None if inspect.iscoroutinefunction(self.handler) else self._started + self.job_timeout
+        try:
+            result = self.handler(message)
+            if inspect.isawaitable(result):
+                with self._lock:
+                    self._deadline = None
+                self._run_async(result)
+        finally:
+            with self._lock:
+                self._started = self._deadline = None
+                if self._interrupted:  # returned before the JobTimeout landed: withdraw it
+                    _set_async_exc(self._thread, ctypes.py_object())
+
+    def _run_async(self, awaitable: Any) -> None:
+        if self._event_loop is None:
+            self._event_loop = asyncio.new_event_loop()
+        self._event_loop.run_until_complete(self._await(awaitable))
+
+    async def _await(self, awaitable: Any) -> None:
+        try:
+            if self.job_timeout:
+                await asyncio.wait_for(awaitable, self.job_timeout)
+            else:
+                await awaitable
+        except asyncio.TimeoutError:
+            raise JobTimeout() from None
+        except asyncio.CancelledError:  # a BaseException: make it an ordinary failed try
+            raise RuntimeError("the handler was cancelled") from None
+
+    def enforce(self) -> bool:
+        """Called by the housekeeper: interrupt a plain try past its deadline. Returns True
+        when a try has run past twice its limit all the same (stuck outside Python)."""
+        wake = 0
+        with self._lock:
+            now = time.monotonic()
+            if self._deadline is not None and now > self._deadline:
+                self._deadline = None
+                self._interrupted = True
+                _set_async_exc(self._thread, JobTimeout)
+                if self._wake_installed and self._thread == threading.main_thread().ident:
+                    wake = self._thread
+            stuck = self._started is not None and now > self._started + 2 * self.job_timeout
+        if wake:
+            signal.pthread_kill(wake, WAKE_SIGNAL)
+        return stuck
+
+    def close(self) -> None:
+        if self._event_loop is not None:
+            self._event_loop.close()
+            self._event_loop = None
