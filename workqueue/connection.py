@@ -89,10 +89,6 @@ def connect(url: str) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
         decode_responses=False,
-        # A worker id read back from Redis is decoded with surrogateescape, so even one that is
-        # not UTF-8 (written by hand) turns back into its own bytes in key names: recovery of
-        # every other worker never stops on it.
-        encoding_errors="surrogateescape",
     )
 
 

@@ -52,7 +52,11 @@ class QueueKeys:
         """Hash of worker id -> number of its last applied settle call, so a resend is a no-op."""
         return f"{{{self.queue}}}:settled"
 
-    def in_flight(self, worker_id: str) -> str:
+    def in_flight(self, worker_id: str | bytes) -> str | bytes:
         """List of the messages one worker has taken and not yet settled. Only a worker listed
-        in `workers` has a non-empty one, so recovery and stats find them all without SCAN."""
+        in `workers` has a non-empty one, so recovery and stats find them all without SCAN.
+        A worker id read back from Redis may be any bytes (one written by hand need not be
+        UTF-8), so bytes give a bytes key."""
+        if isinstance(worker_id, bytes):
+            return f"{{{self.queue}}}:in_flight:".encode() + worker_id
         return f"{{{self.queue}}}:in_flight:{worker_id}"

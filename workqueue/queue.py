@@ -198,7 +198,7 @@ class Queue:
             return []
         return [(checked[0], checked[1] == 1)] if checked else []
 
-    def settle(self, worker_id: str, delivery: str, outcomes: Outcomes, *, recovering: bool = False) -> list[bool]:
+    def settle(self, worker_id: str | bytes, delivery: str, outcomes: Outcomes, *, recovering: bool = False) -> list[bool]:
         """Apply outcomes for messages held by `worker_id`; idempotent, so safe to resend.
 
         Returns, per outcome, whether it applied (False: another worker had recovered it)."""
@@ -208,7 +208,7 @@ class Queue:
         outcomes.clear()
         return [bool(flag) for flag in applied]
 
-    def _settle_call(self, worker_id: str, delivery: str, outcomes: Outcomes, recovering: bool = False) -> tuple[list, list]:
+    def _settle_call(self, worker_id: str | bytes, delivery: str, outcomes: Outcomes, recovering: bool = False) -> tuple[list, list]:
         """Keys and arguments of settle.lua."""
         k = self.keys
         keys = [k.in_flight(worker_id), k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers, k.settled]
@@ -220,7 +220,7 @@ class Queue:
             return []
         return [score is not None for score in self.client.zmscore(self.keys.done, list(message_ids))]
 
-    def in_flight(self, worker_id: str) -> list[bytes]:
+    def in_flight(self, worker_id: str | bytes) -> list[bytes]:
         """What Redis says this worker holds (the truth after a lost reply)."""
         return self.client.lrange(self.keys.in_flight(worker_id), 0, -1)
 
@@ -259,20 +259,21 @@ class Queue:
         Safe to run from many workers at once: settle re-checks the heartbeat and moves a message
         only if it is still in the dead worker's list."""
         recovered: list[Recovered] = []
-        for raw_id in self.scripts.call("expired", [self.keys.workers], [limit]):
-            worker_id = raw_id.decode(errors="surrogateescape")  # any bytes: see connection.connect
-            if worker_id == skip:
+        for worker_id in self.scripts.call("expired", [self.keys.workers], [limit]):
+            # Kept as bytes: an id written by hand need not be UTF-8, and must not stop the rest.
+            if worker_id == skip.encode():
                 continue
+            name = worker_id.decode(errors="replace")
             outcomes, found = Outcomes(), []
             for raw in self.in_flight(worker_id):
                 try:
                     msg = message.decode(raw)
                 except MalformedMessage as error:
                     outcomes.add("dead", raw, message.dead_letter_malformed(raw, str(error)), "1")
-                    found.append(Recovered(worker_id, None, 0, True))
+                    found.append(Recovered(name, None, 0, True))
                     continue
-                dead, _ = self.retry_or_dead(outcomes, msg, f"worker {worker_id} stopped responding", recovered=True)
-                found.append(Recovered(worker_id, msg.id, msg.attempts + 1, dead))
+                dead, _ = self.retry_or_dead(outcomes, msg, f"worker {name} stopped responding", recovered=True)
+                found.append(Recovered(name, msg.id, msg.attempts + 1, dead))
             # Runs even with nothing held, so that the dead worker is deregistered.
             applied = self.settle(worker_id, "reliable", outcomes, recovering=True)
             recovered += [item for item, ok in zip(found, applied) if ok]
@@ -288,7 +289,7 @@ class Queue:
         them, and we list them again (bounded by `attempts`)."""
         k = self.keys
         for _ in range(attempts):
-            ids = [raw.decode(errors="surrogateescape") for raw in self.client.zrange(k.workers, 0, -1)]
+            ids = self.client.zrange(k.workers, 0, -1)  # bytes: any id, as stored
             keys = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, *(k.in_flight(i) for i in ids)]
             reply = self.scripts.call("stats", keys, ids)
             if reply[0] == 1:

@@ -1,0 +1,150 @@
+"""Hostile elements and frozen workers: one bad element or one frozen wait stops nothing else."""
+
+import json
+import signal
+import threading
+
+import pytest
+from structlog.testing import capture_logs
+
+from support import run, script_env, stats, wait_until
+from workqueue import Queue, Worker, message
+from workqueue.message import MAX_NESTING, MalformedMessage
+
+
+def deep(levels: int) -> bytes:
+    """A small JSON document nested `levels` deep, as a hand-written element."""
+    return b'{"id":"deep","body":' + b"[" * levels + b"]" * levels + b"}"
+
+
+HOSTILE = {
+    "empty": b"",
+    "invalid utf-8": b'{"id":"\xff\xfe"}',
+    "nan": b'{"id":"n","body":NaN}',
+    "infinity": b'{"id":"i","body":-Infinity}',
+    "huge integer": b'{"id":"h","body":' + b"9" * 5000 + b"}",
+    "nested 101": deep(MAX_NESTING + 1),
+    "nested 1000": deep(1000),
+    "nested 100000": deep(100_000),
+    "a string": b'"[[[[[[[[[[' + b"[" * 200 + b'"',
+    "id a number": b'{"id":7}',
+    "attempts negative": b'{"id":"a","attempts":-1}',
+}
+
+
+@pytest.mark.parametrize("raw", HOSTILE.values(), ids=HOSTILE.keys())
+def test_decode_refuses_hostile_elements_with_the_one_malformed_error(raw):
+    """Whatever the bytes, decode raises MalformedMessage and nothing else."""
+    with pytest.raises(MalformedMessage):
+        message.decode(raw)
+
+
+def test_decode_takes_100_megabytes_and_nesting_at_the_limit():
+    """A 100 MB message decodes; so does one nested exactly MAX_NESTING deep, and it re-encodes."""
+    big = message.decode(b'{"id":"big","body":"' + b"a" * 100_000_000 + b'"}')
+    assert len(big.body) == 100_000_000
+    levels = MAX_NESTING - 1  # the message object itself is the first level
+    at_limit = message.decode(b'{"id":"edge","body":' + b"[" * levels + b"]" * levels + b"}")
+    assert message.decode(at_limit.failed("boom")).attempts == 1
+
+
+def test_push_refuses_bodies_a_worker_would_dead_letter(shared_redis, queue_name):
+    """NaN and nesting past the limit raise ValueError at push time; nothing reaches Redis."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    nested: list = []
+    for _ in range(MAX_NESTING):
+        nested = [nested]
+    for body in (float("nan"), {"x": nested}):
+        with pytest.raises(ValueError):
+            queue.push(body)
+    assert queue.stats()["produced"] == 0 and queue.stats()["pending"] == 0
+
+
+def test_deeply_nested_elements_among_good_messages_end_alone_in_the_dead_letter_list(shared_redis, client, queue_name):
+    """Elements nested 1,000 and 100,000 deep: a --burst worker exits 0, good ones processed, bad ones dead with the reason."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    first = queue.push({"n": 1})
+    client.rpush(queue_name, deep(1000))
+    second = queue.push({"n": 2})
+    client.rpush(queue_name, deep(100_000))
+    third = queue.push({"n": 3})
+    code, events, stderr = run("worker/main.py", "--burst", env=script_env(shared_redis.url, queue_name), timeout=60)
+    assert code == 0, stderr
+    assert [e["id"] for e in events if e["event"] == "message_processed"] == [first, second, third]
+    assert not [e for e in events if e["event"] in ("worker_error", "housekeeping_failed")]
+    dead = [json.loads(raw) for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
+    assert [d["error"] for d in dead] == [f"malformed message: not valid JSON: nested deeper than {MAX_NESTING} levels"] * 2
+    assert [d["raw"].encode() for d in dead] == [deep(1000), deep(100_000)]
+    result = stats(shared_redis.url, queue_name)
+    assert result["completed"] == 3 and result["dead"] == 2 and result["pending"] == 0 and result["in_flight"] == 0
+
+
+def test_recovery_goes_on_past_a_hostile_element_and_a_hostile_worker_id(shared_redis, client, queue_name):
+    """Dead workers' lists holding a 100,000-deep element and good messages: the good ones are processed, the bad one dead-lettered, even beside a worker id that is not UTF-8."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    good = queue.push({"n": 1})
+    client.rpush(queue_name, deep(100_000))
+    taken, _ = queue.fetch("dead-1", 10, "reliable", worker_timeout=0.001)  # registered for 1 ms, then silent
+    other = queue.push({"n": 2})
+    queue.fetch("dead-2", 10, "reliable", worker_timeout=0.001)
+    assert len(taken) == 2
+    client.zadd(queue.keys.workers, {b"\xff\xfe-hand-written": 0})
+    seen = []
+    worker = Worker(queue, lambda m: seen.append(m.id), worker_timeout=5)
+    with capture_logs() as logs:
+        thread = threading.Thread(target=worker._loop, daemon=True)
+        housekeeper = threading.Thread(target=worker._housekeeping, daemon=True)
+        thread.start()
+        housekeeper.start()
+        wait_until(lambda: sorted(seen) == sorted([good, other]), timeout=15)
+        worker.shutdown.request()
+        thread.join(timeout=10)
+        worker._finished.set()
+        housekeeper.join(timeout=5)
+    [dead] = [json.loads(raw) for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
+    assert dead["raw"].encode() == deep(100_000) and "nested deeper" in dead["error"]
+    recovered = [e for e in logs if e["event"] == "message_recovered"]
+    assert {(e["dead_worker"], e["id"], e["dead_lettered"]) for e in recovered} == {
+        ("dead-1", good, False), ("dead-1", None, True), ("dead-2", other, False),
+    }
+    assert not [e for e in logs if e["event"] in ("worker_error", "housekeeping_failed")]
+    assert client.zscore(queue.keys.workers, b"\xff\xfe-hand-written") is None  # deregistered too
+
+
+def test_a_wait_that_outlives_its_workers_registration_puts_the_message_back(shared_redis, client, queue_name):
+    """A BLMOVE still pending after its worker was presumed dead and deregistered: the message it takes goes back to the queue."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(queue.block("w-frozen", "reliable", 5.0, worker_timeout=0.2)))
+    waiter.start()
+    wait_until(lambda: any(c["cmd"] == "blmove" for c in client.client_list()), timeout=5)
+    # As another worker's housekeeping would: the silent worker is presumed dead and, holding
+    # nothing, deregistered, while its wait is still pending in Redis.
+    wait_until(lambda: queue.recover_dead_workers() == [] and client.zscore(queue.keys.workers, "w-frozen") is None, timeout=5)
+    message_id = queue.push({"n": 1})
+    waiter.join(timeout=10)
+    assert result == [[]]
+    assert [message.decode(raw).id for raw in client.lrange(queue_name, 0, -1)] == [message_id]
+    assert client.llen(queue.keys.in_flight("w-frozen")) == 0
+    assert queue.stats()["unaccounted"] == 0
+
+
+def test_a_worker_frozen_while_waiting_then_killed_loses_nothing(shared_redis, client, queue_name, processes):
+    """A worker SIGSTOPped in its wait at the smallest WORKER_TIMEOUT, then killed: another worker processes the next message; stats balance."""
+    env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT="1")
+    frozen = processes.start("worker/main.py", env=env)
+    frozen.wait_for("worker_started", timeout=20)
+    wait_until(lambda: any(c["cmd"] == "blmove" for c in client.client_list()), timeout=10)
+    frozen.signal(signal.SIGSTOP)
+    live = processes.start("worker/main.py", env=env)
+    live.wait_for("worker_started", timeout=20)
+    frozen_id = frozen.named("worker_started")[0]["worker"]
+    wait_until(lambda: client.zscore(f"{{{queue_name}}}:workers", frozen_id) is None, timeout=15)
+    message_id = Queue.connect(shared_redis.url, queue_name).push({"n": 1})
+    [processed] = live.wait_for("message_processed", timeout=15)
+    assert processed["id"] == message_id
+    frozen.kill()
+    live.signal(signal.SIGTERM)
+    assert live.wait(timeout=30) == 0
+    result = stats(shared_redis.url, queue_name)
+    assert result["completed"] == 1 and result["in_flight"] == 0 and result["unaccounted"] == 0
