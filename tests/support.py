@@ -39,21 +39,23 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
 class RedisServer:
     """A redis-server of our own on a free loopback port, which tests may kill and restart."""
 
-    def __init__(self, directory: Path, *, persistent: bool = False, port: int | None = None) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False, port: int | None = None, password: str = "") -> None:
         self.directory = directory
         self.persistent = persistent
         self.port = port or free_port()
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{':' + self.password + '@' if self.password else ''}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
         self.directory.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.directory), *persistence],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.directory), *persistence,
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -76,7 +78,7 @@ class RedisServer:
                 self.kill()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, password=self.password or None)
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -76,3 +76,42 @@ def test_requeue_dead_gives_dead_letters_another_round(shared_redis, client, que
     result = stats(shared_redis.url, queue_name)
     assert result["dead"] == 1 and result["completed"] == 1 and result["produced"] == 2
     assert result["unaccounted"] == -1  # the hand-pushed "garbage": never produced, dead-lettered
+
+
+def test_queue_option_works_after_the_command_and_an_error_names_the_option_typed(shared_redis, queue_name):
+    """`stats --queue NAME` reads that queue; a bad --queue or --limit is reported under the flag the user typed."""
+    Queue.connect(shared_redis.url, queue_name).push({"n": 1})
+    env = script_env(shared_redis.url, "some-other-queue")
+    after = cli("stats", "--queue", queue_name, "--json", env=env)
+    before = cli("--queue", queue_name, "stats", "--json", env=env)
+    assert json.loads(after.stdout)["pending"] == 1 == json.loads(before.stdout)["pending"]
+    bad = cli("stats", "--queue", "a b", env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --queue ") and bad.stderr.count("\n") == 1
+    limit = cli("dead", "--limit", "many", env=env)
+    assert limit.returncode == 2 and limit.stderr.startswith("error: --limit ")
+
+
+def test_stats_into_a_closed_pipe_ends_quietly_and_version_is_printed(shared_redis, queue_name):
+    """`stats | head -1` prints one line and no traceback; --version names the package version."""
+    done = subprocess.run(
+        f"'{PYTHON}' -m workqueue stats | head -1", shell=True, cwd=ROOT, env=script_env(shared_redis.url, queue_name),
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.stdout.startswith(f"queue {queue_name} at ") and done.stdout.count("\n") == 1
+    assert done.stderr == ""
+    from importlib.metadata import version
+
+    assert cli("--version", env=script_env(shared_redis.url, queue_name)).stdout.strip() == f"workqueue {version('workqueue')}"
+
+
+def test_cli_reads_the_nearest_env_file_from_the_working_directory(shared_redis, queue_name, tmp_path):
+    """The CLI, like the scripts, takes settings from the nearest .env above the working directory."""
+    Queue.connect(shared_redis.url, queue_name).push({"n": 1})
+    (tmp_path / ".env").write_text(f"REDIS_URL={shared_redis.url}\nQUEUE_NAME={queue_name}\n")
+    (tmp_path / "sub").mkdir()
+    env = {k: v for k, v in script_env(shared_redis.url, queue_name).items() if k not in ("REDIS_URL", "QUEUE_NAME")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([PYTHON, "-m", "workqueue", "stats", "--json"], cwd=tmp_path / "sub", env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["pending"] == 1

@@ -155,6 +155,18 @@ def test_redis_killed_for_3_seconds_loses_nothing(own_redis, queue_name, process
     assert result["unaccounted"] == 0 and result["pending"] == 0 and result["in_flight"] == 0
 
 
+def test_idle_worker_stopped_during_an_outage_exits_at_once(own_redis, queue_name, processes):
+    """Ctrl-C while Redis is down and the worker holds nothing: exit 0 within seconds, not after GRACE."""
+    worker = processes.start("worker/main.py", env=script_env(own_redis.url, queue_name, GRACE="60"))
+    worker.wait_for("worker_started", timeout=20)
+    own_redis.kill()
+    worker.wait_for("redis_unavailable", timeout=15)
+    worker.signal(signal.SIGINT)
+    assert worker.wait(timeout=10) == 0
+    [stopped] = worker.named("worker_stopped")
+    assert stopped["released"] == 0 and stopped["deregistered"] is False
+
+
 def test_worker_killed_with_a_full_prefetch_batch_loses_none_of_it(shared_redis, client, queue_name, processes):
     """SIGKILL while holding a whole prefetched batch: every message of it is recovered and processed."""
     # A worker's first take is one message; its next is a batch sized by the pace of the first,
