@@ -1,15 +1,22 @@
-"""A worker for tests: instant on every message except one whose body says {"stall": true}."""
+"""A worker for tests: instant on every message except one whose body says {"stall": true}
+(sleeps 120 s) or {"swallow": true} (catches JobTimeout and goes on sleeping)."""
 
 import sys
 import time
 
-from workqueue import Settings, Worker
+from workqueue import JobTimeout, Settings, Worker
 from workqueue.logs import configure_logging
 
 
 def handle(message) -> None:
     if message.body.get("stall"):
         time.sleep(120)
+    if message.body.get("swallow"):
+        for _ in range(120):  # bounded: the worker's housekeeper ends the process long before
+            try:
+                time.sleep(1)
+            except JobTimeout:
+                pass
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""Handlers: async ones are awaited, and JOB_TIMEOUT cuts a try that runs too long."""
+
+import asyncio
+import json
+import time
+
+import pytest
+from structlog.testing import capture_logs
+
+from support import run, script_env, stats
+from workqueue import JobTimeout, Queue, Worker
+
+
+def dead_letters(client, queue_name):
+    return [json.loads(raw) for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
+
+
+def test_an_async_handler_is_awaited_before_its_message_counts_as_completed(shared_redis, queue_name):
+    """An `async def` handler runs to its end on the worker's event loop; a failure in it is a failed try."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    done = []
+
+    async def handler(message):
+        await asyncio.sleep(0.01)
+        if message.body["fail"]:
+            raise ValueError("async failure")
+        done.append(message.id)
+
+    ok = queue.push({"fail": False})
+    failing = queue.push({"fail": True})
+    with capture_logs() as logs:
+        assert Worker(queue, handler, burst=True).run() == 0
+    assert done == [ok]
+    [dead] = [e for e in logs if e["event"] == "message_dead_lettered"]
+    assert dead["id"] == failing and dead["error"] == "ValueError: async failure"
+    result = queue.stats()
+    assert result["completed"] == 1 and result["dead_lettered"] == 1 and result["unaccounted"] == 0
+
+
+HANGS = {
+    "sleeping": lambda message: time.sleep(60),
+    "spinning in Python": lambda message: [None for _ in iter(int, 1)],  # never ends, never blocks
+}
+
+
+@pytest.mark.parametrize("hang", HANGS.values(), ids=HANGS.keys())
+def test_a_hanging_handler_is_cut_at_job_timeout_then_retried_then_dead_lettered(shared_redis, client, queue_name, hang):
+    """A try past JOB_TIMEOUT fails with 'job timeout after N s': retried, then dead-lettered; the next message runs."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=2, retry_backoff=0.01)
+    hanging = queue.push({"hang": True})
+    fine = queue.push({"hang": False})
+    done = []
+
+    def handler(message):
+        if message.body["hang"]:
+            hang(message)
+        done.append(message.id)
+
+    started = time.monotonic()
+    with capture_logs() as logs:
+        assert Worker(queue, handler, burst=True, job_timeout=0.5).run() == 0
+    assert time.monotonic() - started < 20
+    assert done == [fine]
+    [retried] = [e for e in logs if e["event"] == "message_retried"]
+    assert retried["id"] == hanging and retried["error"] == "job timeout after 0.5 s"
+    [dead] = dead_letters(client, queue_name)
+    assert dead["id"] == hanging and dead["attempts"] == 2 and dead["error"] == "job timeout after 0.5 s"
+    assert queue.stats()["unaccounted"] == 0
+
+
+def test_an_async_handler_past_job_timeout_is_cancelled(shared_redis, client, queue_name):
+    """An async try past JOB_TIMEOUT is cancelled and dead-lettered with the timeout error."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    queue.push({"n": 1})
+    cleaned_up = []
+
+    async def handler(message):
+        try:
+            await asyncio.sleep(60)
+        finally:
+            cleaned_up.append(True)
+
+    assert Worker(queue, handler, burst=True, job_timeout=0.3).run() == 0
+    assert cleaned_up == [True]
+    assert [d["error"] for d in dead_letters(client, queue_name)] == ["job timeout after 0.3 s"]
+
+
+def test_a_try_that_ends_in_time_is_never_interrupted_later(shared_redis, queue_name):
+    """Many quick tries under a short JOB_TIMEOUT all complete; no late JobTimeout lands in the worker."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many({"n": i} for i in range(300))
+
+    def handler(message):
+        time.sleep(0.001)
+
+    with capture_logs() as logs:
+        assert Worker(queue, handler, burst=True, job_timeout=0.05).run() == 0
+    assert queue.stats()["completed"] == 300
+    assert not [e for e in logs if e["event"] in ("message_retried", "worker_error")]
+
+
+def test_the_shipped_worker_cuts_slow_work_at_job_timeout(shared_redis, client, queue_name):
+    """worker/main.py --job-timeout 0.5 with 30 s of work a message: dead-lettered as a timeout, exit 0."""
+    Queue.connect(shared_redis.url, queue_name).push({"n": 1})
+    env = script_env(shared_redis.url, queue_name, MAX_ATTEMPTS="1")
+    code, events, stderr = run("worker/main.py", "--burst", "--work-seconds", "30", "--job-timeout", "0.5", env=env, timeout=30)
+    assert code == 0, stderr
+    [dead] = [e for e in events if e["event"] == "message_dead_lettered"]
+    assert dead["error"] == "job timeout after 0.5 s"
+    assert stats(shared_redis.url, queue_name)["dead_lettered"] == 1
+
+
+def test_a_handler_that_swallows_the_timeout_ends_its_worker_and_is_recovered(shared_redis, client, queue_name, processes):
+    """A try that ignores JobTimeout: at twice JOB_TIMEOUT the worker exits 1; another recovers the message."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    message_id = queue.push({"swallow": True})
+    env = script_env(shared_redis.url, queue_name, JOB_TIMEOUT="0.5", WORKER_TIMEOUT="2", MAX_ATTEMPTS="1")
+    doomed = processes.start("tests/stalling_worker.py", env=env)
+    assert doomed.wait(timeout=30) == 1
+    assert doomed.named("worker_handler_stuck")
+    rescuer = processes.start("worker/main.py", env=env)
+    [recovered] = rescuer.wait_for("message_recovered", timeout=30)
+    assert recovered["id"] == message_id and recovered["dead_lettered"] is True
+    rescuer.signal()
+    assert rescuer.wait(timeout=30) == 0
+    assert stats(shared_redis.url, queue_name)["unaccounted"] == 0
+
+
+def test_job_timeout_is_a_base_exception_a_handler_cannot_catch_by_accident():
+    """JobTimeout is not an Exception, so `except Exception` in a handler lets it through."""
+    assert issubclass(JobTimeout, BaseException) and not issubclass(JobTimeout, Exception)
