@@ -7,8 +7,16 @@ import uuid
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from support import RedisServer
+
+# Hypothesis budgets: "ci" (the default) keeps the suite within minutes; choose "long" with
+# --hypothesis-profile=long for a soak of the model and the fuzzers.
+_SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=30, stateful_step_count=40, deadline=None, suppress_health_check=_SLOW_IS_FINE)
+settings.register_profile("long", max_examples=1000, stateful_step_count=60, deadline=None, suppress_health_check=_SLOW_IS_FINE)
+settings.load_profile("ci")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -1,0 +1,304 @@
+"""A model-checked protocol: random sequences of queue operations against a real redis-server.
+
+Hypothesis drives the library's own calls (Queue.push/fetch/block/settle/recover/requeue, as a
+worker and an operator make them) through pushes, garbage, batches, completions, failures,
+workers that die, freeze and resume, time passing and Redis restarts from its AOF, and checks
+after every step what must always hold:
+- each pushed id is in at most one place (pending, delayed, one in-flight list, dead), and in
+  none only once it completed;
+- every pushed element that is not a message ends in the dead-letter list, or waits in a list;
+- no non-empty in-flight list belongs to a worker that is not registered;
+- `stats` balances to 0.
+
+CI runs the bounded "ci" profile (tests/conftest.py); `scripts/test tests/test_model.py
+--hypothesis-profile=long` runs many more examples, and longer ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+from support import RedisServer
+from workqueue import Queue, message
+from workqueue.message import MalformedMessage, Message
+from workqueue.queue import Outcomes
+
+# Short enough that "time passes" is a short sleep; a live worker that is presumed dead by
+# chance (a slow step) only exercises recovery more: the invariants hold either way.
+WORKER_TIMEOUT = 0.05
+MAX_WORKERS = 4
+
+
+def deep(levels: int) -> bytes:
+    return b'{"id":"deep","body":' + b"[" * levels + b"]" * levels + b"}"
+
+
+def is_malformed(raw: bytes) -> bool:
+    try:
+        message.decode(raw)
+    except MalformedMessage:
+        return True
+    return False
+
+
+GARBAGE = st.one_of(
+    st.sampled_from([b"", b"\xff\xfe", b"[]", b'"text"', b'{"id":7}', b'{"id":"x","body":NaN}', deep(1000), deep(100_000)]),
+    st.binary(max_size=40).filter(is_malformed),
+)
+
+
+@dataclass
+class ModelWorker:
+    """One worker's memory: what it believes it holds, and outcomes not yet confirmed."""
+
+    id: str
+    queue: Queue
+    held: list[Message] = field(default_factory=list)
+    outcomes: Outcomes = field(default_factory=Outcomes)
+    state: str = "alive"  # alive, frozen or dead
+
+
+def some_alive(model: "QueueModel") -> bool:
+    return any(w.state == "alive" for w in model.workers)
+
+
+def some_holding(model: "QueueModel") -> bool:
+    return any(w.state == "alive" and w.held for w in model.workers)
+
+
+def some_frozen(model: "QueueModel") -> bool:
+    return any(w.state == "frozen" for w in model.workers)
+
+
+class QueueModel(RuleBasedStateMachine):
+    def __init__(self, server: RedisServer) -> None:
+        super().__init__()
+        self.server = server
+        self.name = f"model-{uuid.uuid4().hex[:8]}"
+        self.operator = self._queue()
+        self.admin = server.client()
+        self.workers: list[ModelWorker] = []
+        self.pushed: set[str] = set()
+        self.garbage = 0
+
+    def _queue(self) -> Queue:
+        return Queue.connect(self.server.url, self.name, max_attempts=2, retry_backoff=0.001, retry_backoff_max=0.002)
+
+    def _worker(self, index: int, state: str = "alive") -> ModelWorker | None:
+        candidates = [w for w in self.workers if w.state == state]
+        return candidates[index % len(candidates)] if candidates else None
+
+    def _accept(self, worker: ModelWorker, taken: list[tuple[bytes, bool]]) -> None:
+        """What the worker does with a fetch reply: dead-letter garbage, skip duplicates, hold the rest."""
+        for raw, duplicate in taken:
+            try:
+                msg = message.decode(raw)
+            except MalformedMessage as error:
+                worker.outcomes.add("dead", raw, message.dead_letter_malformed(raw, str(error)))
+                continue
+            if duplicate:
+                worker.outcomes.add("dup", raw)
+            else:
+                worker.held.append(msg)
+
+    @initialize(workers=st.integers(1, 3), count=st.integers(0, 6))
+    def start(self, workers: int, count: int) -> None:
+        for _ in range(workers):
+            self.start_worker()
+        if count:
+            self.push(count)
+
+    # -- producers and operators ------------------------------------------------------------
+
+    @rule(count=st.integers(1, 4))
+    def push(self, count: int) -> None:
+        self.pushed.update(self.operator.push_many({"n": i} for i in range(count)))
+
+    @rule(raw=GARBAGE)
+    def push_garbage(self, raw: bytes) -> None:
+        self.operator.push_encoded([raw])  # counted as produced, so stats must account for it
+        self.garbage += 1
+
+    @rule(limit=st.integers(1, 5))
+    def requeue_dead_letters(self, limit: int) -> None:
+        self.operator.requeue_dead(limit)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    @precondition(lambda self: sum(w.state != "dead" for w in self.workers) < MAX_WORKERS)
+    @rule()
+    def start_worker(self) -> None:
+        worker = ModelWorker(f"w{len(self.workers)}", self._queue())
+        worker.queue.heartbeat(worker.id, WORKER_TIMEOUT)
+        self.workers.append(worker)
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS), count=st.integers(1, 5))
+    def fetch_batch(self, index: int, count: int) -> None:
+        worker = self._worker(index)
+        if worker is None:
+            return
+        taken, _ = worker.queue.fetch(worker.id, count, "reliable", worker.outcomes, worker_timeout=WORKER_TIMEOUT)
+        self._accept(worker, taken)
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS))
+    def block_briefly(self, index: int) -> None:
+        worker = self._worker(index)
+        if worker is None:
+            return
+        self._accept(worker, worker.queue.block(worker.id, "reliable", 0.01, worker_timeout=WORKER_TIMEOUT))
+
+    @precondition(some_holding)
+    @rule(index=st.integers(0, MAX_WORKERS), successes=st.lists(st.booleans(), min_size=1, max_size=5))
+    def finish_some(self, index: int, successes: list[bool], worker: ModelWorker | None = None) -> None:
+        """The handler ran on the first messages held: True succeeded, False failed."""
+        if worker is None:
+            holding = [w for w in self.workers if w.state == "alive" and w.held]
+            worker = holding[index % len(holding)]
+        for succeed in successes[: len(worker.held)]:
+            msg = worker.held.pop(0)
+            if succeed:
+                worker.outcomes.add("done", msg.raw, b"", msg.id)
+            else:
+                worker.queue.retry_or_dead(worker.outcomes, msg, "model failure")
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS))
+    def settle(self, index: int, worker: ModelWorker | None = None) -> None:
+        worker = worker or self._worker(index)
+        if worker is not None:
+            worker.queue.settle(worker.id, "reliable", worker.outcomes)
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS))
+    def recover(self, index: int) -> None:
+        worker = self._worker(index)
+        if worker is not None:
+            worker.queue.recover_dead_workers(skip=worker.id)
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS))
+    def die(self, index: int, worker: ModelWorker | None = None) -> None:
+        """SIGKILL: its connections drop, its memory is gone; what it held is in Redis only."""
+        worker = worker or self._worker(index)
+        if worker is not None:
+            worker.queue.client.connection_pool.disconnect()
+            worker.state, worker.held, worker.outcomes = "dead", [], Outcomes()
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS), others=st.integers(0, MAX_WORKERS))
+    def freeze(self, index: int, others: int) -> None:
+        """SIGSTOP for longer than WORKER_TIMEOUT: the others go on, and may recover its messages."""
+        worker = self._worker(index)
+        if worker is not None:
+            worker.state = "frozen"
+            self.time_passes(others)
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS), others=st.integers(0, MAX_WORKERS))
+    def freeze_while_waiting_then_die(self, index: int, others: int) -> None:
+        """Frozen in BLMOVE past WORKER_TIMEOUT, presumed dead and deregistered while the wait is
+        still pending in Redis; then a message arrives, and the frozen worker is killed."""
+        worker = self._worker(index)
+        if worker is None:
+            return
+        waiter = threading.Thread(target=worker.queue.block, args=(worker.id, "reliable", 0.5), kwargs={"worker_timeout": WORKER_TIMEOUT})
+        waiter.start()
+        worker.state = "frozen"
+        self.time_passes(others)
+        self.push(1)
+        waiter.join(timeout=5)
+        self.die(0, worker)
+
+    @precondition(some_frozen)
+    @rule(index=st.integers(0, MAX_WORKERS), successes=st.lists(st.booleans(), max_size=5))
+    def resume(self, index: int, successes: list[bool]) -> None:
+        """SIGCONT: its housekeeper heartbeats, its handler finishes what it was running, and it
+        settles, though what it remembers may be stale by now (recovered meanwhile)."""
+        worker = self._worker(index, state="frozen")
+        if worker is not None:
+            worker.state = "alive"
+            worker.queue.heartbeat(worker.id, WORKER_TIMEOUT)
+            self.finish_some(self.workers.index(worker), successes, worker)
+            self.settle(0, worker)
+
+    @rule(index=st.integers(0, MAX_WORKERS))
+    def time_passes(self, index: int) -> None:
+        """Longer than WORKER_TIMEOUT: live workers' housekeepers heartbeat meanwhile, others
+        don't, and one of the live ones looks for dead workers, as each does every second."""
+        time.sleep(WORKER_TIMEOUT * 1.5)
+        self._heartbeat_live_workers()
+        self.recover(index)
+
+    @rule()
+    def restart_redis(self) -> None:
+        """SIGKILL Redis and start it again from its AOF (fsync always); every client reconnects."""
+        self.server.kill()
+        self.server.start()
+        for queue in [self.operator, *(w.queue for w in self.workers)]:
+            queue.client.connection_pool.disconnect()
+            queue.scripts.load()
+        self._heartbeat_live_workers()
+
+    def _heartbeat_live_workers(self) -> None:
+        for worker in self.workers:
+            if worker.state == "alive":
+                worker.queue.heartbeat(worker.id, WORKER_TIMEOUT)
+
+    # -- what must always hold ---------------------------------------------------------------
+
+    @invariant()
+    def every_message_is_in_one_place_and_the_balance_is_zero(self) -> None:
+        keys = self.operator.keys
+        places = {
+            "pending": self.admin.lrange(keys.pending, 0, -1),
+            "delayed": self.admin.zrange(keys.delayed, 0, -1),
+            "dead": self.admin.lrange(keys.dead_letter, 0, -1),
+        }
+        registered = set(self.admin.zrange(keys.workers, 0, -1))
+        prefix = keys.in_flight("").encode()
+        for key in self.admin.scan_iter(match=prefix + b"*", count=1000):  # a test may SCAN
+            held = self.admin.lrange(key, 0, -1)
+            assert not held or key[len(prefix):] in registered, f"{key!r} holds messages but its worker is not registered"
+            places[key.decode()] = held
+        copies: dict[str, int] = {}
+        malformed = 0
+        for place, elements in places.items():
+            for raw in elements:
+                try:
+                    fields = message.decode(raw).fields
+                except MalformedMessage:  # garbage, or a dead-letter entry wrapping garbage
+                    malformed += 1
+                    continue
+                copies[fields["id"]] = copies.get(fields["id"], 0) + 1
+        done = {raw.decode() for raw in self.admin.zrange(keys.done, 0, -1)}
+        for message_id in self.pushed:
+            assert copies.get(message_id, 0) <= 1, f"{message_id} is in {copies[message_id]} places"
+            assert copies.get(message_id, 0) == 1 or message_id in done, f"{message_id} vanished"
+        assert malformed == self.garbage, f"{self.garbage} garbage elements pushed, {malformed} found"
+        assert self.operator.stats()["unaccounted"] == 0
+
+    def teardown(self) -> None:
+        self.admin.flushall()  # our own server, one queue per example
+
+
+@pytest.fixture(scope="module")
+def model_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis-model"), persistent=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.timeout(900)  # a failure is shrunk, which takes a while; a pass takes well under a minute
+def test_the_protocol_keeps_every_invariant_under_random_operations(model_redis):
+    """Random pushes, garbage, fetches, outcomes, deaths, freezes, time and Redis restarts never break an invariant."""
+    run_state_machine_as_test(lambda: QueueModel(model_redis), settings=settings(stateful_step_count=settings.default.stateful_step_count))
