@@ -39,11 +39,13 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
 class RedisServer:
     """A redis-server of our own on a free loopback port, which tests may kill and restart."""
 
-    def __init__(self, directory: Path, *, persistent: bool = False, port: int | None = None, password: str = "") -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False, port: int | None = None, password: str = "",
+                 extra: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.persistent = persistent
         self.port = port or free_port()
         self.password = password
+        self.extra = extra  # more redis-server options, as on its command line
         self.process: subprocess.Popen | None = None
 
     @property
@@ -55,7 +57,7 @@ class RedisServer:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.directory), *persistence,
-             *(["--requirepass", self.password] if self.password else [])],
+             *(["--requirepass", self.password] if self.password else []), *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

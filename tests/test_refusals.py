@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from support import PYTHON, ROOT, RedisServer, run_raw, script_env
+from support import PYTHON, ROOT, RedisServer, run, run_raw, script_env, wait_until
 
 PASSWORD = "hunter2-secret"
 
@@ -50,3 +50,59 @@ def test_refusals_end_each_program_at_once_with_one_line(locked_redis, queue_nam
     assert all(line.startswith("{") for line in lines[:-1]), done.stderr
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr and "weakpass" not in done.stderr
     assert "redis_unavailable" not in done.stderr
+
+
+def test_a_server_without_a_command_the_queue_needs_is_a_refusal(tmp_path, queue_name):
+    """A server on which BLMOVE is disabled (as on Redis before 6.2): the worker exits 2 naming it."""
+    server = RedisServer(tmp_path / "redis", extra=("--rename-command", "BLMOVE", "")).start()
+    try:
+        code, stderr = run_raw("worker/main.py", env=script_env(server.url, queue_name), timeout=20)
+    finally:
+        server.stop()
+    assert code == 2 and "lacks a command" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+
+
+OUTAGES = [
+    "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.",
+    "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+    "NOREPLICAS Not enough good replicas to write.",
+]
+
+
+@pytest.mark.parametrize("text", OUTAGES)
+def test_states_redis_leaves_by_itself_are_outages_not_refusals(text):
+    """BUSY, MISCONF and NOREPLICAS replies are waited out; they are never taken for configuration."""
+    from redis.exceptions import ResponseError
+
+    from workqueue.connection import is_outage, refusal
+
+    assert is_outage(ResponseError(text)) and refusal(ResponseError(text)) is None
+
+
+def test_a_busy_script_on_the_server_is_waited_out(tmp_path, queue_name):
+    """A script that holds Redis past busy-reply-threshold makes the producer wait (redis_unavailable), then push."""
+    import threading
+
+    from redis.exceptions import ResponseError
+
+    server = RedisServer(tmp_path / "redis", extra=("--busy-reply-threshold", "100")).start()
+    blocker = server.client()
+    busy = threading.Thread(target=lambda: blocker.eval("local t = redis.call('TIME')[1] + 3 while tonumber(redis.call('TIME')[1]) < t do end", 0))
+    busy.start()
+
+    def server_busy() -> bool:
+        try:
+            server.client().ping()
+        except ResponseError as error:
+            return str(error).startswith("BUSY")
+        return False
+
+    try:
+        wait_until(server_busy, timeout=5, interval=0.01)
+        code, events, stderr = run("app/main.py", "--count", "1", env=script_env(server.url, queue_name), timeout=30)
+    finally:
+        busy.join(timeout=10)
+        server.stop()
+    assert code == 0, stderr
+    assert any("BUSY" in e.get("error", "") for e in events if e["event"] == "redis_unavailable")
+    assert len([e for e in events if e["event"] == "message_pushed"]) == 1
