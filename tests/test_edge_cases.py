@@ -10,8 +10,9 @@ from structlog.testing import capture_logs
 
 from support import free_port, wait_until
 from workqueue import Queue, RedisRefused, Worker, message
-from workqueue.connection import Sent
-from workqueue.queue import Outcomes
+from workqueue.consumer import Consumer, Outcomes
+from workqueue.protocol import Op
+from workqueue.transport import Sent
 
 
 def test_unencodable_id_is_dead_lettered_and_odd_error_text_survives(shared_redis, client, queue_name):
@@ -38,7 +39,7 @@ def test_worker_backs_off_while_redis_is_out_of_memory(own_redis, queue_name):
     admin = own_redis.client()
     admin.config_set("maxmemory", 1)
     with capture_logs() as logs:
-        thread = threading.Thread(target=worker._loop, daemon=True)
+        thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         wait_until(lambda: any(e["event"] == "redis_unavailable" for e in logs), timeout=10)
         assert seen == []
@@ -56,13 +57,14 @@ def test_resent_settle_after_a_lost_reply_changes_nothing(shared_redis, client, 
     """Settling the same numbered batch twice (a resend after a lost reply) applies it once."""
     queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
     queue.push({"n": 1})
-    taken, _ = queue.fetch("w1", 10, delivery)
+    consumer = queue.consumer("w1", delivery)
+    taken, _ = consumer.fetch(10)
     [(raw, _)] = taken
     outcomes = Outcomes()
-    queue.retry_or_dead(outcomes, message.decode(raw), "boom")
+    consumer.retry_or_dead(outcomes, message.decode(raw), "boom")
     resend = Outcomes(list(outcomes.args), sequence=outcomes.sequence)
-    assert queue.settle("w1", delivery, outcomes) == [True]
-    assert queue.settle("w1", delivery, resend) == []
+    assert consumer.settle(outcomes) == [True]
+    assert consumer.settle(resend) == []
     assert client.llen(f"{{{queue_name}}}:dead") == 1
     result = queue.stats()
     assert result["dead_lettered"] == 1 and result["unaccounted"] == 0
@@ -72,14 +74,14 @@ def test_a_batch_larger_than_luas_stack_settles_whole(shared_redis, queue_name):
     """4,500 completions in one settle call are all applied (the ZADD is sliced)."""
     queue = Queue.connect(shared_redis.url, queue_name)
     queue.push_many({"n": i} for i in range(4500))
-    outcomes = Outcomes()
+    outcomes, consumer = Outcomes(), queue.consumer("w1", "reliable")
     while True:
-        taken, _ = queue.fetch("w1", 1000, "reliable")
+        taken, _ = consumer.fetch(1000)
         if not taken:
             break
         for raw, _ in taken:
-            outcomes.add("done", raw, b"", json.loads(raw)["id"])
-    assert len(queue.settle("w1", "reliable", outcomes)) == 4500
+            outcomes.add(Op.DONE, raw, b"", json.loads(raw)["id"])
+    assert len(consumer.settle(outcomes)) == 4500
     result = queue.stats()
     assert result["completed"] == 4500 and result["in_flight"] == 0 and result["unaccounted"] == 0
 
@@ -94,7 +96,7 @@ def test_messages_moved_by_a_lost_fetch_reply_are_adopted(shared_redis, queue_na
     """Messages in a worker's in-flight list that it never received are found and processed."""
     queue = Queue.connect(shared_redis.url, queue_name)
     ids = queue.push_many({"n": i} for i in range(3))
-    queue.fetch("worker-a", 10, "reliable")  # as if the reply had been lost on the way
+    queue.consumer("worker-a").fetch(10)  # as if the reply had been lost on the way
     seen = []
     with capture_logs() as logs:
         Worker(queue, lambda m: seen.append(m.id), worker_id="worker-a", burst=True).run()
@@ -108,14 +110,15 @@ def test_recovery_skips_live_workers_and_takes_from_dead_ones(shared_redis, clie
     queue = Queue.connect(shared_redis.url, queue_name)
     queue.push({"n": 1})
     queue.push({"n": 2})
-    queue.fetch("alive", 1, "reliable", worker_timeout=60)
-    queue.fetch("dead", 1, "reliable", worker_timeout=0.001)
+    queue.consumer("alive", worker_timeout=60).fetch(1)
+    queue.consumer("dead", worker_timeout=0.001).fetch(1)
     time.sleep(0.05)
-    recovered = queue.recover_dead_workers()
+    recoverer = queue.consumer("recoverer")
+    recovered = recoverer.recover_dead_workers()
     assert [(r.worker_id, r.attempts, r.dead_lettered) for r in recovered] == [("dead", 1, False)]
     assert client.llen(f"{{{queue_name}}}:in_flight:alive") == 1
     assert json.loads(client.lindex(queue_name, 0))["attempts"] == 1
-    assert queue.recover_dead_workers() == []  # a second recoverer finds nothing to do
+    assert recoverer.recover_dead_workers() == []  # a second recoverer finds nothing to do
     assert queue.stats()["recovered"] == 1 and queue.stats()["workers"] == 1
 
 
@@ -124,7 +127,7 @@ def test_redis_connection_refused_at_startup_is_not_a_traceback(queue_name):
     queue = Queue.connect(f"redis://127.0.0.1:{free_port()}/0", queue_name)
     worker = Worker(queue, print)
     with capture_logs() as logs:
-        thread = threading.Thread(target=worker._loop, daemon=True)
+        thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         wait_until(lambda: len([e for e in logs if e["event"] == "redis_unavailable"]) >= 2, timeout=10)
         worker.shutdown.request()
@@ -138,26 +141,26 @@ def test_a_queue_key_of_the_wrong_type_stops_the_worker_with_a_refusal(shared_re
     client.set(queue_name, "not a list")
     worker = Worker(Queue.connect(shared_redis.url, queue_name), lambda m: None)
     with capture_logs() as logs, pytest.raises(RedisRefused, match="another type of value"):
-        worker._loop()
+        worker.run(install_signals=False)
     assert not [e for e in logs if e["event"] in ("worker_error", "redis_unavailable")]
 
 
 def test_an_unexpected_error_is_logged_and_the_worker_goes_on(shared_redis, queue_name, monkeypatch):
     """An error of no known kind (here a bug in fetch, once) logs worker_error with its traceback; work resumes."""
     queue = Queue.connect(shared_redis.url, queue_name)
-    real_fetch, calls = queue.fetch, []
+    real_fetch, calls = Consumer.fetch, []
 
-    def fetch_failing_once(*args, **kwargs):
+    def fetch_failing_once(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise ValueError("a bug")
-        return real_fetch(*args, **kwargs)
+        return real_fetch(self, *args, **kwargs)
 
-    monkeypatch.setattr(queue, "fetch", fetch_failing_once)
+    monkeypatch.setattr(Consumer, "fetch", fetch_failing_once)
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id))
     with capture_logs() as logs:
-        thread = threading.Thread(target=worker._loop, daemon=True)
+        thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         wait_until(lambda: any(e["event"] == "worker_error" for e in logs), timeout=10)
         message_id = queue.push({"n": 1})
@@ -173,11 +176,11 @@ def test_a_message_taken_by_block_is_always_in_a_registered_workers_list(shared_
     queue = Queue.connect(shared_redis.url, queue_name)
     [message_id] = queue.push_many([{"n": 1}])
     client.zrem(queue.keys.workers, "w-unlisted")  # as if recovery had presumed it dead meanwhile
-    [(raw, duplicate)] = queue.block("w-unlisted", "reliable", 1.0, worker_timeout=30)
+    [(raw, duplicate)] = queue.consumer("w-unlisted", "reliable", worker_timeout=30).block(1.0)
     assert message.decode(raw).id == message_id and not duplicate
     assert client.zscore(queue.keys.workers, "w-unlisted") is not None
     assert client.lrange(queue.keys.in_flight("w-unlisted"), 0, -1) == [raw]
-    assert queue.stats()["unaccounted"] == 0 and queue.block("w-unlisted", "reliable", 0.01) == []
+    assert queue.stats()["unaccounted"] == 0 and queue.consumer("w-unlisted").block(0.01) == []
 
 
 def test_adopted_messages_get_the_duplicate_check_their_lost_reply_carried(shared_redis, queue_name):
@@ -189,7 +192,7 @@ def test_adopted_messages_get_the_duplicate_check_their_lost_reply_carried(share
     ids = queue.push_many({"n": i} for i in range(1, 4))
     queue.push({"n": 9}, message_id="twin")
     queue.push({"n": 9}, message_id="twin")
-    queue.fetch("worker-a", 10, "reliable")  # moved into worker-a's list; the reply is "lost"
+    queue.consumer("worker-a").fetch(10)  # moved into worker-a's list; the reply is "lost"
     seen = []
     Worker(queue, lambda m: seen.append(m.id), worker_id="worker-a", burst=True).run()
     assert seen == ids + ["twin"]
@@ -199,7 +202,7 @@ def test_adopted_messages_get_the_duplicate_check_their_lost_reply_carried(share
 
 def test_a_sent_request_whose_replies_are_gone_reports_a_connection_error(client):
     """Reading a request's replies twice raises ConnectionError, which the worker treats as an outage."""
-    sent = Sent(client, [("SET", "sent-test", 1), ("GET", "sent-test")])
+    sent = Sent(client, "sent-test", [("SET", "sent-test", 1), ("GET", "sent-test")])
     assert sent.replies() == [b"OK", b"1"]
     with pytest.raises(redis.exceptions.ConnectionError):
         sent.replies()

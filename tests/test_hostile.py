@@ -84,23 +84,19 @@ def test_recovery_goes_on_past_a_hostile_element_and_a_hostile_worker_id(shared_
     queue = Queue.connect(shared_redis.url, queue_name)
     good = queue.push({"n": 1})
     client.rpush(queue_name, deep(100_000))
-    taken, _ = queue.fetch("dead-1", 10, "reliable", worker_timeout=0.001)  # registered for 1 ms, then silent
+    taken, _ = queue.consumer("dead-1", worker_timeout=0.001).fetch(10)  # registered for 1 ms, then silent
     other = queue.push({"n": 2})
-    queue.fetch("dead-2", 10, "reliable", worker_timeout=0.001)
+    queue.consumer("dead-2", worker_timeout=0.001).fetch(10)
     assert len(taken) == 2
     client.zadd(queue.keys.workers, {b"\xff\xfe-hand-written": 0})
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id), worker_timeout=5)
     with capture_logs() as logs:
-        thread = threading.Thread(target=worker._loop, daemon=True)
-        housekeeper = threading.Thread(target=worker._housekeeping, daemon=True)
+        thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
-        housekeeper.start()
         wait_until(lambda: sorted(seen) == sorted([good, other]), timeout=15)
         worker.shutdown.request()
         thread.join(timeout=10)
-        worker._finished.set()
-        housekeeper.join(timeout=5)
     [dead] = [json.loads(raw) for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
     assert dead["raw"].encode() == deep(100_000) and "nested deeper" in dead["error"]
     recovered = [e for e in logs if e["event"] == "message_recovered"]
@@ -115,12 +111,13 @@ def test_a_wait_that_outlives_its_workers_registration_puts_the_message_back(sha
     """A BLMOVE still pending after its worker was presumed dead and deregistered: the message it takes goes back to the queue."""
     queue = Queue.connect(shared_redis.url, queue_name)
     result = []
-    waiter = threading.Thread(target=lambda: result.append(queue.block("w-frozen", "reliable", 5.0, worker_timeout=0.2)))
+    waiter = threading.Thread(target=lambda: result.append(queue.consumer("w-frozen", worker_timeout=0.2).block(5.0)))
     waiter.start()
     wait_until(lambda: any(c["cmd"] == "blmove" for c in client.client_list()), timeout=5)
     # As another worker's housekeeping would: the silent worker is presumed dead and, holding
     # nothing, deregistered, while its wait is still pending in Redis.
-    wait_until(lambda: queue.recover_dead_workers() == [] and client.zscore(queue.keys.workers, "w-frozen") is None, timeout=5)
+    recoverer = queue.consumer("recoverer")
+    wait_until(lambda: recoverer.recover_dead_workers() == [] and client.zscore(queue.keys.workers, "w-frozen") is None, timeout=5)
     message_id = queue.push({"n": 1})
     waiter.join(timeout=10)
     assert result == [[]]

@@ -29,7 +29,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from support import RedisServer
 from workqueue import Queue, message
 from workqueue.message import MalformedMessage, Message
-from workqueue.queue import Outcomes
+from workqueue.consumer import Consumer, Outcomes
+from workqueue.protocol import Op
 
 # Short enough that "time passes" is a short sleep; a live worker that is presumed dead by
 # chance (a slow step) only exercises recovery more: the invariants hold either way.
@@ -61,6 +62,7 @@ class ModelWorker:
 
     id: str
     queue: Queue
+    consumer: Consumer
     held: list[Message] = field(default_factory=list)
     outcomes: Outcomes = field(default_factory=Outcomes)
     state: str = "alive"  # alive, frozen or dead
@@ -102,10 +104,10 @@ class QueueModel(RuleBasedStateMachine):
             try:
                 msg = message.decode(raw)
             except MalformedMessage as error:
-                worker.outcomes.add("dead", raw, message.dead_letter_malformed(raw, str(error)))
+                worker.outcomes.add(Op.DEAD, raw, message.dead_letter_malformed(raw, str(error)))
                 continue
             if duplicate:
-                worker.outcomes.add("dup", raw)
+                worker.outcomes.add(Op.DUPLICATE, raw)
             else:
                 worker.held.append(msg)
 
@@ -136,8 +138,9 @@ class QueueModel(RuleBasedStateMachine):
     @precondition(lambda self: sum(w.state != "dead" for w in self.workers) < MAX_WORKERS)
     @rule()
     def start_worker(self) -> None:
-        worker = ModelWorker(f"w{len(self.workers)}", self._queue())
-        worker.queue.heartbeat(worker.id, WORKER_TIMEOUT)
+        worker_id, queue = f"w{len(self.workers)}", self._queue()
+        worker = ModelWorker(worker_id, queue, queue.consumer(worker_id, "reliable", WORKER_TIMEOUT))
+        worker.consumer.heartbeat()
         self.workers.append(worker)
 
     @precondition(some_alive)
@@ -146,7 +149,7 @@ class QueueModel(RuleBasedStateMachine):
         worker = self._worker(index)
         if worker is None:
             return
-        taken, _ = worker.queue.fetch(worker.id, count, "reliable", worker.outcomes, worker_timeout=WORKER_TIMEOUT)
+        taken, _ = worker.consumer.fetch(count, worker.outcomes)
         self._accept(worker, taken)
 
     @precondition(some_alive)
@@ -155,7 +158,7 @@ class QueueModel(RuleBasedStateMachine):
         worker = self._worker(index)
         if worker is None:
             return
-        self._accept(worker, worker.queue.block(worker.id, "reliable", 0.01, worker_timeout=WORKER_TIMEOUT))
+        self._accept(worker, worker.consumer.block(0.01))
 
     @precondition(some_holding)
     @rule(index=st.integers(0, MAX_WORKERS), successes=st.lists(st.booleans(), min_size=1, max_size=5))
@@ -167,23 +170,23 @@ class QueueModel(RuleBasedStateMachine):
         for succeed in successes[: len(worker.held)]:
             msg = worker.held.pop(0)
             if succeed:
-                worker.outcomes.add("done", msg.raw, b"", msg.id)
+                worker.outcomes.add(Op.DONE, msg.raw, b"", msg.id)
             else:
-                worker.queue.retry_or_dead(worker.outcomes, msg, "model failure")
+                worker.consumer.retry_or_dead(worker.outcomes, msg, "model failure")
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))
     def settle(self, index: int, worker: ModelWorker | None = None) -> None:
         worker = worker or self._worker(index)
         if worker is not None:
-            worker.queue.settle(worker.id, "reliable", worker.outcomes)
+            worker.consumer.settle(worker.outcomes)
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))
     def recover(self, index: int) -> None:
         worker = self._worker(index)
         if worker is not None:
-            worker.queue.recover_dead_workers(skip=worker.id)
+            worker.consumer.recover_dead_workers()
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))
@@ -211,7 +214,7 @@ class QueueModel(RuleBasedStateMachine):
         worker = self._worker(index)
         if worker is None:
             return
-        waiter = threading.Thread(target=worker.queue.block, args=(worker.id, "reliable", 0.5), kwargs={"worker_timeout": WORKER_TIMEOUT})
+        waiter = threading.Thread(target=worker.consumer.block, args=(0.5,))
         waiter.start()
         worker.state = "frozen"
         self.time_passes(others)
@@ -227,7 +230,7 @@ class QueueModel(RuleBasedStateMachine):
         worker = self._worker(index, state="frozen")
         if worker is not None:
             worker.state = "alive"
-            worker.queue.heartbeat(worker.id, WORKER_TIMEOUT)
+            worker.consumer.heartbeat()
             self.finish_some(self.workers.index(worker), successes, worker)
             self.settle(0, worker)
 
@@ -252,7 +255,7 @@ class QueueModel(RuleBasedStateMachine):
     def _heartbeat_live_workers(self) -> None:
         for worker in self.workers:
             if worker.state == "alive":
-                worker.queue.heartbeat(worker.id, WORKER_TIMEOUT)
+                worker.consumer.heartbeat()
 
     # -- what must always hold ---------------------------------------------------------------
 

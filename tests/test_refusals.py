@@ -74,7 +74,7 @@ def test_states_redis_leaves_by_itself_are_outages_not_refusals(text):
     """BUSY, MISCONF and NOREPLICAS replies are waited out; they are never taken for configuration."""
     from redis.exceptions import ResponseError
 
-    from workqueue.connection import is_outage, refusal
+    from workqueue.outages import is_outage, refusal
 
     assert is_outage(ResponseError(text)) and refusal(ResponseError(text)) is None
 

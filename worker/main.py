@@ -6,6 +6,7 @@
 """
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -63,7 +64,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst).run()
+        return Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst, abort=os._exit).run()
     except RedisRefused as error:
         print(f"error: Redis at {settings.masked_url} refused the worker: {error}", file=sys.stderr)
         return 2

@@ -2,16 +2,17 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .connection import RedisRefused
 from .handlers import JobTimeout
 from .message import Message
+from .outages import RedisRefused
+from .protocol import Delivery
 from .queue import Queue
 from .settings import ConfigError, Settings
-from .worker import Worker
+from .worker import Worker, WorkerAborted
 
 try:
     __version__ = version("workqueue")
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "unknown"
 
-__all__ = ["ConfigError", "JobTimeout", "Message", "Queue", "RedisRefused", "Settings", "Worker", "__version__"]
+__all__ = ["ConfigError", "Delivery", "JobTimeout", "Message", "Queue", "RedisRefused", "Settings", "Worker", "WorkerAborted", "__version__"]

@@ -11,24 +11,10 @@ from typing import Sequence
 from redis.exceptions import RedisError
 
 from . import __version__
-from .connection import is_outage, refusal
-from .queue import Queue
+from .outages import is_outage, refusal
+from .queue import STATS_FIELDS, Queue
 from .settings import ConfigError, Settings, count, parse_value
 
-LABELS = {
-    "pending": "waiting in the queue",
-    "in_flight": "taken by a worker, not settled",
-    "delayed": "failed, waiting out their backoff",
-    "dead": "in the dead-letter list",
-    "workers": "live workers",
-    "produced": "pushed by producers",
-    "completed": "processed",
-    "retried": "failed tries sent back for retry",
-    "recovered": "taken back from dead workers",
-    "dead_lettered": "dead-lettered",
-    "duplicates_skipped": "duplicates skipped",
-    "unaccounted": "messages unaccounted for (0: nothing lost)",
-}
 
 
 def print_stats(queue: Queue) -> None:
@@ -36,7 +22,7 @@ def print_stats(queue: Queue) -> None:
     result = queue.stats()
     print(f"queue {queue.name} at {queue.location}")
     for name, value in result.items():
-        print(f"  {name:<19}{value:>10}  {LABELS[name]}")
+        print(f"  {name:<19}{value:>10}  {STATS_FIELDS[name]}")
 
 
 def _parser() -> argparse.ArgumentParser:

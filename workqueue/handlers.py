@@ -40,6 +40,15 @@ def _ignore(signum: int, frame: object) -> None:
     """WAKE_SIGNAL's handler: nothing to do; its arrival is what interrupts a blocking call."""
 
 
+def interrupt(thread_id: int, exception: type[BaseException], *, wake: bool) -> None:
+    """Raise `exception` in the thread `thread_id` at its next Python instruction; with `wake`
+    (only once install() ran in the main thread, and only for the main thread) also cut short
+    a blocking call it is in."""
+    _set_async_exc(thread_id, exception)
+    if wake:
+        signal.pthread_kill(thread_id, WAKE_SIGNAL)
+
+
 class HandlerRunner:
     """Calls the handler once per try and enforces `job_timeout` (seconds; 0: no limit)."""
 
@@ -58,7 +67,7 @@ class HandlerRunner:
 
     def install(self) -> None:
         """Let WAKE_SIGNAL interrupt blocking calls; only possible (and only done) in the main thread."""
-        if self.job_timeout and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             signal.signal(WAKE_SIGNAL, _ignore)
             self._wake_installed = True
 
@@ -82,10 +91,22 @@ class HandlerRunner:
                     self._deadline = None
                 self._run_async(result)
         finally:
-            with self._lock:
-                self._started = self._deadline = None
-                if self._interrupted:  # returned before the JobTimeout landed: withdraw it
-                    _set_async_exc(self._thread, ctypes.py_object())
+            self._end_try()
+
+    def _end_try(self) -> None:
+        """Mark the try over; a JobTimeout requested too late (the handler had returned) is
+        withdrawn. One that lands here, between the handler's end and the withdrawal, is
+        caught: the try ended before it. At most one is requested per try, so two rounds do."""
+        for _ in range(2):
+            try:
+                with self._lock:
+                    self._started = self._deadline = None
+                    if self._interrupted:
+                        _set_async_exc(self._thread, ctypes.py_object())
+                        self._interrupted = False
+                return
+            except JobTimeout:
+                continue
 
     def _run_async(self, awaitable: Any) -> None:
         if self._event_loop is None:
@@ -106,19 +127,14 @@ class HandlerRunner:
     def enforce(self) -> bool:
         """Called by the housekeeper: interrupt a plain try past its deadline. Returns True
         when a try has run past twice its limit all the same (stuck outside Python)."""
-        wake = 0
         with self._lock:
             now = time.monotonic()
             if self._deadline is not None and now > self._deadline:
                 self._deadline = None
                 self._interrupted = True
-                _set_async_exc(self._thread, JobTimeout)
-                if self._wake_installed and self._thread == threading.main_thread().ident:
-                    wake = self._thread
-            stuck = self._started is not None and now > self._started + 2 * self.job_timeout
-        if wake:
-            signal.pthread_kill(wake, WAKE_SIGNAL)
-        return stuck
+                wake = self._wake_installed and self._thread == threading.main_thread().ident
+                interrupt(self._thread, JobTimeout, wake=wake)
+            return self._started is not None and now > self._started + 2 * self.job_timeout
 
     def close(self) -> None:
         if self._event_loop is not None:

@@ -9,7 +9,6 @@ text of its last failure. Fields we do not know are kept as they are.
 from __future__ import annotations
 
 import json
-import random
 import secrets
 import time
 from typing import Any, NamedTuple
@@ -134,9 +133,3 @@ def _too_deep(raw: bytes, value: Any) -> bool:
 def dead_letter_malformed(raw: bytes, reason: str) -> bytes:
     """Wrap an element that is not a message, keeping its raw text, for the dead-letter list."""
     return encode_stored({"error": f"malformed message: {reason}", "raw": raw.decode(errors="replace")})
-
-
-def backoff_seconds(attempts: int, base: float, cap: float) -> float:
-    """Delay before the next try after `attempts` failures: exponential with full jitter."""
-    ceiling = min(cap, base * 2 ** min(attempts - 1, 62))
-    return random.uniform(0, ceiling)

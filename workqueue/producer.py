@@ -10,7 +10,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from . import message
-from .connection import Outage, is_outage, raise_if_refused
+from .outages import Outage, is_outage, raise_if_refused
 from .queue import PUSH_CHUNK, Queue
 from .shutdown import Shutdown
 

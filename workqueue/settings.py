@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import find_dotenv, load_dotenv
 
+from .protocol import Delivery
+
 
 class ConfigError(Exception):
     """A setting has a value we cannot use; the message names the setting and what is allowed."""
@@ -97,7 +99,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_attempts": _number(int, 1),
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("json", "console"),
-    "delivery": _choice("reliable", "simple"),
+    "delivery": _choice(*(mode.value for mode in Delivery)),
     "prefetch": _number(int, 1, 1000),  # Lua unpack() stays far below its stack limit
     "worker_timeout": _number(float, 1),
     "retry_backoff": _number(float, 0),

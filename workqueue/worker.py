@@ -1,42 +1,54 @@
 """The worker loop: take messages, run the handler, settle the outcomes in batches.
 
-The main thread runs the loop; a housekeeping thread keeps the heartbeat alive (so a long
-handler keeps its messages), recovers dead workers' messages, and enforces the shutdown grace.
+The loop runs in the calling thread; a Housekeeper thread keeps the heartbeat alive (so a long
+handler keeps its messages), recovers dead workers' messages, and watches the time limits.
+FetchAhead keeps the requests that overlap the work in order. The loop returns an exit code or
+raises RedisRefused; ending the process is the entry script's business.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import socket
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Callable
+
 import structlog
 from redis.exceptions import RedisError
 
 from . import message
-from .connection import BLOCK_SECONDS, Outage, RedisRefused, is_outage, raise_if_refused, refusal
-from .handlers import Handler, HandlerRunner, JobTimeout
+from .consumer import Taken
+from .fetch_ahead import FetchAhead
+from .handlers import Handler, HandlerRunner, JobTimeout, interrupt
+from .housekeeper import Housekeeper
 from .message import MalformedMessage, Message
-from .queue import Outcomes, Queue, SentFetch
+from .outages import Outage, is_outage, raise_if_refused
+from .protocol import Delivery, Op
+from .queue import Queue
 from .settings import Settings
 from .shutdown import Shutdown
+from .transport import BLOCK_SECONDS
 
 ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its batch to be settled
 BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
-RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one cheap call
-HOUSEKEEPING_TICK = 0.2
 # From this batch size on (handlers at 1 ms a message or faster, and a busy queue) the next
 # batch is asked for before the current one starts, so Redis's work overlaps the handler's;
 # the worker then holds up to two batches. Slower handlers would only hoard messages.
 FETCH_AHEAD_BATCH = 50
+_DEFAULTS = Settings()  # the one home of defaults
+
+
+class WorkerAborted(BaseException):
+    """Raised in the worker's loop when a limit passed (grace, second signal, a stuck try) and
+    no `abort` was given: run() then returns the exit code instead of working on."""
 
 
 @dataclass(slots=True)
-class Delivery:
+class Held:
     """A message taken from Redis and not started yet."""
 
     raw: bytes
@@ -53,48 +65,50 @@ class Worker:
         queue: Queue,
         handler: Handler,
         *,
-        delivery: str = "reliable",
-        prefetch: int = 200,
+        delivery: Delivery | str = _DEFAULTS.delivery,
+        prefetch: int = _DEFAULTS.prefetch,
         burst: bool = False,
-        grace: float = 30.0,
-        worker_timeout: float = 30.0,
-        job_timeout: float = 0.0,
+        grace: float = _DEFAULTS.grace,
+        worker_timeout: float = _DEFAULTS.worker_timeout,
+        job_timeout: float = _DEFAULTS.job_timeout,
         worker_id: str | None = None,
         shutdown: Shutdown | None = None,
+        abort: Callable[[int], None] | None = None,
     ) -> None:
-        if delivery not in ("reliable", "simple"):
-            raise ValueError("delivery must be 'reliable' or 'simple'")
+        """`abort(code)` is called from the housekeeping thread when the worker must end now
+        (grace over, a second signal, a try stuck past JOB_TIMEOUT); entry scripts pass
+        os._exit. Without it, WorkerAborted is raised in the loop and run() returns the code."""
         if not 1 <= prefetch <= 1000:  # the Lua scripts unpack() up to this many values
             raise ValueError("prefetch must be from 1 to 1000")
         self.queue = queue
         self.handler = handler
-        self._runner = HandlerRunner(handler, job_timeout)
-        self.job_timeout = job_timeout
-        self.delivery = delivery
+        self.delivery = Delivery(delivery)
         self.prefetch = prefetch
         self.burst = burst
         self.grace = grace
         self.worker_timeout = worker_timeout
+        self.job_timeout = job_timeout
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.shutdown = shutdown or Shutdown()
         self.log = structlog.get_logger().bind(queue=queue.name, worker=self.id)
-        self._held: deque[Delivery] = deque()
-        self._outcomes = Outcomes()
+        self.consumer = queue.consumer(self.id, self.delivery, worker_timeout)
+        self._runner = HandlerRunner(handler, job_timeout)
+        self._pipeline = FetchAhead(self.consumer)
+        self._held: deque[Held] = deque()
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
         self._resync = True  # (re)register and re-read our in-flight list before taking messages
-        self._ahead: SentFetch | None = None  # the next batch, asked for; reply not read yet
-        self._next: list[tuple[bytes, bool]] = []  # the next batch, read but not started
-        self._ahead_of: frozenset[str] = frozenset()  # ids of the batch that was held meanwhile
-        self._finished = threading.Event()
-        # Held by the housekeeper while it heartbeats, so that no heartbeat can land after we
-        # deregistered (which would leave a ghost "live" worker in stats until its timeout).
-        self._registration = threading.Lock()
-        self._deregistering = False
-        self._refused: RedisRefused | None = None  # found by the housekeeper; raised by the loop
+        self._loop_thread = 0  # ident of the thread running run()
+        self._signals = False  # whether run() installed signal handlers
+        self._abort_code = 1
+        self._housekeeper = Housekeeper(
+            self.consumer, self.log, self.shutdown, self._runner,
+            grace=grace, abort=abort or self._interrupt, resyncing=lambda: self._resync,
+        )
 
     @classmethod
-    def from_settings(cls, settings: Settings, handler: Handler, *, burst: bool = False, queue: Queue | None = None) -> "Worker":
+    def from_settings(cls, settings: Settings, handler: Handler, *, burst: bool = False, queue: Queue | None = None,
+                      abort: Callable[[int], None] | None = None) -> Worker:
         return cls(
             queue or Queue.from_settings(settings),
             handler,
@@ -104,30 +118,41 @@ class Worker:
             grace=settings.grace,
             worker_timeout=settings.worker_timeout,
             job_timeout=settings.job_timeout,
+            abort=abort,
         )
 
-    def run(self) -> int:
-        """Work until SIGTERM/SIGINT (or an empty queue with burst); returns the exit code.
-        Raises RedisRefused when Redis refuses us in a way no wait will change (configuration)."""
-        self.shutdown.install()
-        self._runner.install()
-        self.log.info("worker_started", redis=self.queue.location, delivery=self.delivery, prefetch=self.prefetch, burst=self.burst)
-        housekeeper = threading.Thread(target=self._housekeeping, name="workqueue-housekeeping", daemon=True)
-        housekeeper.start()
+    def run(self, *, install_signals: bool = True) -> int:
+        """Work until SIGTERM/SIGINT or shutdown.request() (or, with burst, an empty queue);
+        returns the exit code. Raises RedisRefused when Redis refuses us in a way no wait will
+        change. Signal handlers are installed only in the main thread, and only if asked."""
+        in_main = threading.current_thread() is threading.main_thread()
+        self._signals = install_signals and in_main
+        if self._signals:
+            self.shutdown.install()
+            self._runner.install()
+        self._loop_thread = threading.get_ident()
+        self.log.info("worker_started", redis=self.queue.location, delivery=self.delivery.value, prefetch=self.prefetch, burst=self.burst)
+        self._housekeeper.start()
         try:
             self._loop()
             return self._stop()
+        except WorkerAborted:
+            return self._abort_code
         finally:
-            self._finished.set()
-            housekeeper.join(timeout=2)
+            self._housekeeper.stop()
             self._runner.close()
+
+    def _interrupt(self, code: int) -> None:
+        """The default abort: raise WorkerAborted in the loop's thread, waking a blocking call."""
+        self._abort_code = code
+        interrupt(self._loop_thread, WorkerAborted, wake=self._signals)
 
     # -- main loop ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self.shutdown.requested:
-            if self._refused is not None:
-                raise self._refused
+            if self._housekeeper.refused is not None:
+                raise self._housekeeper.refused
             try:
                 if self._resync:
                     self._sync_with_redis()
@@ -155,12 +180,10 @@ class Worker:
     def _take(self) -> bool:
         """Settle what is done and take the next batch, blocking briefly when the queue is empty.
         Returns False when a burst worker has nothing left to wait for."""
-        if self._ahead is not None:
-            self._receive_ahead()
-        if self._next:
-            self._accept_next()
+        if self._pipeline.has_next:
+            self._accept(*self._pipeline.take_next())
             return True
-        taken, wait_ms = self.queue.fetch(self.id, self._batch, self.delivery, self._outcomes, worker_timeout=self.worker_timeout)
+        taken, wait_ms = self._pipeline.fetch(self._batch)
         if not taken:
             if self.burst and wait_ms < 0:
                 return False
@@ -169,78 +192,47 @@ class Worker:
             timeout = min(BLOCK_SECONDS, self.worker_timeout / 4)
             if wait_ms >= 0:
                 timeout = min(timeout, max(wait_ms, 10) / 1000)
-            taken = self.queue.block(self.id, self.delivery, timeout, worker_timeout=self.worker_timeout)
+            taken = self.consumer.block(timeout)
         self._accept(taken)
         return True
 
-    def _accept(self, taken: list[tuple[bytes, bool]], earlier: frozenset[str] = frozenset()) -> None:
+    def _accept(self, taken: Taken, earlier: frozenset[str] = frozenset()) -> None:
         """Decode new messages; `duplicate` comes from the fetch script's check of completed ids,
         or from `earlier`, the ids of a batch taken before this one but not yet settled."""
         for raw, duplicate in taken:
             try:
                 msg = message.decode(raw)
             except MalformedMessage as error:
-                self._held.append(Delivery(raw, None, str(error)))
+                self._held.append(Held(raw, None, str(error)))
             else:
-                self._held.append(Delivery(raw, msg, duplicate=duplicate or msg.id in earlier))
-
-    def _accept_next(self) -> None:
-        """Hold the batch fetched ahead. That fetch ran before the previous batch was settled, so
-        Redis could not see its ids as completed: a copy of one of them is a duplicate here."""
-        self._accept(self._next, self._ahead_of)
-        self._next = []
-
-    def _send_ahead(self) -> None:
-        """Ask for the next batch (settling the last one's outcomes) before starting this one."""
-        self._ahead_of = frozenset(d.message.id for d in self._held if d.message is not None)
-        sent = self._outcomes
-        self._ahead = self.queue.send_fetch(self.id, self._batch, self.delivery, sent, worker_timeout=self.worker_timeout)
-        self._outcomes = Outcomes(sequence=sent.sequence + 1)  # new outcomes wait until those are confirmed
-
-    def _receive_ahead(self) -> None:
-        """Read the batch asked for ahead. On an error it stays set: _settle_all resends its
-        outcomes, and _sync_with_redis adopts its messages."""
-        taken, _ = self._ahead.receive()
-        self._ahead = None
-        self._next = taken
-
-    def _settle_all(self) -> None:
-        """Settle every outcome not confirmed by Redis: first those that rode with a fetch whose
-        reply was lost (they have the lower sequence number), then the newer ones."""
-        if self._ahead is not None:
-            self._ahead.abandon()
-            if self._ahead.outcomes:
-                self.queue.settle(self.id, self.delivery, self._ahead.outcomes)
-            self._ahead = None
-        self.queue.settle(self.id, self.delivery, self._outcomes)
+                self._held.append(Held(raw, msg, duplicate=duplicate or msg.id in earlier))
 
     def _work(self) -> None:
         """Process what we hold, settling outcomes early if the oldest waited ACK_DELAY (slow
         handlers); then size the next batch to about BATCH_SECONDS of this pace."""
+        pipeline = self._pipeline
         # Not for a small batch (a woken worker's one message): sending would delay its start.
-        if len(self._held) >= FETCH_AHEAD_BATCH and self._batch >= FETCH_AHEAD_BATCH and self._ahead is None and not self._next:
-            self._send_ahead()
-        held, outcomes, shutdown = self._held, self._outcomes, self.shutdown
+        if len(self._held) >= FETCH_AHEAD_BATCH and self._batch >= FETCH_AHEAD_BATCH and not pipeline.has_next:
+            pipeline.send(self._batch, frozenset(h.message.id for h in self._held if h.message is not None))
+        held, outcomes, shutdown = self._held, pipeline.outcomes, self.shutdown
         started, count = time.perf_counter(), 0
         while held and not shutdown.requested:
             self._process(held.popleft())
             count += 1
             # A whole batch's outcomes ride with the next fetch; settle here only for slow work.
             if held and time.monotonic() - outcomes.first_at >= ACK_DELAY:
-                if self._ahead is not None:
-                    self._receive_ahead()  # its outcomes first: settling goes in sequence order
-                self.queue.settle(self.id, self.delivery, outcomes)
+                pipeline.settle()
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
 
-    def _process(self, delivery: Delivery) -> None:
-        log, msg = self.log, delivery.message
+    def _process(self, held: Held) -> None:
+        log, msg, outcomes = self.log, held.message, self._pipeline.outcomes
         if msg is None:
-            self._outcomes.add("dead", delivery.raw, message.dead_letter_malformed(delivery.raw, delivery.problem))
-            log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {delivery.problem}")
+            outcomes.add(Op.DEAD, held.raw, message.dead_letter_malformed(held.raw, held.problem))
+            log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {held.problem}")
             return
-        if delivery.duplicate:
-            self._outcomes.add("dup", delivery.raw)
+        if held.duplicate:
+            outcomes.add(Op.DUPLICATE, held.raw)
             log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
             return
         try:
@@ -250,12 +242,12 @@ class Worker:
         except Exception as error:  # the handler is user code: any failure is a failed try
             self._failed(msg, f"{type(error).__name__}: {error}")
         else:
-            self._outcomes.add("done", delivery.raw, b"", msg.id)
+            outcomes.add(Op.DONE, held.raw, b"", msg.id)
             log.info("message_processed", id=msg.id, attempts=msg.attempts)
 
     def _failed(self, msg: Message, text: str) -> None:
         """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
-        dead, delay = self.queue.retry_or_dead(self._outcomes, msg, text)
+        dead, delay = self.consumer.retry_or_dead(self._pipeline.outcomes, msg, text)
         if dead:
             self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
         else:
@@ -266,17 +258,17 @@ class Worker:
         idempotent), and trust Redis, not memory, about what we hold: a fetch whose reply was lost
         may have moved messages, and a long outage may have let another worker recover ours."""
         self.queue.scripts.load()  # Redis may have restarted without its script cache
-        self.queue.heartbeat(self.id, self.worker_timeout)
-        self._settle_all()
-        self._accept_next()
-        in_redis = Counter(self.queue.in_flight(self.id))
-        kept: deque[Delivery] = deque()
-        for d in self._held:
-            if in_redis[d.raw] > 0:
-                in_redis[d.raw] -= 1
-                kept.append(d)
-            elif self.delivery == "simple":  # popped, so in no Redis list, unless adopted earlier
-                kept.append(d)
+        self.consumer.heartbeat()
+        self._pipeline.settle_all()
+        self._accept(*self._pipeline.take_next())
+        in_redis = Counter(self.consumer.in_flight())
+        kept: deque[Held] = deque()
+        for h in self._held:
+            if in_redis[h.raw] > 0:
+                in_redis[h.raw] -= 1
+                kept.append(h)
+            elif self.delivery is Delivery.SIMPLE:  # popped, so in no Redis list, unless adopted earlier
+                kept.append(h)
         self._held = kept
         orphans = list(in_redis.elements())
         if orphans:
@@ -295,12 +287,13 @@ class Worker:
             except MalformedMessage:
                 ids.append(None)  # _accept dead-letters it
         valid = [i for i in ids if i is not None]
-        completed = dict(zip(valid, self.queue.completed(valid)))
-        seen = {d.message.id for d in self._held if d.message is not None}
+        completed = dict(zip(valid, self.consumer.completed(valid)))
+        seen = {h.message.id for h in self._held if h.message is not None}
         flagged = []
         for raw, message_id in zip(orphans, ids):
             flagged.append((raw, message_id is not None and (completed[message_id] or message_id in seen)))
-            seen.add(message_id)
+            if message_id is not None:
+                seen.add(message_id)
         self._accept(flagged)
 
     # -- stopping ----------------------------------------------------------------------------
@@ -310,76 +303,36 @@ class Worker:
         outage, a worker with nothing to settle stops at once: its registration runs out, and
         recovery takes back anything a lost reply had put in its in-flight list."""
         try:
-            if self._ahead is not None:
-                self._receive_ahead()
+            self._accept(*self._pipeline.take_next())
         except RedisError as error:
             raise_if_refused(error)
             if not is_outage(error):
                 raise
             # its messages are found below, when deregistering is refused
-        self._accept_next()
-        for d in reversed(self._held):  # reversed: each release goes to the head of the queue
-            self._outcomes.add("release", d.raw)
-        released, self._held = len(self._held), deque()
+        released = self._release_held()
         deregistered = False
-        while not deregistered:  # bounded: the housekeeper ends the process when the grace runs out
+        while not deregistered:  # bounded: the housekeeper aborts when the grace runs out
             try:
-                self._settle_all()
-                with self._registration:
-                    self._deregistering = True
-                deregistered = self.queue.deregister(self.id)
+                self._pipeline.settle_all()
+                self._housekeeper.stop_heartbeats()
+                deregistered = self.consumer.deregister()
                 if not deregistered:
                     self._sync_with_redis()  # something is still held: find out what, put it back
-                    for d in reversed(self._held):
-                        self._outcomes.add("release", d.raw)
-                    released, self._held = released + len(self._held), deque()
+                    released += self._release_held()
             except RedisError as error:
                 raise_if_refused(error)
                 if not is_outage(error):
                     raise
-                if not self._outcomes and self._ahead is None and not self._held:
+                if self._pipeline.settled and not self._held:
                     break
                 self._outage.failed(error)
         self.log.info("worker_stopped", released=released, deregistered=deregistered)
         return 0
 
-    # -- housekeeping thread -----------------------------------------------------------------
+    def _release_held(self) -> int:
+        """Give back every message held but not started, to the head of the queue, in order."""
+        for h in reversed(self._held):  # reversed: each release goes to the head of the queue
+            self._pipeline.outcomes.add(Op.RELEASE, h.raw)
+        released, self._held = len(self._held), deque()
+        return released
 
-    def _housekeeping(self) -> None:
-        next_beat = next_recovery = time.monotonic()
-        stop_requested_at = None
-        while not self._finished.wait(HOUSEKEEPING_TICK):
-            now = time.monotonic()
-            if self.shutdown.forced:
-                self.log.warning("worker_forced_exit", signal=self.shutdown.signum)
-                os._exit(128 + self.shutdown.signum)
-            if self.shutdown.requested:
-                if stop_requested_at is None:
-                    stop_requested_at = now
-                    self.log.info("worker_stopping", grace=self.grace)
-                elif now - stop_requested_at > self.grace:
-                    self.log.error("worker_grace_expired", grace=self.grace)
-                    os._exit(1)
-            if self.job_timeout and self._runner.enforce():
-                self.log.error("worker_handler_stuck", job_timeout=self.job_timeout)
-                os._exit(1)  # its messages come back through recovery, with one more attempt
-            try:
-                if now >= next_beat and not self._resync:
-                    with self._registration:
-                        if not self._deregistering:
-                            self.queue.heartbeat(self.id, self.worker_timeout)
-                    next_beat = now + self.worker_timeout / 3
-                if now >= next_recovery:
-                    next_recovery = now + RECOVERY_INTERVAL * random.uniform(0.75, 1.25)
-                    for item in self.queue.recover_dead_workers(skip=self.id):
-                        self.log.warning(
-                            "message_recovered", id=item.message_id, attempts=item.attempts,
-                            dead_worker=item.worker_id, dead_lettered=item.dead_lettered,
-                        )
-            except RedisError as error:
-                if refusal(error) is not None:
-                    self._refused = refusal(error)  # the main loop stops with it
-                elif not is_outage(error):  # an outage: the main loop logs it and resyncs
-                    self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
-            except Exception as error:  # this thread guards the heartbeat and the grace: go on
-                self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")

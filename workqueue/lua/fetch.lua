@@ -13,8 +13,7 @@
 -- Returns {wait_ms, message, done, message, done, ...}. done is 1 when the message's id was
 -- completed already or appears earlier in this batch. wait_ms is 0 when something was taken;
 -- otherwise the ms until the next retry is due, or -1 when none is waiting.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local reliable = ARGV[2] == 'reliable'
 redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[3])
 
@@ -41,15 +40,6 @@ if #taken == 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   if #first > 0 then return {math.max(1, tonumber(first[2]) - now)} end
   return {-1}
-end
-
--- Our encoder writes the id first; anything else (hand-written JSON) is decoded in full.
-local function message_id(raw)
-  local id = string.match(raw, '^{"id":"([^"\\]*)"')
-  if id then return id end
-  local ok, fields = pcall(cjson.decode, raw)
-  if ok and type(fields) == 'table' and type(fields.id) == 'string' then return fields.id end
-  return nil
 end
 
 -- One ZMSCORE for the whole batch: a redis.call per message would cost more than the check.

@@ -11,11 +11,13 @@
 --                      (else another worker recovered it and owns it now); 'simple': always
 -- ARGV[2] dedup_ttl_ms how long a completed id is remembered
 -- ARGV[3] worker id    whose in-flight list KEYS[1] is
--- ARGV[4] sequence     > 0: the worker settling its own outcomes; a call whose number was
---                      applied already (a resend after a lost reply) changes nothing.
---                      0: recovery of a worker presumed dead; nothing happens while its
---                      heartbeat is alive, and it is deregistered once its list is empty
--- ARGV[5..] outcomes, four values each: op, raw, new_raw, arg
+-- ARGV[4] mode         'own': the worker settling its own outcomes, numbered by ARGV[5]; a
+--                      call whose number was applied already (a resend after a lost reply)
+--                      changes nothing. 'recover': another worker taking back the messages of
+--                      one presumed dead; nothing happens while its heartbeat is alive, and it
+--                      is deregistered once its list is empty
+-- ARGV[5] sequence     with 'own': the number of this settle call, counting up from 1
+-- ARGV[6..] outcomes, four values each: op, raw, new_raw, arg
 --   done     completed; arg = message id (remembered for de-duplication)
 --   dup      skipped as already completed
 --   retry    new_raw waits in delayed for arg ms
@@ -24,12 +26,12 @@
 --   release  raw goes back to the queue's head untouched (never started; send in reverse order)
 -- Returns one flag per outcome: 1 if it applied, 0 if its message was no longer held; an empty
 -- array when nothing was done (a resend, or the worker being recovered turned out alive).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local reliable = ARGV[1] == 'reliable'
 local worker = ARGV[3]
-local sequence = tonumber(ARGV[4])
-local first = 5
+local own = ARGV[4] == 'own'
+local sequence = tonumber(ARGV[5])
+local first = 6
 local n = (#ARGV - first + 1) / 4
 
 -- Every check comes before the first write: a script that fails half-way keeps its writes.
@@ -38,7 +40,7 @@ for j = 0, n - 1 do
   local op = ARGV[first + j * 4]
   if not known[op] then return redis.error_reply('settle: unknown op ' .. tostring(op)) end
 end
-if sequence > 0 then
+if own then
   if tonumber(redis.call('HGET', KEYS[8], worker) or '0') >= sequence then
     return {}
   end
@@ -124,7 +126,7 @@ end
 -- Forget ids whose de-duplication window has passed (O(log n) when none has).
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
 
-if sequence > 0 then
+if own then
   redis.call('HSET', KEYS[8], worker, sequence)
 elseif redis.call('LLEN', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[7], worker)

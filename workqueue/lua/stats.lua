@@ -4,8 +4,7 @@
 -- ARGV[1..] the ids of the registered workers, as the caller read them just before
 -- Returns {0} when the registered workers changed meanwhile (read them again and retry), else
 -- {1, pending, delayed, dead, live_workers, in_flight, counter_name, value, ...}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local registered = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
 if #registered / 2 ~= #ARGV then return {0} end
 local expected = {}

@@ -23,11 +23,6 @@ end
 local message
 if ARGV[1] == 'reliable' then message = redis.call('LINDEX', KEYS[1], -1) else message = redis.call('RPOP', KEYS[1]) end
 if not message then return {} end
--- Our encoder writes the id first; anything else (hand-written JSON) is decoded in full.
-local id = string.match(message, '^{"id":"([^"\\]*)"')
-if not id then
-  local ok, fields = pcall(cjson.decode, message)
-  if ok and type(fields) == 'table' and type(fields.id) == 'string' then id = fields.id end
-end
+local id = message_id(message)
 if id and redis.call('ZSCORE', KEYS[2], id) then return {message, 1} end
 return {message, 0}

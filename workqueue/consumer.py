@@ -1,0 +1,223 @@
+"""The worker's side of a queue: take messages, settle their outcomes, stay registered, recover.
+
+A message is always in exactly one place: the queue list (`pending`), one worker's `in_flight`
+list, the `delayed` retry set, or the `dead_letter` list, until it is completed. Each method
+here is one Lua script call (or one write of several), so every move is atomic, and counters
+in the `stats` hash change in the same step as the move they count.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from . import message
+from .message import MalformedMessage, Message
+from .protocol import Delivery, Op
+from .transport import Key, Sent, send_together
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+Taken = list[tuple[bytes, bool]]  # (element, duplicate): duplicate when its id was completed already
+
+
+@dataclass
+class Outcomes:
+    """Settlements waiting to be sent to Redis in one `settle` call."""
+
+    args: list[Any] = field(default_factory=list)
+    first_at: float = 0.0  # time.monotonic() of the oldest one, to bound how long acks wait
+    sequence: int = 1  # numbers each settle call; a resend of an applied one changes nothing
+
+    def __bool__(self) -> bool:
+        return bool(self.args)
+
+    def add(self, op: Op, raw: bytes, new_raw: bytes = b"", arg: Any = "") -> None:
+        if not self.args:
+            self.first_at = time.monotonic()
+        self.args += (op, raw, new_raw, arg)
+
+    def clear(self) -> None:
+        """Forget the outcomes once Redis confirmed them; the next batch gets a new number."""
+        self.args = []
+        self.sequence += 1
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """One message taken back from a worker presumed dead."""
+
+    worker_id: str
+    message_id: str | None
+    attempts: int
+    dead_lettered: bool
+
+
+def _ms(seconds: float) -> int:
+    """A timeout in whole milliseconds for the scripts, at least 1 (0 would mean 'none')."""
+    return max(1, int(seconds * 1000))
+
+
+def _pairs(reply: list[Any]) -> Taken:
+    """The fetch script's reply [wait_ms, message, duplicate, message, duplicate, ...] as pairs."""
+    return [(reply[i], reply[i + 1] == 1) for i in range(1, len(reply), 2)]
+
+
+class SentFetch:
+    """A fetch (and the settlement riding with it) sent to Redis, its reply not read yet."""
+
+    def __init__(self, sent: Sent, outcomes: Outcomes | None) -> None:
+        self.sent = sent
+        self.outcomes = outcomes
+
+    def receive(self) -> tuple[Taken, int]:
+        """Wait for the reply: (taken, wait_ms) as from Consumer.fetch."""
+        reply = self.sent.replies()[-1]
+        if self.outcomes:
+            self.outcomes.clear()  # Redis applied them
+        return _pairs(reply), int(reply[0])
+
+    def abandon(self) -> None:
+        """Drop the connection unread; the outcomes stay, to be resent (settling is idempotent)."""
+        self.sent.abandon()
+
+
+class Consumer:
+    """One worker's protocol on one queue: its id, delivery mode and heartbeat timeout are fixed."""
+
+    def __init__(self, queue: Queue, worker_id: str, delivery: Delivery, worker_timeout: float) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.delivery = Delivery(delivery)
+        self.worker_timeout = worker_timeout
+        self.keys = queue.keys
+        self.scripts = queue.scripts
+        self.in_flight_key = queue.keys.in_flight(worker_id)
+
+    def fetch(self, count: int, outcomes: Outcomes | None = None) -> tuple[Taken, int]:
+        """Settle `outcomes` and take up to `count` messages, in one round trip.
+
+        Returns (taken, wait_ms): when nothing was taken, wait_ms says how long until a retry is
+        due (-1: none is waiting)."""
+        return self.send_fetch(count, outcomes).receive()
+
+    def send_fetch(self, count: int, outcomes: Outcomes | None = None) -> SentFetch:
+        """Send what `fetch` sends, without waiting: the reply is read by SentFetch.receive()."""
+        k = self.keys
+        commands = []
+        if outcomes:
+            commands.append(self.scripts.command("settle", *self._settle_call(self.worker_id, outcomes, recovering=False)))
+        keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers]
+        commands.append(self.scripts.command("fetch", keys, [count, self.delivery, self.worker_id, _ms(self.worker_timeout)]))
+        return SentFetch(Sent(self.queue.client, k.pending, commands), outcomes)
+
+    def block(self, timeout: float) -> Taken:
+        """Wait up to `timeout` seconds for one message; returns [] or [(message, duplicate)].
+
+        Three commands go down one connection in one write, so Redis runs them back to back: the
+        heartbeat script (registering us before anything can enter our in-flight list), BLMOVE
+        into our in-flight list, and the small woken script, which checks the moved message's id
+        against completed ones (and in simple delivery pops it back out). Whatever else arrived
+        meanwhile is taken by the next fetch. The write bypasses redis-py's Pipeline, whose
+        bookkeeping would add tens of microseconds to this, the idle pickup path.
+
+        A wait can outlive our registration (we froze, and were presumed dead): the woken
+        script then puts the message back on the queue, so it never strands in a list nobody
+        recovers, whatever `timeout` is (see woken.lua).
+        """
+        k = self.keys
+        _, moved, checked = send_together(self.queue.client, k.pending, [
+            self.scripts.command("heartbeat", *self._heartbeat_call("beat")),
+            ("BLMOVE", k.pending, self.in_flight_key, "LEFT", "RIGHT", timeout),
+            self.scripts.command("woken", [self.in_flight_key, k.done, k.workers, k.pending], [self.delivery, self.worker_id]),
+        ])
+        # After a timeout the reliable script reads an older element, if any, of our list: it was
+        # not taken now. (What the simple script pops is ours either way, so it is returned.)
+        if moved is None and self.delivery is Delivery.RELIABLE:
+            return []
+        return [(checked[0], checked[1] == 1)] if checked else []
+
+    def settle(self, outcomes: Outcomes) -> list[bool]:
+        """Apply outcomes for messages we hold; idempotent, so safe to resend. Returns, per
+        outcome, whether it applied (False: another worker had recovered it meanwhile)."""
+        if not outcomes:
+            return []
+        applied = self.scripts.call("settle", *self._settle_call(self.worker_id, outcomes, recovering=False))
+        outcomes.clear()
+        return [bool(flag) for flag in applied]
+
+    def _settle_call(self, worker_id: Key, outcomes: Outcomes, *, recovering: bool) -> tuple[list[Key], list[Any]]:
+        """Keys and arguments of settle.lua, for our own outcomes or a dead worker's."""
+        k = self.keys
+        keys = [k.in_flight(worker_id), k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers, k.settled]
+        # A recovery settles another worker's messages, always in reliable delivery (a simple
+        # worker's list holds only what it adopted after a lost reply).
+        delivery = Delivery.RELIABLE if recovering else self.delivery
+        mode = ("recover", 0) if recovering else ("own", outcomes.sequence)
+        return keys, [delivery, self.queue.dedup_ttl_ms, worker_id, *mode, *outcomes.args]
+
+    def completed(self, message_ids: Sequence[str]) -> list[bool]:
+        """Whether each id was completed (within the de-duplication window)."""
+        if not message_ids:
+            return []
+        return [score is not None for score in self.queue.client.zmscore(self.keys.done, list(message_ids))]
+
+    def in_flight(self) -> list[bytes]:
+        """What Redis says we hold (the truth after a lost reply)."""
+        return list(self.queue.client.lrange(self.in_flight_key, 0, -1))
+
+    def retry_or_dead(self, outcomes: Outcomes, msg: Message, error: str, *, recovered: bool = False) -> tuple[bool, float]:
+        """Record a failed try of `msg`: a retry after backoff, or the dead-letter list when its
+        attempts are used up. Returns (dead_lettered, backoff seconds)."""
+        new_raw = msg.failed(error)
+        if self.queue.retry.exhausted(msg.attempts + 1):
+            outcomes.add(Op.DEAD, msg.raw, new_raw, "1" if recovered else "")
+            return True, 0.0
+        if recovered:
+            outcomes.add(Op.REQUEUE, msg.raw, new_raw)
+            return False, 0.0
+        delay = self.queue.retry.delay(msg.attempts + 1)
+        outcomes.add(Op.RETRY, msg.raw, new_raw, int(delay * 1000))
+        return False, delay
+
+    # -- registration ------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Register us as alive for worker_timeout more seconds (by the Redis clock)."""
+        self.scripts.call("heartbeat", *self._heartbeat_call("beat"))
+
+    def deregister(self) -> bool:
+        """Leave the registry if we hold nothing; False (and still registered) if we hold messages."""
+        return bool(self.scripts.call("heartbeat", *self._heartbeat_call("leave")))
+
+    def _heartbeat_call(self, action: str) -> tuple[list[Key], list[Any]]:
+        keys: list[Key] = [self.keys.workers, self.in_flight_key, self.keys.settled]
+        return keys, [self.worker_id, action, _ms(self.worker_timeout)]
+
+    def recover_dead_workers(self, limit: int = 100) -> list[Recovered]:
+        """Take back what workers presumed dead were holding: each message returns to the queue
+        with one more attempt, or goes to the dead-letter list when its attempts are used up.
+        Safe to run from many workers at once: settle re-checks the heartbeat and moves a message
+        only if it is still in the dead worker's list."""
+        recovered: list[Recovered] = []
+        for worker_id in self.scripts.call("expired", [self.keys.workers], [limit]):
+            # Kept as bytes: an id written by hand need not be UTF-8, and must not stop the rest.
+            if worker_id == self.worker_id.encode():
+                continue
+            name = worker_id.decode(errors="replace")
+            outcomes, found = Outcomes(), []
+            for raw in self.queue.client.lrange(self.keys.in_flight(worker_id), 0, -1):
+                try:
+                    msg = message.decode(raw)
+                except MalformedMessage as error:
+                    outcomes.add(Op.DEAD, raw, message.dead_letter_malformed(raw, str(error)), "1")
+                    found.append(Recovered(name, None, 0, True))
+                    continue
+                dead, _ = self.retry_or_dead(outcomes, msg, f"worker {name} stopped responding", recovered=True)
+                found.append(Recovered(name, msg.id, msg.attempts + 1, dead))
+            # Runs even with nothing held, so that the dead worker is deregistered.
+            applied = self.scripts.call("settle", *self._settle_call(worker_id, outcomes, recovering=True))
+            recovered += [item for item, ok in zip(found, applied) if ok]
+        return recovered

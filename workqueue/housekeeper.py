@@ -1,0 +1,118 @@
+"""The worker's housekeeping thread: heartbeat, recovery of dead workers, and the time limits.
+
+It runs beside the worker's loop so that a long handler keeps its messages (the heartbeat goes
+on), dead workers' messages come back even while every live worker is busy, and the shutdown
+grace and JOB_TIMEOUT hold even when the handler never returns. It never ends the process
+itself: when a limit is passed it calls `abort(code)`, which the entry script supplies.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Callable
+
+from redis.exceptions import RedisError
+from structlog.typing import FilteringBoundLogger
+
+from .consumer import Consumer
+from .handlers import HandlerRunner
+from .outages import RedisRefused, is_outage, refusal
+from .shutdown import Shutdown
+
+RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one cheap call
+TICK = 0.2
+
+
+class Housekeeper:
+    """Heartbeats every third of the worker timeout, recovers dead workers about every second,
+    and watches the grace after a stop request, a second signal, and tries past JOB_TIMEOUT."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        log: FilteringBoundLogger,
+        shutdown: Shutdown,
+        runner: HandlerRunner,
+        *,
+        grace: float,
+        abort: Callable[[int], None],
+        resyncing: Callable[[], bool],
+    ) -> None:
+        self.consumer = consumer
+        self.log = log
+        self.shutdown = shutdown
+        self.runner = runner
+        self.grace = grace
+        self.abort = abort
+        self.resyncing = resyncing  # while true the loop re-registers itself: no heartbeat
+        self.refused: RedisRefused | None = None  # a refusal met here, for the loop to raise
+        self._finished = threading.Event()
+        # Held while heartbeating, so that no heartbeat can land after the worker deregistered
+        # (which would leave a ghost "live" worker in stats until its timeout).
+        self._registration = threading.Lock()
+        self._deregistering = False
+        self._abort_code: int | None = None
+        self._thread = threading.Thread(target=self._run, name="workqueue-housekeeping", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread (the worker's loop is over)."""
+        self._finished.set()
+        self._thread.join(timeout=2)
+
+    def stop_heartbeats(self) -> None:
+        """No heartbeat after this returns: the worker is about to deregister."""
+        with self._registration:
+            self._deregistering = True
+
+    def _run(self) -> None:
+        next_beat = next_recovery = time.monotonic()
+        stop_requested_at = None
+        while not self._finished.wait(TICK):
+            now = time.monotonic()
+            if self._abort_code is not None:  # asked once already: wait for the loop to end
+                continue
+            if self.shutdown.forced:
+                self.log.warning("worker_forced_exit", signal=self.shutdown.signum)
+                self._abort(128 + self.shutdown.signum)
+                continue
+            if self.shutdown.requested:
+                if stop_requested_at is None:
+                    stop_requested_at = now
+                    self.log.info("worker_stopping", grace=self.grace)
+                elif now - stop_requested_at > self.grace:
+                    self.log.error("worker_grace_expired", grace=self.grace)
+                    self._abort(1)
+                    continue
+            if self.runner.job_timeout and self.runner.enforce():
+                self.log.error("worker_handler_stuck", job_timeout=self.runner.job_timeout)
+                self._abort(1)  # its messages come back through recovery, with one more attempt
+                continue
+            try:
+                if now >= next_beat and not self.resyncing():
+                    with self._registration:
+                        if not self._deregistering:
+                            self.consumer.heartbeat()
+                    next_beat = now + self.consumer.worker_timeout / 3
+                if now >= next_recovery:
+                    next_recovery = now + RECOVERY_INTERVAL * random.uniform(0.75, 1.25)
+                    for item in self.consumer.recover_dead_workers():
+                        self.log.warning(
+                            "message_recovered", id=item.message_id, attempts=item.attempts,
+                            dead_worker=item.worker_id, dead_lettered=item.dead_lettered,
+                        )
+            except RedisError as error:
+                if refusal(error) is not None:
+                    self.refused = refusal(error)  # the loop stops with it
+                elif not is_outage(error):  # an outage: the loop logs it and resyncs
+                    self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
+            except Exception as error:  # this thread guards the heartbeat and the grace: go on
+                self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
+
+    def _abort(self, code: int) -> None:
+        self._abort_code = code
+        self.abort(code)

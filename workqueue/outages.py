@@ -1,0 +1,95 @@
+"""What a Redis error means: an outage to wait out, or a refusal that waiting will not change.
+
+Outages (a lost connection, a timeout, a restart without the script cache, a full memory, a
+replica after failover, a script running long) are retried with a growing wait. Refusals (a
+wrong password, a missing permission, an unknown database, a key of the wrong type) are
+configuration: the entry scripts print one line and exit.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable
+
+from redis.exceptions import (
+    AskError, AuthenticationError, AuthorizationError, ClusterCrossSlotError, ClusterDownError, ConnectionError,
+    NoPermissionError, NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError, TimeoutError,
+    TryAgainError,
+)
+from structlog.typing import FilteringBoundLogger
+
+# Errors that mean "Redis cannot take our writes right now": back off and try again.
+# NoScriptError means Redis restarted without its script cache: reload and re-read our state.
+# OutOfMemoryError (maxmemory reached), ReadOnlyError (a replica after failover) and a cluster
+# between masters pass too. Refusals are ConnectionErrors in redis-py (AuthenticationError), so
+# callers ask is_outage(), never isinstance() with this tuple alone.
+REDIS_UNAVAILABLE = (ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
+# Replies redis-py leaves as a plain ResponseError that are outages too: a script running too
+# long, a failed snapshot stopping writes, too few replicas, a dataset still loading.
+OUTAGE_REPLIES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "LOADING ")
+
+
+class RedisRefused(Exception):
+    """Redis answers, and will keep answering no until someone changes the configuration: a
+    wrong or missing password, a user without a permission we need, an unknown database, a key
+    of the wrong type, a server without our commands. The text says which, never the password."""
+
+
+def refusal(error: BaseException) -> RedisRefused | None:
+    """The configuration problem `error` shows, or None (an outage, or an error of another kind)."""
+    text = str(error)
+    if isinstance(error, (AuthenticationError, AuthorizationError)):
+        return RedisRefused(f"authentication failed, check the user and password in REDIS_URL ({text})")
+    if isinstance(error, NoPermissionError):
+        return RedisRefused(f"the Redis user lacks a permission workqueue needs ({text})")
+    if isinstance(error, (AskError, ClusterCrossSlotError)):  # MovedError is an AskError
+        return RedisRefused(f"this Redis node does not serve the queue's keys ({text})")
+    if not isinstance(error, ResponseError):
+        return None
+    if "DB index is out of range" in text or "invalid DB index" in text:
+        return RedisRefused(f"REDIS_URL names a database number the server does not have ({text})")
+    if text.startswith("WRONGTYPE"):
+        return RedisRefused(f"a key of this queue holds another type of value; is the name used by something else? ({text})")
+    if text.startswith(("unknown command", "ERR unknown command")):
+        return RedisRefused(f"the server lacks a command workqueue needs; Redis 6.2 or newer is required ({text})")
+    return None
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` is Redis being unreachable or unable for now: wait and try again."""
+    if refusal(error) is not None:
+        return False
+    return isinstance(error, REDIS_UNAVAILABLE) or (isinstance(error, ResponseError) and str(error).startswith(OUTAGE_REPLIES))
+
+
+def raise_if_refused(error: RedisError) -> None:
+    """Raise RedisRefused (from None: a traceback of redis-py's would say nothing more) if `error` is one."""
+    refused = refusal(error)
+    if refused is not None:
+        raise refused from None
+
+
+class Outage:
+    """Backoff while Redis does not answer: growing waits with jitter, one warning per wait
+    (so an outage logs a handful of lines, not one per millisecond), one info line when back."""
+
+    def __init__(self, log: FilteringBoundLogger, first: float = 0.1, cap: float = 5.0) -> None:
+        self.log = log
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def failed(self, error: Exception, stop: Callable[[], bool] = lambda: False) -> None:
+        """Log the failure and wait before the next try; returns early once stop() is true."""
+        delay = min(self.cap, self.first * 2**self.failures) * random.uniform(0.5, 1.0)
+        self.failures += 1
+        self.log.warning("redis_unavailable", error=f"{type(error).__name__}: {error}", retry_in=round(delay, 2), failures=self.failures)
+        deadline = time.monotonic() + delay
+        while not stop() and time.monotonic() < deadline:  # bounded by delay <= cap
+            time.sleep(min(0.05, delay))
+
+    def succeeded(self) -> None:
+        if self.failures:
+            self.log.info("redis_available", failures=self.failures)
+            self.failures = 0

@@ -1,0 +1,138 @@
+"""The transport: connections, the Lua script registry, and sends addressed by the key they touch.
+
+We turn redis-py's own retries off: a retried BLMOVE or script whose first reply was lost may run
+twice on the server, so the worker must see every connection error and re-read its in-flight
+list itself. Blocking calls stay well below the socket timeout so a quiet queue is not an error.
+Every command that changes state goes through here; this is where Redis Cluster will go (a
+send is addressed by the key it touches, and all of a queue's keys share one slot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib.resources import files
+from typing import Any, Sequence
+
+import hiredis
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError, NoScriptError
+from redis.retry import Retry
+
+Key = str | bytes
+Command = tuple[Any, ...]
+
+# Blocking pops wait at most this long, then loop; the socket allows twice that plus slack.
+BLOCK_SECONDS = 2.0
+SOCKET_TIMEOUT = 2 * BLOCK_SECONDS + 5.0
+CONNECT_TIMEOUT = 5.0
+
+SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue")
+
+
+def connect(url: str) -> redis.Redis:
+    """Open a client for `url` with explicit timeouts and no hidden retries (connections are
+    made lazily, on first use)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        decode_responses=False,
+    )
+
+
+def location(client: redis.Redis) -> str:
+    """host:port/db (or the socket path) of a client, for log lines: never the password."""
+    kw = client.connection_pool.connection_kwargs
+    return f"{kw.get('host', kw.get('path'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
+
+
+def _connection_for(client: redis.Redis, key: Key) -> tuple[ConnectionPool, AbstractConnection]:
+    """A connection that reaches the server holding `key`, and the pool to give it back to.
+
+    Below redis-py's public API, on purpose and only here: the worker's hot paths write several
+    commands in one write and read the replies later, and redis-py's Pipeline bookkeeping would
+    cost tens of microseconds a call. With one Redis any pooled connection will do; a cluster
+    client would pick the node that owns the key's slot. pyproject.toml bounds redis-py to the
+    versions this was tested with.
+    """
+    pool = client.connection_pool
+    return pool, pool.get_connection()
+
+
+class Sent:
+    """Commands written down one connection in one write (so Redis runs them back to back),
+    whose replies are read later: the caller can work while Redis does. Every command must touch
+    only keys in the slot of `key`. On any error the connection is dropped, since its unread
+    replies would confuse its next user."""
+
+    def __init__(self, client: redis.Redis, key: Key, commands: Sequence[Command]) -> None:
+        self.count = len(commands)
+        self.pool, conn = _connection_for(client, key)
+        self.conn: AbstractConnection | None = conn
+        try:
+            # hiredis packs in C what redis-py would first walk argument by argument in Python
+            # (a settle carries four per message); one bytes object makes it one write.
+            conn.send_packed_command([b"".join(map(hiredis.pack_command, commands))])
+        except BaseException:
+            self.abandon()
+            raise
+
+    def replies(self) -> list[Any]:
+        """Every command's reply, in order; the first error reply is raised."""
+        conn, self.conn = self.conn, None
+        if conn is None:  # read already, or dropped after an error: for the caller, an outage
+            raise ConnectionError("the replies were read already or lost")
+        try:
+            return [conn.read_response() for _ in range(self.count)]
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self.pool.release(conn)
+
+    def abandon(self) -> None:
+        """Give the connection back without reading the replies (after another error)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.pool.release(conn)
+
+
+def send_together(client: redis.Redis, key: Key, commands: Sequence[Command]) -> list[Any]:
+    """Send `commands` in one write and wait for their replies."""
+    return Sent(client, key, commands).replies()
+
+
+class Scripts:
+    """The queue's Lua scripts, loaded from workqueue/lua/*.lua (each after the shared prelude)
+    and called by SHA."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        lua = files("workqueue").joinpath("lua")
+        prelude = lua.joinpath("prelude.lua").read_text()
+        self.source = {name: prelude + "\n" + lua.joinpath(f"{name}.lua").read_text() for name in SCRIPT_NAMES}
+        # The SHA is known without asking Redis; scripts are loaded on the first NOSCRIPT reply.
+        self.sha = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self.source.items()}
+
+    def load(self) -> None:
+        """Load every script into Redis: once per server, and again after it loses its cache."""
+        for source in self.source.values():
+            self.client.script_load(source)
+
+    def call(self, name: str, keys: Sequence[Key], args: Sequence[Any]) -> Any:
+        """Run a script and return its reply."""
+        try:
+            return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
+        except NoScriptError:
+            # Not run at all, so running it again after loading is safe.
+            self.load()
+            return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
+
+    def command(self, name: str, keys: Sequence[Key], args: Sequence[Any]) -> Command:
+        """The EVALSHA command running a script, for Sent (a NOSCRIPT reply is raised there)."""
+        return ("EVALSHA", self.sha[name], len(keys), *keys, *args)
