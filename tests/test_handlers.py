@@ -129,3 +129,36 @@ def test_a_handler_that_swallows_the_timeout_ends_its_worker_and_is_recovered(sh
 def test_job_timeout_is_a_base_exception_a_handler_cannot_catch_by_accident():
     """JobTimeout is not an Exception, so `except Exception` in a handler lets it through."""
     assert issubclass(JobTimeout, BaseException) and not issubclass(JobTimeout, Exception)
+
+
+@pytest.mark.parametrize("job_timeout", [0, 5])
+def test_a_handlers_own_timeout_error_is_its_own_failure_not_a_job_timeout(shared_redis, client, queue_name, job_timeout):
+    """An async handler raising TimeoutError fails with that error, with or without JOB_TIMEOUT."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    queue.push({"n": 1})
+
+    async def handler(message):
+        raise TimeoutError("the upstream did not answer")
+
+    assert Worker(queue, handler, burst=True, job_timeout=job_timeout).run() == 0
+    assert [d["error"] for d in dead_letters(client, queue_name)] == ["TimeoutError: the upstream did not answer"]
+
+
+def test_a_housekeeper_held_up_by_a_paused_redis_cuts_the_try_instead_of_ending_the_worker(own_redis, queue_name):
+    """JOB_TIMEOUT 1 s, a sleeping handler, Redis paused for 3 s: the try is cut and retried; the worker is not taken for stuck."""
+    import threading
+
+    queue = Queue.connect(own_redis.url, queue_name, max_attempts=1)
+    queue.push({"n": 1})
+    started = threading.Event()
+
+    def handler(message):
+        started.set()
+        own_redis.client().execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        time.sleep(30)
+
+    with capture_logs() as logs:
+        assert Worker(queue, handler, burst=True, job_timeout=1).run() == 0
+    assert started.is_set()
+    assert not [e for e in logs if e["event"] == "worker_handler_stuck"]
+    assert [d["error"] for d in dead_letters(own_redis.client(), queue_name)] == ["job timeout after 1 s"]

@@ -7,7 +7,7 @@ import threading
 import pytest
 from structlog.testing import capture_logs
 
-from support import run, script_env, stats, wait_until
+from support import RedisServer, run, script_env, stats, wait_until
 from workqueue import Queue, Worker, message
 from workqueue.message import MAX_NESTING, MalformedMessage
 
@@ -145,3 +145,81 @@ def test_a_worker_frozen_while_waiting_then_killed_loses_nothing(shared_redis, c
     assert live.wait(timeout=30) == 0
     result = stats(shared_redis.url, queue_name)
     assert result["completed"] == 1 and result["in_flight"] == 0 and result["unaccounted"] == 0
+
+
+def test_a_big_element_that_is_not_utf8_is_dead_lettered_whole_within_what_redis_takes(tmp_path, queue_name):
+    """400 KB of 0xFF bytes under a 1 MB proto-max-bulk-len: dead-lettered as base64 (escaped text would be 2.4 MB), the rest goes on."""
+    import base64
+
+    server = RedisServer(tmp_path / "redis", extra=("--proto-max-bulk-len", "1mb")).start()
+    try:
+        queue = Queue.connect(server.url, queue_name)
+        client = server.client()
+        element = b"\xff" * 400_000
+        client.rpush(queue_name, element)
+        good = queue.push({"n": 1})
+        seen = []
+        with capture_logs() as logs:
+            assert Worker(queue, lambda m: seen.append(m.id), burst=True).run() == 0
+        assert seen == [good]
+        assert not [e for e in logs if e["event"] in ("worker_error", "redis_unavailable")]
+        [dead] = [json.loads(raw) for raw in client.lrange(queue.keys.dead_letter, 0, -1)]
+        assert base64.b64decode(dead["raw_base64"]) == element and dead["error"].startswith("malformed message: ")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("delivery", ["reliable", "simple"])
+def test_a_handler_that_changes_its_message_then_fails_retries_the_message_as_pushed(shared_redis, client, queue_name, delivery):
+    """A handler that puts a datetime into the body and fails: each retry gets the pushed body; it ends dead-lettered."""
+    import datetime
+
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=3, retry_backoff=0.001)
+    message_id = queue.push({"n": 1})
+    bodies = []
+
+    def handler(msg):
+        bodies.append(dict(msg.body))
+        msg.body["when"] = datetime.datetime.now()
+        raise ValueError("failed after changing the message")
+
+    with capture_logs() as logs:
+        assert Worker(queue, handler, burst=True, delivery=delivery).run() == 0
+    assert bodies == [{"n": 1}] * 3
+    [dead] = [json.loads(raw) for raw in client.lrange(queue.keys.dead_letter, 0, -1)]
+    assert dead["id"] == message_id and dead["attempts"] == 3 and dead["body"] == {"n": 1}
+    assert not [e for e in logs if e["event"] == "worker_error"]
+    assert queue.stats()["unaccounted"] == 0
+
+
+def test_a_number_too_large_for_a_float_survives_failed_tries_and_requeueing(shared_redis, client, queue_name):
+    """A body of 1e400: after a failed try and a requeue the message still decodes, with its number's text kept."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    client.rpush(queue_name, b'{"id":"big-number","attempts":0,"body":1e400}')
+    assert Worker(queue, lambda m: 1 / 0, burst=True).run() == 0
+    [dead] = client.lrange(queue.keys.dead_letter, 0, -1)
+    assert b"1e400" in dead and message.decode(dead).attempts == 1
+    assert queue.requeue_dead() == (1, 0)
+    [requeued] = client.lrange(queue_name, 0, -1)
+    assert b"1e400" in requeued and message.decode(requeued).attempts == 0 and message.decode(requeued).fields.get("error") is None
+
+
+def test_a_hand_written_registration_whose_list_is_not_a_list_is_dropped(shared_redis, client, queue_name):
+    """A registered worker id whose in-flight key holds a string: recovery drops it (registration_dropped), stats work, workers go on."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    client.zadd(queue.keys.workers, {"ghost": 0})
+    client.set(queue.keys.in_flight("ghost"), "not a list")
+    good = queue.push({"n": 1})
+    seen = []
+    worker = Worker(queue, lambda m: seen.append(m.id))
+    with capture_logs() as logs:
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        wait_until(lambda: seen == [good] and any(e["event"] == "registration_dropped" for e in logs), timeout=15)
+        assert queue.stats()["unaccounted"] == 0
+        worker.shutdown.request()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    [dropped] = [e for e in logs if e["event"] == "registration_dropped"]
+    assert dropped["dead_worker"] == "ghost" and dropped["log_level"] == "error"
+    assert client.zscore(queue.keys.workers, "ghost") is None

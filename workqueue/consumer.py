@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+from redis.exceptions import ResponseError
+
 from . import message
 from .message import MalformedMessage, Message
 from .protocol import Delivery, Op
@@ -47,12 +49,14 @@ class Outcomes:
 
 @dataclass(frozen=True)
 class Recovered:
-    """One message taken back from a worker presumed dead."""
+    """One message taken back from a worker presumed dead (or, with `dropped`, a registration
+    that held nothing of ours, dropped so that it stops nothing else)."""
 
     worker_id: str
     message_id: str | None
     attempts: int
     dead_lettered: bool
+    dropped: str = ""
 
 
 def _ms(seconds: float) -> int:
@@ -208,7 +212,16 @@ class Consumer:
                 continue
             name = worker_id.decode(errors="replace")
             outcomes, found = Outcomes(), []
-            for raw in self.queue.client.lrange(self.keys.in_flight(worker_id), 0, -1):
+            try:
+                elements = self.queue.client.lrange(self.keys.in_flight(worker_id), 0, -1)
+            except ResponseError as error:
+                if "WRONGTYPE" not in str(error):
+                    raise
+                # Its "in-flight list" is no list: written by hand, it holds nothing we pushed.
+                self.queue.client.zrem(self.keys.workers, worker_id)
+                recovered.append(Recovered(name, None, 0, False, dropped=f"its in-flight key is not a list ({error})"))
+                continue
+            for raw in elements:
                 try:
                     msg = message.decode(raw)
                 except MalformedMessage as error:

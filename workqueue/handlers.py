@@ -61,7 +61,7 @@ class HandlerRunner:
         self._lock = threading.Lock()
         self._thread = 0  # ident of the thread running the current try
         self._deadline: float | None = None  # time.monotonic() past which a plain try is cut
-        self._started: float | None = None  # when the current try began (None: none running)
+        self._stuck_after: float | None = None  # past this, the running try is stuck beyond reach
         self._interrupted = False
         self._wake_installed = False  # without our handler, WAKE_SIGNAL would end the process
 
@@ -80,15 +80,19 @@ class HandlerRunner:
             return
         with self._lock:
             self._thread = threading.get_ident()
-            self._started = time.monotonic()
+            started = time.monotonic()
             self._interrupted = False
-            # An async handler is cut by wait_for, never from outside, so its loop stays sound.
-            self._deadline = None if inspect.iscoroutinefunction(self.handler) else self._started + self.job_timeout
+            # An async handler is cut by its event loop, never from outside, so the loop stays
+            # sound; it is stuck only if still running at twice the limit (a blocked loop).
+            if inspect.iscoroutinefunction(self.handler):
+                self._deadline, self._stuck_after = None, started + 2 * self.job_timeout
+            else:
+                self._deadline, self._stuck_after = started + self.job_timeout, None
         try:
             result = self.handler(message)
             if inspect.isawaitable(result):
                 with self._lock:
-                    self._deadline = None
+                    self._deadline, self._stuck_after = None, time.monotonic() + 2 * self.job_timeout
                 self._run_async(result)
         finally:
             self._end_try()
@@ -100,7 +104,7 @@ class HandlerRunner:
         for _ in range(2):
             try:
                 with self._lock:
-                    self._started = self._deadline = None
+                    self._deadline = self._stuck_after = None
                     if self._interrupted:
                         _set_async_exc(self._thread, ctypes.py_object())
                         self._interrupted = False
@@ -114,27 +118,32 @@ class HandlerRunner:
         self._event_loop.run_until_complete(self._await(awaitable))
 
     async def _await(self, awaitable: Any) -> None:
+        task = asyncio.ensure_future(awaitable)
+        # asyncio.wait, not wait_for: the handler's own TimeoutError must stay its own error.
+        done, _ = await asyncio.wait({task}, timeout=self.job_timeout or None)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})  # let its finally blocks run
+            raise JobTimeout()
         try:
-            if self.job_timeout:
-                await asyncio.wait_for(awaitable, self.job_timeout)
-            else:
-                await awaitable
-        except asyncio.TimeoutError:
-            raise JobTimeout() from None
+            task.result()
         except asyncio.CancelledError:  # a BaseException: make it an ordinary failed try
             raise RuntimeError("the handler was cancelled") from None
 
     def enforce(self) -> bool:
-        """Called by the housekeeper: interrupt a plain try past its deadline. Returns True
-        when a try has run past twice its limit all the same (stuck outside Python)."""
+        """Called by the housekeeper: interrupt a plain try past its deadline. Returns True when
+        a try still runs JOB_TIMEOUT after it was interrupted (stuck where Python cannot reach),
+        or an async one at twice the limit: measured from the interrupt, so a housekeeper that
+        was itself held up (Redis paused) never takes a try it has just cut for a stuck one."""
         with self._lock:
             now = time.monotonic()
             if self._deadline is not None and now > self._deadline:
-                self._deadline = None
+                self._deadline, self._stuck_after = None, now + self.job_timeout
                 self._interrupted = True
                 wake = self._wake_installed and self._thread == threading.main_thread().ident
                 interrupt(self._thread, JobTimeout, wake=wake)
-            return self._started is not None and now > self._started + 2 * self.job_timeout
+                return False
+            return self._stuck_after is not None and now > self._stuck_after
 
     def close(self) -> None:
         if self._event_loop is not None:

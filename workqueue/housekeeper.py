@@ -101,6 +101,9 @@ class Housekeeper:
                 if now >= next_recovery:
                     next_recovery = now + RECOVERY_INTERVAL * random.uniform(0.75, 1.25)
                     for item in self.consumer.recover_dead_workers():
+                        if item.dropped:
+                            self.log.error("registration_dropped", dead_worker=item.worker_id, error=item.dropped)
+                            continue
                         self.log.warning(
                             "message_recovered", id=item.message_id, attempts=item.attempts,
                             dead_worker=item.worker_id, dead_lettered=item.dead_lettered,

@@ -8,6 +8,7 @@ text of its last failure. Fields we do not know are kept as they are.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -26,10 +27,8 @@ def _not_json(constant: str) -> Any:
 
 # Made once: json.dumps with separators builds a new encoder on every call, and json.loads
 # checks its argument's type and encoding; this is the hot path of producers and workers.
-# New messages refuse NaN and Infinity (not JSON); a stored message is re-encoded leniently,
-# so a number too large for a float (read as inf) can never make a retry raise.
+# NaN and Infinity are not JSON: never written, and refused when read.
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_dumps_stored = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.JSONDecoder(parse_constant=_not_json).decode
 _raw_decode = json.JSONDecoder(parse_constant=_not_json).raw_decode  # without decode()'s two whitespace regexes
 
@@ -57,8 +56,11 @@ class Message(NamedTuple):
         return self.fields.get("body")
 
     def failed(self, error: str) -> bytes:
-        """Encode this message after one more failed try, carrying the error."""
-        return encode_stored({**self.fields, "attempts": self.attempts + 1, "error": error})
+        """Encode this message after one more failed try, carrying the error. Built from the
+        stored text, not from `fields`, which the handler may have changed (or filled with
+        things JSON cannot hold): the retry gets the message as it was pushed."""
+        stored = _loads(self.raw.decode())
+        return rewrite(self.raw, stored, {"attempts": stored.get("attempts", 0) + 1, "error": error})
 
 
 def encode(fields: dict[str, Any]) -> bytes:
@@ -70,9 +72,18 @@ def encode(fields: dict[str, Any]) -> bytes:
     return raw
 
 
-def encode_stored(fields: dict[str, Any]) -> bytes:
-    """Encode fields that came from decode(): never raises (their depth was checked there)."""
-    return _dumps_stored(fields).encode()
+def rewrite(raw: bytes, stored: dict[str, Any], changes: dict[str, Any], drop: tuple[str, ...] = ()) -> bytes:
+    """The message stored as `raw` (decoded: `stored`) with `changes` made and `drop` removed.
+    Never raises for a message decode() accepted: its depth was checked there, and a number too
+    large for a float (read as inf, which JSON cannot write) keeps its stored text, the changes
+    appended after it (the last of repeated names is the one JSON readers take)."""
+    fields = {name: value for name, value in stored.items() if name not in drop}
+    try:
+        return _dumps({**fields, **changes}).encode()
+    except ValueError:
+        extra = {**dict.fromkeys(drop), **changes}
+        text = raw.decode().rstrip()
+        return (text[:-1] + "".join(f",{_dumps(name)}:{_dumps(value)}" for name, value in extra.items()) + "}").encode()
 
 
 def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
@@ -131,5 +142,14 @@ def _too_deep(raw: bytes, value: Any) -> bool:
 
 
 def dead_letter_malformed(raw: bytes, reason: str) -> bytes:
-    """Wrap an element that is not a message, keeping its raw text, for the dead-letter list."""
-    return encode_stored({"error": f"malformed message: {reason}", "raw": raw.decode(errors="replace")})
+    """Wrap an element that is not a message for the dead-letter list, keeping it whole: as
+    text under `raw`, or, when it is not UTF-8 or escaping would more than double it (control
+    characters), as base64 under `raw_base64`, so a big element stays within what Redis takes."""
+    error = f"malformed message: {reason}"
+    try:
+        wrapped = json.dumps({"error": error, "raw": raw.decode()}, ensure_ascii=False, separators=(",", ":")).encode()
+        if len(wrapped) <= 2 * len(raw) + 1024:
+            return wrapped
+    except UnicodeDecodeError:
+        pass
+    return _dumps({"error": error, "raw_base64": base64.b64encode(raw).decode()}).encode()

@@ -14,8 +14,8 @@ from typing import Callable
 
 from redis.exceptions import (
     AskError, AuthenticationError, AuthorizationError, ClusterCrossSlotError, ClusterDownError, ConnectionError,
-    NoPermissionError, NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError, TimeoutError,
-    TryAgainError,
+    MovedError, NoPermissionError, NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError,
+    TimeoutError, TryAgainError,
 )
 from structlog.typing import FilteringBoundLogger
 
@@ -24,7 +24,10 @@ from structlog.typing import FilteringBoundLogger
 # OutOfMemoryError (maxmemory reached), ReadOnlyError (a replica after failover) and a cluster
 # between masters pass too. Refusals are ConnectionErrors in redis-py (AuthenticationError), so
 # callers ask is_outage(), never isinstance() with this tuple alone.
-REDIS_UNAVAILABLE = (ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
+REDIS_UNAVAILABLE = (
+    ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError,
+    AskError,  # a slot being migrated: the same command goes through once it has moved
+)
 # Replies redis-py leaves as a plain ResponseError that are outages too: a script running too
 # long, a failed snapshot stopping writes, too few replicas, a dataset still loading.
 OUTAGE_REPLIES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "LOADING ")
@@ -41,15 +44,16 @@ def refusal(error: BaseException) -> RedisRefused | None:
     text = str(error)
     if isinstance(error, (AuthenticationError, AuthorizationError)):
         return RedisRefused(f"authentication failed, check the user and password in REDIS_URL ({text})")
-    if isinstance(error, NoPermissionError):
+    # Inside a script, Redis 7.0 reports a missing ACL permission as a plain error.
+    if isinstance(error, NoPermissionError) or (isinstance(error, ResponseError) and "user executing the script can't run" in text):
         return RedisRefused(f"the Redis user lacks a permission workqueue needs ({text})")
-    if isinstance(error, (AskError, ClusterCrossSlotError)):  # MovedError is an AskError
+    if isinstance(error, (MovedError, ClusterCrossSlotError)):
         return RedisRefused(f"this Redis node does not serve the queue's keys ({text})")
     if not isinstance(error, ResponseError):
         return None
     if "DB index is out of range" in text or "invalid DB index" in text:
         return RedisRefused(f"REDIS_URL names a database number the server does not have ({text})")
-    if text.startswith("WRONGTYPE"):
+    if "WRONGTYPE" in text:  # from a script, Redis 6.2 wraps it in "Error running script"
         return RedisRefused(f"a key of this queue holds another type of value; is the name used by something else? ({text})")
     if text.startswith(("unknown command", "ERR unknown command")):
         return RedisRefused(f"the server lacks a command workqueue needs; Redis 6.2 or newer is required ({text})")

@@ -147,8 +147,7 @@ class Queue:
             except MalformedMessage:
                 malformed += 1
                 continue
-            fields = {name: value for name, value in fields.items() if name != "error"}
-            pairs += (raw, message.encode_stored({**fields, "attempts": 0}))
+            pairs += (raw, message.rewrite(raw, fields, {"attempts": 0}, drop=("error",)))
         moved = 0
         for start in range(0, len(pairs), 2 * PUSH_CHUNK):
             moved += self.scripts.call("requeue", [self.keys.dead_letter, self.keys.pending, self.keys.stats], pairs[start : start + 2 * PUSH_CHUNK])

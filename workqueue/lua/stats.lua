@@ -15,7 +15,10 @@ for i = 1, #registered, 2 do
   if tonumber(registered[i + 1]) > now then live = live + 1 end
 end
 local in_flight = 0
-for i = 6, #KEYS do in_flight = in_flight + redis.call('LLEN', KEYS[i]) end
+-- A key that is not a list (written by hand) holds nothing of ours; recovery drops its worker.
+for i = 6, #KEYS do
+  if redis.call('TYPE', KEYS[i]).ok == 'list' then in_flight = in_flight + redis.call('LLEN', KEYS[i]) end
+end
 local reply = {1, redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('LLEN', KEYS[3]), live, in_flight}
 for _, value in ipairs(redis.call('HGETALL', KEYS[4])) do reply[#reply + 1] = value end
 return reply
