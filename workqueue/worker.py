@@ -13,19 +13,17 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Callable
 
 import structlog
 from redis.exceptions import RedisError
 
 from . import message
-from .consumer import Taken
 from .fetch_ahead import FetchAhead
+from .held import Held, Holdings
 from .handlers import Handler, HandlerRunner, JobTimeout, interrupt
 from .housekeeper import Housekeeper
-from .message import MalformedMessage, Message
+from .message import Message
 from .outages import Outage, is_outage, raise_if_refused
 from .protocol import Delivery, Op
 from .queue import Queue
@@ -45,16 +43,6 @@ _DEFAULTS = Settings()  # the one home of defaults
 class WorkerAborted(BaseException):
     """Raised in the worker's loop when a limit passed (grace, second signal, a stuck try) and
     no `abort` was given: run() then returns the exit code instead of working on."""
-
-
-@dataclass(slots=True)
-class Held:
-    """A message taken from Redis and not started yet."""
-
-    raw: bytes
-    message: Message | None  # None when malformed
-    problem: str = ""  # why it is malformed
-    duplicate: bool = False
 
 
 class Worker:
@@ -94,7 +82,7 @@ class Worker:
         self.consumer = queue.consumer(self.id, self.delivery, worker_timeout)
         self._runner = HandlerRunner(handler, job_timeout)
         self._pipeline = FetchAhead(self.consumer)
-        self._held: deque[Held] = deque()
+        self._held = Holdings()
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
         self._resync = True  # (re)register and re-read our in-flight list before taking messages
@@ -181,7 +169,7 @@ class Worker:
         """Settle what is done and take the next batch, blocking briefly when the queue is empty.
         Returns False when a burst worker has nothing left to wait for."""
         if self._pipeline.has_next:
-            self._accept(*self._pipeline.take_next())
+            self._held.accept(*self._pipeline.take_next())
             return True
         taken, wait_ms = self._pipeline.fetch(self._batch)
         if not taken:
@@ -193,19 +181,8 @@ class Worker:
             if wait_ms >= 0:
                 timeout = min(timeout, max(wait_ms, 10) / 1000)
             taken = self.consumer.block(timeout)
-        self._accept(taken)
+        self._held.accept(taken)
         return True
-
-    def _accept(self, taken: Taken, earlier: frozenset[str] = frozenset()) -> None:
-        """Decode new messages; `duplicate` comes from the fetch script's check of completed ids,
-        or from `earlier`, the ids of a batch taken before this one but not yet settled."""
-        for raw, duplicate in taken:
-            try:
-                msg = message.decode(raw)
-            except MalformedMessage as error:
-                self._held.append(Held(raw, None, str(error)))
-            else:
-                self._held.append(Held(raw, msg, duplicate=duplicate or msg.id in earlier))
 
     def _work(self) -> None:
         """Process what we hold, settling outcomes early if the oldest waited ACK_DELAY (slow
@@ -213,7 +190,7 @@ class Worker:
         pipeline = self._pipeline
         # Not for a small batch (a woken worker's one message): sending would delay its start.
         if len(self._held) >= FETCH_AHEAD_BATCH and self._batch >= FETCH_AHEAD_BATCH and not pipeline.has_next:
-            pipeline.send(self._batch, frozenset(h.message.id for h in self._held if h.message is not None))
+            pipeline.send(self._batch, self._held.ids())
         held, outcomes, shutdown = self._held, pipeline.outcomes, self.shutdown
         started, count = time.perf_counter(), 0
         while held and not shutdown.requested:
@@ -260,41 +237,12 @@ class Worker:
         self.queue.scripts.load()  # Redis may have restarted without its script cache
         self.consumer.heartbeat()
         self._pipeline.settle_all()
-        self._accept(*self._pipeline.take_next())
-        in_redis = Counter(self.consumer.in_flight())
-        kept: deque[Held] = deque()
-        for h in self._held:
-            if in_redis[h.raw] > 0:
-                in_redis[h.raw] -= 1
-                kept.append(h)
-            elif self.delivery is Delivery.SIMPLE:  # popped, so in no Redis list, unless adopted earlier
-                kept.append(h)
-        self._held = kept
-        orphans = list(in_redis.elements())
+        self._held.accept(*self._pipeline.take_next())
+        orphans = self._held.reconcile(self.consumer.in_flight(), popped=self.delivery is Delivery.SIMPLE)
         if orphans:
             self.log.warning("in_flight_adopted", count=len(orphans))
-            self._adopt(orphans)
+            self._held.adopt(orphans, self.consumer.completed)
         self._resync = False
-
-    def _adopt(self, orphans: list[bytes]) -> None:
-        """Take on messages Redis lists as ours whose fetch reply was lost, with that reply's
-        duplicate check done again: an id completed already, held already, or seen earlier among
-        the orphans marks a duplicate."""
-        ids: list[str | None] = []
-        for raw in orphans:
-            try:
-                ids.append(message.decode(raw).id)
-            except MalformedMessage:
-                ids.append(None)  # _accept dead-letters it
-        valid = [i for i in ids if i is not None]
-        completed = dict(zip(valid, self.consumer.completed(valid)))
-        seen = {h.message.id for h in self._held if h.message is not None}
-        flagged = []
-        for raw, message_id in zip(orphans, ids):
-            flagged.append((raw, message_id is not None and (completed[message_id] or message_id in seen)))
-            if message_id is not None:
-                seen.add(message_id)
-        self._accept(flagged)
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -303,13 +251,13 @@ class Worker:
         outage, a worker with nothing to settle stops at once: its registration runs out, and
         recovery takes back anything a lost reply had put in its in-flight list."""
         try:
-            self._accept(*self._pipeline.take_next())
+            self._held.accept(*self._pipeline.take_next())
         except RedisError as error:
             raise_if_refused(error)
             if not is_outage(error):
                 raise
             # its messages are found below, when deregistering is refused
-        released = self._release_held()
+        released = self._held.release(self._pipeline.outcomes)
         deregistered = False
         while not deregistered:  # bounded: the housekeeper aborts when the grace runs out
             try:
@@ -318,7 +266,7 @@ class Worker:
                 deregistered = self.consumer.deregister()
                 if not deregistered:
                     self._sync_with_redis()  # something is still held: find out what, put it back
-                    released += self._release_held()
+                    released += self._held.release(self._pipeline.outcomes)
             except RedisError as error:
                 raise_if_refused(error)
                 if not is_outage(error):
@@ -328,11 +276,3 @@ class Worker:
                 self._outage.failed(error)
         self.log.info("worker_stopped", released=released, deregistered=deregistered)
         return 0
-
-    def _release_held(self) -> int:
-        """Give back every message held but not started, to the head of the queue, in order."""
-        for h in reversed(self._held):  # reversed: each release goes to the head of the queue
-            self._pipeline.outcomes.add(Op.RELEASE, h.raw)
-        released, self._held = len(self._held), deque()
-        return released
-

@@ -1,0 +1,88 @@
+"""What a worker holds: messages taken from Redis and not started yet, each decoded once.
+
+After an error the worker trusts Redis, not this memory: reconcile() keeps what its in-flight
+list still has and returns what the list has that the worker never received (a lost reply).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from . import message
+from .consumer import Outcomes, Taken
+from .message import MalformedMessage, Message
+from .protocol import Op
+
+
+@dataclass(slots=True)
+class Held:
+    """A message taken from Redis and not started yet."""
+
+    raw: bytes
+    message: Message | None  # None when malformed
+    problem: str = ""  # why it is malformed
+    duplicate: bool = False
+
+
+class Holdings(deque[Held]):
+    """The messages a worker holds, oldest first."""
+
+    def accept(self, taken: Taken, earlier: frozenset[str] = frozenset()) -> None:
+        """Decode new messages; `duplicate` comes from the fetch script's check of completed ids,
+        or from `earlier`, the ids of a batch taken before this one but not yet settled."""
+        for raw, duplicate in taken:
+            try:
+                msg = message.decode(raw)
+            except MalformedMessage as error:
+                self.append(Held(raw, None, str(error)))
+            else:
+                self.append(Held(raw, msg, duplicate=duplicate or msg.id in earlier))
+
+    def ids(self) -> frozenset[str]:
+        return frozenset(h.message.id for h in self if h.message is not None)
+
+    def reconcile(self, in_redis: Sequence[bytes], *, popped: bool) -> list[bytes]:
+        """Keep only what Redis says we hold (`in_redis`, our in-flight list); with `popped`
+        (simple delivery) messages in no list are ours too. Returns the elements of the list we
+        did not know of, in order."""
+        count = Counter(in_redis)
+        kept = []
+        for h in self:
+            if count[h.raw] > 0:
+                count[h.raw] -= 1
+                kept.append(h)
+            elif popped:  # popped, so in no Redis list, unless adopted earlier
+                kept.append(h)
+        self.clear()
+        self.extend(kept)
+        return list(count.elements())
+
+    def adopt(self, orphans: list[bytes], completed: Callable[[list[str]], list[bool]]) -> None:
+        """Take on messages Redis lists as ours whose fetch reply was lost, with that reply's
+        duplicate check done again: an id completed already, held already, or seen earlier among
+        the orphans marks a duplicate."""
+        ids: list[str | None] = []
+        for raw in orphans:
+            try:
+                ids.append(message.decode(raw).id)
+            except MalformedMessage:
+                ids.append(None)  # accept() marks it malformed: it is dead-lettered
+        valid = [i for i in ids if i is not None]
+        done = dict(zip(valid, completed(valid)))
+        seen = set(self.ids())
+        flagged = []
+        for raw, message_id in zip(orphans, ids):
+            flagged.append((raw, message_id is not None and (done[message_id] or message_id in seen)))
+            if message_id is not None:
+                seen.add(message_id)
+        self.accept(flagged)
+
+    def release(self, outcomes: Outcomes) -> int:
+        """Give back every message held, to the head of the queue in order; returns how many."""
+        for h in reversed(self):  # reversed: each release goes to the head of the queue
+            outcomes.add(Op.RELEASE, h.raw)
+        released = len(self)
+        self.clear()
+        return released
