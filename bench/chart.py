@@ -6,9 +6,10 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-results = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as file:
+    results = json.load(file)
 bars = [("raw BLMOVE+LREM loop", results["raw_loop"], "#999999"),
         ("workqueue reliable", results["reliable"]["drain"], "#c0392b"),
         ("workqueue simple", results["simple"]["drain"], "#e67e22")]

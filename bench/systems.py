@@ -316,7 +316,7 @@ def paired_pickup(names: list[str], samples: int, queue_of=lambda name: f"bench-
     result = {name: percentiles(values) | {"samples": samples} for name, values in latencies.items()}
     base = latencies[names[0]]
     for name in names[1:]:
-        differences = sorted(b - a for a, b in zip(base, latencies[name]))
+        differences = sorted(b - a for a, b in zip(base, latencies[name], strict=True))
         result[name]["median_overhead_ms"] = differences[len(differences) // 2]
     return result
 

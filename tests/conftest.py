@@ -8,7 +8,6 @@ import uuid
 import pytest
 import redis
 from hypothesis import HealthCheck, settings
-
 from support import RedisServer
 
 # Hypothesis budgets: "ci" (the default) keeps the suite within minutes; choose "long" with

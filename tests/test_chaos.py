@@ -4,7 +4,6 @@ import random
 import time
 
 import pytest
-
 from support import script_env, stats, wait_until
 
 
@@ -34,7 +33,8 @@ def chaos_run(redis_server, queue, processes, delivery, work_seconds):
             redis_restarted = True
     assert producer.wait(timeout=60) == 0
     wait_until(lambda: (s := stats(redis_server.url, queue))["pending"] + s["delayed"] + s["in_flight"] == 0, timeout=40, interval=0.5)
-    for worker in workers:
+    for worker in workers:  # a worker restarted just now installs its signal handlers first
+        worker.wait_for("worker_started", timeout=30)
         worker.signal()
     assert [w.wait(timeout=30) for w in workers] == [0, 0, 0]
     pushed = {e["id"] for e in producer.named("message_pushed")}
@@ -56,6 +56,6 @@ def test_chaos_reliable_delivery_loses_nothing(own_redis, queue_name, processes)
 @pytest.mark.timeout(180)
 def test_chaos_simple_delivery_shows_its_losses_in_stats(own_redis, queue_name, processes):
     """Simple delivery under the same chaos loses messages, and stats counts them as unaccounted."""
-    pushed, processed, dead, result, kills = chaos_run(own_redis, queue_name, processes, "simple", 0.05)
+    pushed, processed, dead, result, _ = chaos_run(own_redis, queue_name, processes, "simple", 0.05)
     lost = pushed - processed - dead
     assert lost and result["unaccounted"] >= len(lost)

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 from support import PYTHON, ROOT, free_port, script_env, stats
+
 from workqueue import Queue, Worker
 
 STATS_KEYS = ["pending", "in_flight", "delayed", "dead", "workers", "produced", "completed", "retried",

@@ -1,8 +1,8 @@
 """Configuration: flags over environment over defaults; bad values exit 2 with one line."""
 
 import pytest
-
 from support import Process, RedisServer, free_port, run, run_raw, script_env
+
 from workqueue.settings import ConfigError, Settings, mask_url
 
 

@@ -7,8 +7,8 @@ import time
 import pytest
 import redis
 from structlog.testing import capture_logs
-
 from support import free_port, wait_until
+
 from workqueue import Queue, RedisRefused, Worker, message
 from workqueue.consumer import Consumer, Outcomes
 from workqueue.protocol import Op

@@ -6,8 +6,8 @@ import time
 
 import pytest
 from structlog.testing import capture_logs
-
 from support import run, script_env, stats
+
 from workqueue import JobTimeout, Queue, Worker
 
 

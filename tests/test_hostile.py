@@ -6,8 +6,8 @@ import threading
 
 import pytest
 from structlog.testing import capture_logs
-
 from support import RedisServer, run, script_env, stats, wait_until
+
 from workqueue import Queue, Worker, message
 from workqueue.message import MAX_NESTING, MalformedMessage
 

@@ -25,11 +25,11 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
-
 from support import RedisServer
+
 from workqueue import Queue, message
-from workqueue.message import MalformedMessage, Message
 from workqueue.consumer import Consumer, Outcomes
+from workqueue.message import MalformedMessage, Message
 from workqueue.protocol import Op
 
 # Short enough that "time passes" is a short sleep; a live worker that is presumed dead by
@@ -68,15 +68,15 @@ class ModelWorker:
     state: str = "alive"  # alive, frozen or dead
 
 
-def some_alive(model: "QueueModel") -> bool:
+def some_alive(model: QueueModel) -> bool:
     return any(w.state == "alive" for w in model.workers)
 
 
-def some_holding(model: "QueueModel") -> bool:
+def some_holding(model: QueueModel) -> bool:
     return any(w.state == "alive" and w.held for w in model.workers)
 
 
-def some_frozen(model: "QueueModel") -> bool:
+def some_frozen(model: QueueModel) -> bool:
     return any(w.state == "frozen" for w in model.workers)
 
 
@@ -275,7 +275,7 @@ class QueueModel(RuleBasedStateMachine):
             places[key.decode()] = held
         copies: dict[str, int] = {}
         malformed = 0
-        for place, elements in places.items():
+        for elements in places.values():
             for raw in elements:
                 try:
                     fields = message.decode(raw).fields

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from support import PYTHON, ROOT, free_port, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -73,8 +72,9 @@ def test_dockerfile_copies_what_exists_and_runs_exec_form():
 
 def test_every_setting_and_event_is_in_the_readme():
     """Each setting, CLI command and log event the code defines appears in the README."""
-    from workqueue.settings import Settings
     from dataclasses import fields
+
+    from workqueue.settings import Settings
 
     for field in fields(Settings):
         assert f"`{field.name.upper()}`" in README

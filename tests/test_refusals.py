@@ -3,7 +3,6 @@
 import subprocess
 
 import pytest
-
 from support import PYTHON, ROOT, RedisServer, run, run_raw, script_env, wait_until
 
 PASSWORD = "hunter2-secret"

@@ -9,15 +9,15 @@ from collections import Counter
 
 import pytest
 from structlog.testing import capture_logs
-
 from support import script_env, stats, wait_until
+
 from workqueue import Queue, Worker, message
 from workqueue.shutdown import Shutdown
 
 
 def in_flight_total(client, queue):
     """Messages in all in-flight lists, found by SCAN: independent of the registry stats uses."""
-    return sum(client.llen(key) for key in client.scan_iter(match="{%s}:in_flight:*" % queue))
+    return sum(client.llen(key) for key in client.scan_iter(match=f"{{{queue}}}:in_flight:*"))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -206,7 +206,7 @@ def test_copy_of_a_completed_message_that_wakes_an_idle_worker_is_skipped(shared
             for copy in (1, 2):
                 wait_until(blocked, timeout=10)
                 queue.push({"n": 1}, message_id="order-7")
-                wait_until(lambda: (s := queue.stats())["completed"] + s["duplicates_skipped"] == copy, timeout=10)
+                wait_until(lambda copy=copy: (s := queue.stats())["completed"] + s["duplicates_skipped"] == copy, timeout=10)
         finally:
             shutdown.request()
             thread.join(timeout=10)

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from support import ROOT, parse_events, run, script_env
 
 DELIVERIES = ["reliable", "simple"]

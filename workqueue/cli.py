@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
@@ -14,7 +14,6 @@ from . import __version__
 from .outages import is_outage, refusal
 from .queue import STATS_FIELDS, Queue
 from .settings import ConfigError, Settings, count, parse_value
-
 
 
 def print_stats(queue: Queue) -> None:

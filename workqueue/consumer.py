@@ -9,8 +9,9 @@ in the `stats` hash change in the same step as the move they count.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
@@ -232,5 +233,5 @@ class Consumer:
                 found.append(Recovered(name, msg.id, msg.attempts + 1, dead))
             # Runs even with nothing held, so that the dead worker is deregistered.
             applied = self.scripts.call("settle", *self._settle_call(worker_id, outcomes, recovering=True))
-            recovered += [item for item, ok in zip(found, applied) if ok]
+            recovered += [item for item, ok in zip(found, applied, strict=False) if ok]  # applied is [] if it was alive
         return recovered

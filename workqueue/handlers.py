@@ -18,7 +18,8 @@ import inspect
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .message import Message
 

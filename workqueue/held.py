@@ -7,8 +7,8 @@ list still has and returns what the list has that the worker never received (a l
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from . import message
 from .consumer import Outcomes, Taken
@@ -70,10 +70,10 @@ class Holdings(deque[Held]):
             except MalformedMessage:
                 ids.append(None)  # accept() marks it malformed: it is dead-lettered
         valid = [i for i in ids if i is not None]
-        done = dict(zip(valid, completed(valid)))
+        done = dict(zip(valid, completed(valid), strict=True))
         seen = set(self.ids())
         flagged = []
-        for raw, message_id in zip(orphans, ids):
+        for raw, message_id in zip(orphans, ids, strict=True):
             flagged.append((raw, message_id is not None and (done[message_id] or message_id in seen)))
             if message_id is not None:
                 seen.add(message_id)

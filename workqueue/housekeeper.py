@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 from structlog.typing import FilteringBoundLogger

@@ -14,7 +14,6 @@ import secrets
 import time
 from typing import Any, NamedTuple
 
-
 # Deeper documents are malformed: far below Python's recursion limit (about 1000 frames, which
 # json's C code counts too), so a message that decodes can always be encoded again from inside
 # a handler's failure path, and below Lua cjson's own limit of 1000 used by the scripts.

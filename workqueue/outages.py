@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from redis.exceptions import (
-    AskError, AuthenticationError, AuthorizationError, ClusterCrossSlotError, ClusterDownError, ConnectionError,
-    MovedError, NoPermissionError, NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError,
-    TimeoutError, TryAgainError,
+    AskError,
+    AuthenticationError,
+    AuthorizationError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    ConnectionError,
+    MovedError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+    TryAgainError,
 )
 from structlog.typing import FilteringBoundLogger
 

@@ -6,7 +6,8 @@ with Queue.consumer(). Every change of state is one Lua script (workqueue/lua) o
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 

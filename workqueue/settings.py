@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import find_dotenv, load_dotenv
@@ -43,7 +44,7 @@ def mask_url(url: str) -> str:
 def _redis_url(value: str) -> str:
     try:
         parts = urlsplit(value)
-        parts.port  # read only to validate: raises ValueError on a non-numeric port
+        _ = parts.port  # read only to validate: raises ValueError on a non-numeric port
     except ValueError:
         raise ValueError(f"is not a valid URL ({mask_url(value)})") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
@@ -131,7 +132,7 @@ class Settings:
     job_timeout: float = 0.0  # seconds a try may run before it is interrupted; 0: no limit
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> "Settings":
+    def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
         """Build settings from flags (non-None values win), then the environment, then defaults."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}

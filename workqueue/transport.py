@@ -10,8 +10,9 @@ send is addressed by the key it touches, and all of a queue's keys share one slo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from importlib.resources import files
-from typing import Any, Sequence
+from typing import Any
 
 import hiredis
 import redis

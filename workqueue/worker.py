@@ -13,15 +13,15 @@ import secrets
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 from redis.exceptions import RedisError
 
 from . import message
 from .fetch_ahead import FetchAhead
-from .held import Held, Holdings
 from .handlers import Handler, HandlerRunner, JobTimeout, interrupt
+from .held import Held, Holdings
 from .housekeeper import Housekeeper
 from .message import Message
 from .outages import Outage, is_outage, raise_if_refused
