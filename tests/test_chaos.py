@@ -44,6 +44,7 @@ def chaos_run(redis_server, queue, processes, delivery, work_seconds):
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_chaos_reliable_delivery_loses_nothing(own_redis, queue_name, processes):
     """Reliable delivery: every produced id is processed or dead-lettered, and stats shows 0 unaccounted."""
     pushed, processed, dead, result, kills = chaos_run(own_redis, queue_name, processes, "reliable", 0.01)
@@ -54,6 +55,7 @@ def test_chaos_reliable_delivery_loses_nothing(own_redis, queue_name, processes)
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_chaos_simple_delivery_shows_its_losses_in_stats(own_redis, queue_name, processes):
     """Simple delivery under the same chaos loses messages, and stats counts them as unaccounted."""
     pushed, processed, dead, result, _ = chaos_run(own_redis, queue_name, processes, "simple", 0.05)

@@ -301,6 +301,7 @@ def model_redis(tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # a failure is shrunk, which takes a while; a pass takes well under a minute
 def test_the_protocol_keeps_every_invariant_under_random_operations(model_redis):
     """Random pushes, garbage, fetches, outcomes, deaths, freezes, time and Redis restarts never break an invariant."""

@@ -6,6 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from support import PYTHON, ROOT, free_port, wait_until
 
@@ -84,6 +85,7 @@ def test_every_setting_and_event_is_in_the_readme():
     assert "python -m workqueue stats" in README and "python -m workqueue dead" in README
 
 
+@pytest.mark.slow
 def test_demo_starts_its_own_redis_and_cleans_up():
     """scripts/demo --seconds 10 with no Redis at REDIS_URL: own Redis, pushes, processes, retries, exit 0, nothing left."""
     port = free_port()

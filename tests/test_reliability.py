@@ -44,6 +44,7 @@ def test_killed_workers_message_is_recovered_with_one_more_attempt(shared_redis,
     assert stats(shared_redis.url, queue_name)["recovered"] == 1
 
 
+@pytest.mark.slow
 def test_long_job_keeps_its_message_while_its_worker_lives(shared_redis, client, queue_name, processes):
     """A 5-second job with WORKER_TIMEOUT 2 is processed once, by one worker, while another idles."""
     env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=2)
@@ -58,6 +59,7 @@ def test_long_job_keeps_its_message_while_its_worker_lives(shared_redis, client,
     assert not [e for w in workers for e in w.named("message_recovered")]
 
 
+@pytest.mark.slow
 def test_failed_message_waits_its_backoff_and_idle_worker_does_not_spin(shared_redis, queue_name, processes):
     """A failure is retried no sooner than its logged backoff; an idle worker uses < 0.2 s CPU in 5 s."""
     env = script_env(shared_redis.url, queue_name, RETRY_BACKOFF=0.5, MAX_ATTEMPTS=3)
@@ -129,6 +131,7 @@ def test_same_message_pushed_twice_runs_the_handler_once(shared_redis, queue_nam
     assert result["duplicates_skipped"] == 2 and result["completed"] == 1 and result["unaccounted"] == 0
 
 
+@pytest.mark.slow
 def test_redis_killed_for_3_seconds_loses_nothing(own_redis, queue_name, processes):
     """Redis SIGKILLed for 3 s under a producer and two workers: all live on, every push accounted for."""
     env = script_env(own_redis.url, queue_name, WORKER_TIMEOUT=10)

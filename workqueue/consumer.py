@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import ResponseError
 
@@ -171,7 +171,7 @@ class Consumer:
 
     def in_flight(self) -> list[bytes]:
         """What Redis says we hold (the truth after a lost reply)."""
-        return list(self.queue.client.lrange(self.in_flight_key, 0, -1))
+        return cast(list[bytes], self.queue.client.lrange(self.in_flight_key, 0, -1))
 
     def retry_or_dead(self, outcomes: Outcomes, msg: Message, error: str, *, recovered: bool = False) -> tuple[bool, float]:
         """Record a failed try of `msg`: a retry after backoff, or the dead-letter list when its
@@ -214,7 +214,7 @@ class Consumer:
             name = worker_id.decode(errors="replace")
             outcomes, found = Outcomes(), []
             try:
-                elements = self.queue.client.lrange(self.keys.in_flight(worker_id), 0, -1)
+                elements = cast(list[bytes], self.queue.client.lrange(self.keys.in_flight(worker_id), 0, -1))
             except ResponseError as error:
                 if "WRONGTYPE" not in str(error):
                     raise

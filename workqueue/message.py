@@ -44,11 +44,13 @@ class Message(NamedTuple):
 
     @property
     def id(self) -> str:
-        return self.fields["id"]
+        message_id: str = self.fields["id"]  # decode() checked the type
+        return message_id
 
     @property
     def attempts(self) -> int:
-        return self.fields.get("attempts", 0)
+        attempts: int = self.fields.get("attempts", 0)  # decode() checked the type
+        return attempts
 
     @property
     def body(self) -> Any:

@@ -7,7 +7,7 @@ with Queue.consumer(). Every change of state is one Lua script (workqueue/lua) o
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -116,7 +116,7 @@ class Queue:
         them, and we list them again (bounded by `attempts`)."""
         k = self.keys
         for _ in range(attempts):
-            ids = self.client.zrange(k.workers, 0, -1)  # bytes: any id, as stored
+            ids = cast(list[bytes], self.client.zrange(k.workers, 0, -1))  # bytes: any id, as stored
             keys: list[Key] = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, *(k.in_flight(i) for i in ids)]
             reply = self.scripts.call("stats", keys, ids)
             if reply[0] == 1:
@@ -135,13 +135,14 @@ class Queue:
 
     def dead_letters(self, limit: int = 100) -> list[bytes]:
         """The oldest `limit` entries of the dead-letter list, as stored."""
-        return self.client.lrange(self.keys.dead_letter, 0, limit - 1)
+        return cast(list[bytes], self.client.lrange(self.keys.dead_letter, 0, limit - 1))
 
     def requeue_dead(self, limit: int = 100) -> tuple[int, int]:
         """Give the oldest `limit` dead letters another round: back to the queue with attempts 0
         and no error. Malformed entries stay (there is no message to retry). Returns (moved,
         left as malformed)."""
-        pairs, malformed = [], 0
+        pairs: list[bytes] = []
+        malformed = 0
         for raw in self.dead_letters(limit):
             try:
                 fields = message.decode(raw).fields

@@ -176,14 +176,17 @@ def parse_value(source: str, raw: str, parser: Callable[[str], Any]) -> Any:
 
 def fraction(raw: str) -> float:
     """Parser for a probability from 0 to 1 (the demo's --fail-rate)."""
-    return _number(float, 0, 1)(raw)
+    value: float = _number(float, 0, 1)(raw)
+    return value
 
 
 def seconds(raw: str) -> float:
     """Parser for a non-negative duration in seconds."""
-    return _number(float, 0)(raw)
+    value: float = _number(float, 0)(raw)
+    return value
 
 
 def count(raw: str) -> int:
     """Parser for a positive whole number."""
-    return _number(int, 1)(raw)
+    value: int = _number(int, 1)(raw)
+    return value

@@ -17,7 +17,7 @@ from typing import Any
 import hiredis
 import redis
 from redis.backoff import NoBackoff
-from redis.connection import AbstractConnection, ConnectionPool
+from redis.connection import ConnectionPool
 from redis.exceptions import ConnectionError, NoScriptError
 from redis.retry import Retry
 
@@ -51,7 +51,7 @@ def location(client: redis.Redis) -> str:
     return f"{kw.get('host', kw.get('path'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
 
 
-def _connection_for(client: redis.Redis, key: Key) -> tuple[ConnectionPool, AbstractConnection]:
+def _connection_for(client: redis.Redis, key: Key) -> tuple[ConnectionPool, Any]:
     """A connection that reaches the server holding `key`, and the pool to give it back to.
 
     Below redis-py's public API, on purpose and only here: the worker's hot paths write several
@@ -73,7 +73,7 @@ class Sent:
     def __init__(self, client: redis.Redis, key: Key, commands: Sequence[Command]) -> None:
         self.count = len(commands)
         self.pool, conn = _connection_for(client, key)
-        self.conn: AbstractConnection | None = conn
+        self.conn: Any = conn  # redis-py's Connection: its methods here carry no type hints
         try:
             # hiredis packs in C what redis-py would first walk argument by argument in Python
             # (a settle carries four per message); one bytes object makes it one write.
