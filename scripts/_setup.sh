@@ -12,8 +12,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON_BIN" -m venv "$VENV" || { echo "error: could not create $VENV (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
 fi
 _extra="${1:-}"
-_stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | cksum | cut -d' ' -f1)-${_extra:-base}"
-if [ ! -f "$_stamp" ]; then
+_stamp_prefix="$VENV/.installed-$(cksum < "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+_stamp="$_stamp_prefix-${_extra:-base}"
+# A virtualenv set up with the test extra has everything the demo needs too.
+if [ ! -f "$_stamp" ] && ! { [ -z "$_extra" ] && [ -f "$_stamp_prefix-test" ]; }; then
     echo "setting up $VENV (once) ..." >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${_extra:+[$_extra]}" >&2 || {
         echo "error: installing workqueue into $VENV failed (see above)" >&2; exit 1; }

@@ -3,7 +3,9 @@
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,13 +88,21 @@ def test_every_setting_and_event_is_in_the_readme():
 
 
 @pytest.mark.slow
-def test_demo_starts_its_own_redis_and_cleans_up():
-    """scripts/demo --seconds 10 with no Redis at REDIS_URL: own Redis, pushes, processes, retries, exit 0, nothing left."""
+def test_demo_starts_its_own_redis_and_cleans_up(tmp_path):
+    """scripts/demo --seconds 10, run from a copy of the checkout with no Redis at REDIS_URL: own Redis, pushes, processes, retries, exit 0, nothing left."""
+    # A copy, so the test writes nothing into the working tree; its .venv is this suite's one
+    # (already set up with the test extra, so scripts/demo installs nothing).
+    copy = tmp_path / "checkout"
+    shutil.copytree(ROOT, copy, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".pytest_cache", ".hypothesis", "__pycache__", "*.egg-info", ".peers", ".runs", ".env"))
+    (copy / ".venv").symlink_to(sys.prefix)
+    before = sorted(p.name for p in Path(sys.prefix).iterdir())
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("QUEUE_NAME",)}
     env.update(REDIS_URL=f"redis://127.0.0.1:{port}/0", LOG_FORMAT="json")
-    done = subprocess.run([str(ROOT / "scripts/demo"), "--seconds", "10"], cwd=ROOT, env=env,
+    done = subprocess.run([str(copy / "scripts/demo"), "--seconds", "10"], cwd=copy, env=env,
                           capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert sorted(p.name for p in Path(sys.prefix).iterdir()) == before  # nothing installed
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "started a throwaway redis-server" in out

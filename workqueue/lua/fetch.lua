@@ -10,7 +10,7 @@
 -- ARGV[3] worker id    whose in-flight list KEYS[2] is
 -- ARGV[4] timeout_ms   its heartbeat timeout: registering in the same step as taking messages
 --                      keeps every non-empty in-flight list listed in KEYS[5], for recovery
--- Returns {wait_ms, message, done, message, done, ...}. done is 1 when the message's id was
+-- Returns {wait_ms, message, duplicate, message, duplicate, ...}. duplicate is 1 when the message's id was
 -- completed already or appears earlier in this batch. wait_ms is 0 when something was taken;
 -- otherwise the ms until the next retry is due, or -1 when none is waiting.
 local now = now_ms()
@@ -51,18 +51,18 @@ for i, message in ipairs(taken) do
     positions[#ids] = i
   end
 end
-local done = {}
+local duplicate = {}
 if #ids > 0 then
   local scores = redis.call('ZMSCORE', KEYS[4], unpack(ids))
   local seen = {}
   for j, id in ipairs(ids) do
-    if scores[j] or seen[id] then done[positions[j]] = 1 end
+    if scores[j] or seen[id] then duplicate[positions[j]] = 1 end
     seen[id] = true
   end
 end
 local reply = {0}
 for i, message in ipairs(taken) do
   reply[#reply + 1] = message
-  reply[#reply + 1] = done[i] or 0
+  reply[#reply + 1] = duplicate[i] or 0
 end
 return reply

@@ -9,7 +9,7 @@
 -- ARGV[1] delivery     'reliable' (leave the message in KEYS[1]) or 'simple' (pop it back out:
 --                      at most once)
 -- ARGV[2] worker id    whose in-flight list KEYS[1] is
--- Returns {} when BLMOVE timed out (or its message went back), else {message, done}: done is 1
+-- Returns {} when BLMOVE timed out (or its message went back), else {message, duplicate}: duplicate is 1
 -- when its id was completed.
 --
 -- No message may stay in the list of a worker that is not registered: recovery finds lists
