@@ -1,7 +1,10 @@
 """Configuration: flags over environment over defaults; bad values exit 2 with one line."""
 
+import re
+import subprocess
+
 import pytest
-from support import Process, RedisServer, free_port, run, run_raw, script_env
+from support import PYTHON, Process, RedisServer, free_port, parse_events, run, run_raw, script_env
 
 from workqueue.settings import ConfigError, Settings, mask_url
 
@@ -101,3 +104,19 @@ def test_worker_waits_for_redis_at_startup(queue_name, tmp_path):
     finally:
         worker.kill()
     assert len(worker.named("redis_unavailable")) < 20  # backoff, not a line per millisecond
+
+
+def test_json_log_lines_survive_any_text_and_keep_the_documented_fields():
+    """Under the shipped JSON set-up every event is one JSON line with level and an ISO UTC timestamp, even with a lone surrogate or a huge integer in it."""
+    code = (
+        "from workqueue.logs import configure_logging; import structlog\n"
+        "configure_logging('info', 'json'); log = structlog.get_logger().bind(queue='q')\n"
+        "log.info('plain', n=1); log.warning('odd', error='cannot read /tmp/\\udcff', big=2**70)\n"
+        "log.debug('hidden')\n"
+    )
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    plain, odd = parse_events(done.stderr)
+    assert plain["event"] == "plain" and plain["level"] == "info" and plain["queue"] == "q" and plain["n"] == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", plain["timestamp"])
+    assert odd["error"] == "cannot read /tmp/\udcff" and odd["big"] == 2**70 and odd["level"] == "warning"
