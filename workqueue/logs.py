@@ -54,9 +54,13 @@ class IsoTimestamp:
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Send structured events to stderr at `level` and above, rendered as `fmt`."""
     processors: list[Any] = [structlog.processors.add_log_level, IsoTimestamp(), structlog.processors.format_exc_info]
-    if fmt == "json":
+    binary = getattr(sys.stderr, "buffer", None)  # a StringIO put in its place (embedding) has none
+    if fmt == "json" and binary is not None:
         processors.append(structlog.processors.JSONRenderer(serializer=_dumps))
-        factory: Any = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+        factory: Any = structlog.BytesLoggerFactory(file=binary)
+    elif fmt == "json":
+        processors.append(structlog.processors.JSONRenderer())
+        factory = structlog.WriteLoggerFactory(file=sys.stderr)
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
         factory = structlog.WriteLoggerFactory(file=sys.stderr)
