@@ -162,3 +162,42 @@ def test_a_housekeeper_held_up_by_a_paused_redis_cuts_the_try_instead_of_ending_
     assert started.is_set()
     assert not [e for e in logs if e["event"] == "worker_handler_stuck"]
     assert [d["error"] for d in dead_letters(own_redis.client(), queue_name)] == ["job timeout after 1 s"]
+
+
+def test_without_an_abort_hook_a_stuck_try_ends_run_even_if_the_handler_swallows_everything(shared_redis, queue_name):
+    """A handler catching every BaseException past JOB_TIMEOUT: run() still returns 1 (the abort is repeated), and the heartbeat goes on meanwhile."""
+    from workqueue import WorkerAborted
+
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push({"n": 1})
+    caught = []
+
+    def handler(message):
+        for _ in range(300):  # bounded: about 30 s, far longer than the test takes
+            try:
+                time.sleep(0.1)
+            except BaseException as error:
+                caught.append(type(error))
+                if len(caught) >= 3:
+                    break
+
+    worker = Worker(queue, handler, job_timeout=0.3, worker_timeout=1)
+    with capture_logs() as logs:
+        code = worker.run()
+        assert code == 1
+    assert JobTimeout in caught and WorkerAborted in caught
+    assert any(e["event"] == "worker_handler_stuck" for e in logs)
+    time.sleep(0.5)  # nothing may land in our code after run() returned
+    shared_redis.client().ping()
+
+
+def test_a_worker_can_run_twice(shared_redis, queue_name):
+    """run() may be called again on the same Worker (its housekeeper starts anew)."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    seen = []
+    worker = Worker(queue, lambda m: seen.append(m.id), burst=True)
+    first = queue.push({"n": 1})
+    assert worker.run() == 0
+    second = queue.push({"n": 2})
+    assert worker.run() == 0
+    assert seen == [first, second]

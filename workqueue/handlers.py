@@ -41,6 +41,11 @@ def _ignore(signum: int, frame: object) -> None:
     """WAKE_SIGNAL's handler: nothing to do; its arrival is what interrupts a blocking call."""
 
 
+def withdraw(thread_id: int) -> None:
+    """Cancel an exception sent with interrupt() that has not landed yet (if any)."""
+    _set_async_exc(thread_id, ctypes.py_object())
+
+
 def interrupt(thread_id: int, exception: type[BaseException], *, wake: bool) -> None:
     """Raise `exception` in the thread `thread_id` at its next Python instruction; with `wake`
     (only once install() ran in the main thread, and only for the main thread) also cut short
@@ -107,7 +112,7 @@ class HandlerRunner:
                 with self._lock:
                     self._deadline = self._stuck_after = None
                     if self._interrupted:
-                        _set_async_exc(self._thread, ctypes.py_object())
+                        withdraw(self._thread)
                         self._interrupted = False
                 return
             except JobTimeout:

@@ -54,15 +54,22 @@ class Housekeeper:
         self._registration = threading.Lock()
         self._deregistering = False
         self._abort_code: int | None = None
-        self._thread = threading.Thread(target=self._run, name="workqueue-housekeeping", daemon=True)
+        self._abort_again = 0.0  # when to repeat an abort the loop has not acted on
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the thread (again, for a worker whose run() is called again)."""
+        self._finished.clear()
+        self._deregistering = False
+        self._abort_code = None
+        self._thread = threading.Thread(target=self._run, name="workqueue-housekeeping", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """End the thread (the worker's loop is over)."""
         self._finished.set()
-        self._thread.join(timeout=2)
+        if self._thread is not None:
+            self._thread.join(timeout=2)
 
     def stop_heartbeats(self) -> None:
         """No heartbeat after this returns: the worker is about to deregister."""
@@ -74,24 +81,24 @@ class Housekeeper:
         stop_requested_at = None
         while not self._finished.wait(TICK):
             now = time.monotonic()
-            if self._abort_code is not None:  # asked once already: wait for the loop to end
-                continue
-            if self.shutdown.forced:
+            if self._abort_code is not None:
+                # Asked already, and the loop goes on (a handler caught WorkerAborted): ask
+                # again each second, and meanwhile keep the heartbeat and recovery going.
+                if now >= self._abort_again:
+                    self._abort(self._abort_code)
+            elif self.shutdown.forced:
                 self.log.warning("worker_forced_exit", signal=self.shutdown.signum)
                 self._abort(128 + self.shutdown.signum)
-                continue
-            if self.shutdown.requested:
+            elif self.shutdown.requested:
                 if stop_requested_at is None:
                     stop_requested_at = now
                     self.log.info("worker_stopping", grace=self.grace)
                 elif now - stop_requested_at > self.grace:
                     self.log.error("worker_grace_expired", grace=self.grace)
                     self._abort(1)
-                    continue
-            if self.runner.job_timeout and self.runner.enforce():
+            if self._abort_code is None and self.runner.job_timeout and self.runner.enforce():
                 self.log.error("worker_handler_stuck", job_timeout=self.runner.job_timeout)
                 self._abort(1)  # its messages come back through recovery, with one more attempt
-                continue
             try:
                 if now >= next_beat and not self.resyncing():
                     with self._registration:
@@ -118,4 +125,8 @@ class Housekeeper:
 
     def _abort(self, code: int) -> None:
         self._abort_code = code
-        self.abort(code)
+        self._abort_again = time.monotonic() + 1.0
+        try:
+            self.abort(code)
+        except Exception as error:  # a hook that fails must not end this thread's other duties
+            self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from . import message
 from .fetch_ahead import FetchAhead
-from .handlers import Handler, HandlerRunner, JobTimeout, interrupt
+from .handlers import Handler, HandlerRunner, JobTimeout, interrupt, withdraw
 from .held import Held, Holdings
 from .housekeeper import Housekeeper
 from .message import Message
@@ -89,6 +89,9 @@ class Worker:
         self._loop_thread = 0  # ident of the thread running run()
         self._signals = False  # whether run() installed signal handlers
         self._abort_code = 1
+        self._aborted = False  # whether the default abort ended run()
+        self._running = False  # whether run() is in its loop (WorkerAborted may be sent)
+        self._interrupts = threading.Lock()
         self._housekeeper = Housekeeper(
             self.consumer, self.log, self.shutdown, self._runner,
             grace=grace, abort=abort or self._interrupt, resyncing=lambda: self._resync,
@@ -119,21 +122,42 @@ class Worker:
             self.shutdown.install()
             self._runner.install()
         self._loop_thread = threading.get_ident()
+        self._aborted = False
         self.log.info("worker_started", redis=self.queue.location, delivery=self.delivery.value, prefetch=self.prefetch, burst=self.burst)
+        with self._interrupts:
+            self._running = True
         self._housekeeper.start()
+        code = 1
         try:
             self._loop()
-            return self._stop()
+            code = self._stop()
         except WorkerAborted:
-            return self._abort_code
+            pass
         finally:
+            self._end_interrupts()
             self._housekeeper.stop()
             self._runner.close()
+        return self._abort_code if self._aborted else code
 
     def _interrupt(self, code: int) -> None:
-        """The default abort: raise WorkerAborted in the loop's thread, waking a blocking call."""
-        self._abort_code = code
-        interrupt(self._loop_thread, WorkerAborted, wake=self._signals)
+        """The default abort: raise WorkerAborted in the loop's thread, waking a blocking call;
+        only while run() has not left its loop, so it never lands in the caller's code."""
+        with self._interrupts:
+            if self._running:
+                self._abort_code, self._aborted = code, True
+                interrupt(self._loop_thread, WorkerAborted, wake=self._signals)
+
+    def _end_interrupts(self) -> None:
+        """No WorkerAborted after this: none is sent, and one sent but not landed is withdrawn.
+        One landing here is caught; at most one more can be pending, so two rounds do."""
+        for _ in range(2):
+            try:
+                with self._interrupts:
+                    self._running = False
+                    withdraw(self._loop_thread)
+                return
+            except WorkerAborted:
+                continue
 
     # -- main loop ---------------------------------------------------------------------------
 
