@@ -4,8 +4,7 @@ Only the entry scripts call configure_logging. Below the configured level a log 
 (make_filtering_bound_logger), so a quiet worker spends nothing formatting INFO events. At INFO
 a worker writes a line per message, so the JSON path is structlog's documented fast one: bytes
 straight to stderr's buffer (BytesLoggerFactory), orjson as the serializer, and a timestamp
-whose formatted second is cached. Measured per event on our 2-core machine: 8.6 us before,
-3.9 us after (orjson alone saves about 2.9 us, the cached timestamp about 1.3 us).
+whose formatted second is cached (per-event datetime formatting is the next biggest cost).
 """
 
 from __future__ import annotations
