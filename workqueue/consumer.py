@@ -92,7 +92,7 @@ class SentFetch:
 class Consumer:
     """One worker's protocol on one queue: its id, delivery mode and heartbeat timeout are fixed."""
 
-    def __init__(self, queue: Queue, worker_id: str, delivery: Delivery, worker_timeout: float) -> None:
+    def __init__(self, queue: Queue, worker_id: str, delivery: Delivery | str, worker_timeout: float) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.delivery = Delivery(delivery)

@@ -46,13 +46,19 @@ def withdraw(thread_id: int) -> None:
     _set_async_exc(thread_id, ctypes.py_object())
 
 
-def interrupt(thread_id: int, exception: type[BaseException], *, wake: bool) -> None:
-    """Raise `exception` in the thread `thread_id` at its next Python instruction; with `wake`
-    (only once install() ran in the main thread, and only for the main thread) also cut short
-    a blocking call it is in."""
-    _set_async_exc(thread_id, exception)
-    if wake:
-        signal.pthread_kill(thread_id, WAKE_SIGNAL)
+def close_interrupts(lock: threading.Lock, thread_id: int, exception: type[BaseException], reset: Callable[[], bool]) -> None:
+    """End a window in which `exception` may be sent to `thread_id`: under `lock`, reset() ends
+    it and says whether one may have been sent, which is then withdrawn. One that lands here,
+    before the withdrawal, is caught: the window was over. At most one more can be pending
+    (nothing is sent once reset() ran), so two rounds do."""
+    for _ in range(2):
+        try:
+            with lock:
+                if reset():
+                    withdraw(thread_id)
+            return
+        except exception:
+            continue
 
 
 class HandlerRunner:
@@ -70,6 +76,14 @@ class HandlerRunner:
         self._stuck_after: float | None = None  # past this, the running try is stuck beyond reach
         self._interrupted = False
         self._wake_installed = False  # without our handler, WAKE_SIGNAL would end the process
+
+    def interrupt(self, thread_id: int, exception: type[BaseException]) -> None:
+        """Raise `exception` in the thread `thread_id` at its next Python instruction, and cut
+        short a blocking call it is in where WAKE_SIGNAL can reach it (the main thread, once
+        install() ran)."""
+        _set_async_exc(thread_id, exception)
+        if self._wake_installed and thread_id == threading.main_thread().ident:
+            signal.pthread_kill(thread_id, WAKE_SIGNAL)
 
     def install(self) -> None:
         """Let WAKE_SIGNAL interrupt blocking calls; only possible (and only done) in the main thread."""
@@ -101,22 +115,14 @@ class HandlerRunner:
                     self._deadline, self._stuck_after = None, time.monotonic() + 2 * self.job_timeout
                 self._run_async(result)
         finally:
-            self._end_try()
+            # The try is over; a JobTimeout requested too late (the handler had returned) is
+            # withdrawn, and only then: anything else pending (a WorkerAborted) must stay.
+            close_interrupts(self._lock, self._thread, JobTimeout, self._end_try)
 
-    def _end_try(self) -> None:
-        """Mark the try over; a JobTimeout requested too late (the handler had returned) is
-        withdrawn. One that lands here, between the handler's end and the withdrawal, is
-        caught: the try ended before it. At most one is requested per try, so two rounds do."""
-        for _ in range(2):
-            try:
-                with self._lock:
-                    self._deadline = self._stuck_after = None
-                    if self._interrupted:
-                        withdraw(self._thread)
-                        self._interrupted = False
-                return
-            except JobTimeout:
-                continue
+    def _end_try(self) -> bool:
+        self._deadline = self._stuck_after = None
+        interrupted, self._interrupted = self._interrupted, False
+        return interrupted
 
     def _run_async(self, awaitable: Any) -> None:
         if self._event_loop is None:
@@ -146,8 +152,7 @@ class HandlerRunner:
             if self._deadline is not None and now > self._deadline:
                 self._deadline, self._stuck_after = None, now + self.job_timeout
                 self._interrupted = True
-                wake = self._wake_installed and self._thread == threading.main_thread().ident
-                interrupt(self._thread, JobTimeout, wake=wake)
+                self.interrupt(self._thread, JobTimeout)
                 return False
             return self._stuck_after is not None and now > self._stuck_after
 

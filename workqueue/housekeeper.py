@@ -116,8 +116,9 @@ class Housekeeper:
                             dead_worker=item.worker_id, dead_lettered=item.dead_lettered,
                         )
             except RedisError as error:
-                if refusal(error) is not None:
-                    self.refused = refusal(error)  # the loop stops with it
+                refused = refusal(error)
+                if refused is not None:
+                    self.refused = refused  # the loop stops with it
                 elif not is_outage(error):  # an outage: the loop logs it and resyncs
                     self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
             except Exception as error:  # this thread guards the heartbeat and the grace: go on

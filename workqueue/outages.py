@@ -79,11 +79,13 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, REDIS_UNAVAILABLE) or (isinstance(error, ResponseError) and str(error).startswith(OUTAGE_REPLIES))
 
 
-def raise_if_refused(error: RedisError) -> None:
-    """Raise RedisRefused (from None: a traceback of redis-py's would say nothing more) if `error` is one."""
+def wait_out(error: RedisError) -> bool:
+    """Whether to wait `error` out (an outage). A refusal raises RedisRefused instead (from
+    None: a traceback of redis-py's would say nothing more); anything else returns False."""
     refused = refusal(error)
     if refused is not None:
         raise refused from None
+    return is_outage(error)
 
 
 class Outage:

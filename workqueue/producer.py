@@ -11,7 +11,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from . import message
-from .outages import Outage, is_outage, raise_if_refused
+from .outages import Outage, wait_out
 from .queue import PUSH_CHUNK, Queue
 from .shutdown import Shutdown
 
@@ -62,8 +62,7 @@ def _push_until_stored(queue: Queue, raws: list[bytes], outage: Outage, shutdown
             outage.succeeded()
             return True
         except RedisError as error:
-            raise_if_refused(error)
-            if not is_outage(error):
+            if not wait_out(error):
                 raise
             if shutdown.requested and stop_deadline is None:
                 stop_deadline = time.monotonic() + grace

@@ -81,7 +81,7 @@ class Queue:
     def consumer(self, worker_id: str, delivery: Delivery | str = _DEFAULTS.delivery,
                  worker_timeout: float = _DEFAULTS.worker_timeout) -> Consumer:
         """The worker protocol for one worker of this queue."""
-        return Consumer(self, worker_id, Delivery(delivery), worker_timeout)
+        return Consumer(self, worker_id, delivery, worker_timeout)
 
     # -- producing ---------------------------------------------------------------------------
 

@@ -20,11 +20,11 @@ from redis.exceptions import RedisError
 
 from . import message
 from .fetch_ahead import FetchAhead
-from .handlers import Handler, HandlerRunner, JobTimeout, interrupt, withdraw
+from .handlers import Handler, HandlerRunner, JobTimeout, close_interrupts
 from .held import Held, Holdings
 from .housekeeper import Housekeeper
 from .message import Message
-from .outages import Outage, is_outage, raise_if_refused
+from .outages import Outage, wait_out
 from .protocol import Delivery, Op
 from .queue import Queue
 from .settings import Settings
@@ -87,9 +87,7 @@ class Worker:
         self._outage = Outage(self.log)
         self._resync = True  # (re)register and re-read our in-flight list before taking messages
         self._loop_thread = 0  # ident of the thread running run()
-        self._signals = False  # whether run() installed signal handlers
-        self._abort_code = 1
-        self._aborted = False  # whether the default abort ended run()
+        self._abort_code: int | None = None  # set when the default abort ends run()
         self._running = False  # whether run() is in its loop (WorkerAborted may be sent)
         self._interrupts = threading.Lock()
         self._housekeeper = Housekeeper(
@@ -116,13 +114,11 @@ class Worker:
         """Work until SIGTERM/SIGINT or shutdown.request() (or, with burst, an empty queue);
         returns the exit code. Raises RedisRefused when Redis refuses us in a way no wait will
         change. Signal handlers are installed only in the main thread, and only if asked."""
-        in_main = threading.current_thread() is threading.main_thread()
-        self._signals = install_signals and in_main
-        if self._signals:
+        if install_signals:  # both install only in the main thread
             self.shutdown.install()
             self._runner.install()
         self._loop_thread = threading.get_ident()
-        self._aborted = False
+        self._abort_code = None
         self.log.info("worker_started", redis=self.queue.location, delivery=self.delivery.value, prefetch=self.prefetch, burst=self.burst)
         with self._interrupts:
             self._running = True
@@ -137,27 +133,24 @@ class Worker:
             self._end_interrupts()
             self._housekeeper.stop()
             self._runner.close()
-        return self._abort_code if self._aborted else code
+        return code if self._abort_code is None else self._abort_code
 
     def _interrupt(self, code: int) -> None:
         """The default abort: raise WorkerAborted in the loop's thread, waking a blocking call;
         only while run() has not left its loop, so it never lands in the caller's code."""
         with self._interrupts:
             if self._running:
-                self._abort_code, self._aborted = code, True
-                interrupt(self._loop_thread, WorkerAborted, wake=self._signals)
+                self._abort_code = code
+                self._runner.interrupt(self._loop_thread, WorkerAborted)
 
     def _end_interrupts(self) -> None:
-        """No WorkerAborted after this: none is sent, and one sent but not landed is withdrawn.
-        One landing here is caught; at most one more can be pending, so two rounds do."""
-        for _ in range(2):
-            try:
-                with self._interrupts:
-                    self._running = False
-                    withdraw(self._loop_thread)
-                return
-            except WorkerAborted:
-                continue
+        """No WorkerAborted after this: none is sent, and one sent but not landed is withdrawn."""
+
+        def stop_sending() -> bool:
+            self._running = False
+            return True
+
+        close_interrupts(self._interrupts, self._loop_thread, WorkerAborted, stop_sending)
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -174,8 +167,7 @@ class Worker:
                     return  # burst: nothing left to do
                 self._outage.succeeded()
             except RedisError as error:
-                raise_if_refused(error)
-                if not is_outage(error):
+                if not wait_out(error):
                     self._unexpected(error)
                     continue
                 self._resync = True
@@ -277,8 +269,7 @@ class Worker:
         try:
             self._held.accept(*self._pipeline.take_next())
         except RedisError as error:
-            raise_if_refused(error)
-            if not is_outage(error):
+            if not wait_out(error):
                 raise
             # its messages are found below, when deregistering is refused
         released = self._held.release(self._pipeline.outcomes)
@@ -292,8 +283,7 @@ class Worker:
                     self._sync_with_redis()  # something is still held: find out what, put it back
                     released += self._held.release(self._pipeline.outcomes)
             except RedisError as error:
-                raise_if_refused(error)
-                if not is_outage(error):
+                if not wait_out(error):
                     raise
                 if self._pipeline.settled and not self._held:
                     break
