@@ -4,7 +4,26 @@ import random
 import time
 
 import pytest
+import redis
 from support import script_env, stats, wait_until
+
+from workqueue.keys import QueueKeys
+
+
+def holding_worker(redis_server, queue, workers, rng) -> int:
+    """The index of a worker whose in-flight list is not empty (waiting up to a second for one), else any."""
+    keys, client = QueueKeys(queue), redis_server.client()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            ids = [w.named("worker_started")[0]["worker"] if w.named("worker_started") else None for w in workers]
+            holding = [i for i, worker_id in enumerate(ids) if worker_id and client.llen(keys.in_flight(worker_id))]
+        except redis.exceptions.ConnectionError:  # Redis is being restarted
+            holding = []
+        if holding:
+            return rng.choice(holding)
+        time.sleep(0.01)
+    return rng.randrange(len(workers))
 
 
 def chaos_run(redis_server, queue, processes, delivery, work_seconds):
@@ -19,9 +38,8 @@ def chaos_run(redis_server, queue, processes, delivery, work_seconds):
     redis_restarted = False
     while time.monotonic() - started < 14:  # bounded chaos phase
         time.sleep(rng.uniform(0.5, 1.2))
-        # Kill a worker that is working (a fresh one may not have taken anything yet).
-        busy = [i for i, w in enumerate(workers) if w.named("message_processed")]
-        victim = rng.choice(busy or range(len(workers)))
+        # Kill a worker that holds messages right now, so that recovery has something to do.
+        victim = holding_worker(redis_server, queue, workers, rng)
         workers[victim].popen.kill()
         kills += 1
         workers[victim] = processes.start("worker/main.py", *worker_args, env=env)
