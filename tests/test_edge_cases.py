@@ -12,7 +12,7 @@ from support import free_port, wait_until
 from workqueue import Queue, RedisRefused, Worker, message
 from workqueue.consumer import Consumer, Outcomes
 from workqueue.protocol import Op
-from workqueue.transport import Sent
+from workqueue.transport import Channel
 
 
 def test_unencodable_id_is_dead_lettered_and_odd_error_text_survives(shared_redis, client, queue_name):
@@ -146,17 +146,17 @@ def test_a_queue_key_of_the_wrong_type_stops_the_worker_with_a_refusal(shared_re
 
 
 def test_an_unexpected_error_is_logged_and_the_worker_goes_on(shared_redis, queue_name, monkeypatch):
-    """An error of no known kind (here a bug in fetch, once) logs worker_error with its traceback; work resumes."""
+    """An error of no known kind (here a bug in building a fetch, once) logs worker_error with its traceback; work resumes."""
     queue = Queue.connect(shared_redis.url, queue_name)
-    real_fetch, calls = Consumer.fetch, []
+    real_requests, calls = Consumer.requests, []
 
-    def fetch_failing_once(self, *args, **kwargs):
+    def requests_failing_once(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise ValueError("a bug")
-        return real_fetch(self, *args, **kwargs)
+        return real_requests(self, *args, **kwargs)
 
-    monkeypatch.setattr(Consumer, "fetch", fetch_failing_once)
+    monkeypatch.setattr(Consumer, "requests", requests_failing_once)
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id))
     with capture_logs() as logs:
@@ -202,11 +202,13 @@ def test_adopted_messages_get_the_duplicate_check_their_lost_reply_carried(share
 
 def test_a_sent_request_whose_replies_are_gone_reports_a_connection_error(client):
     """Reading a request's replies twice raises ConnectionError, which the worker treats as an outage."""
-    sent = Sent(client, "sent-test", [("SET", "sent-test", 1), ("GET", "sent-test")])
-    assert sent.replies() == [b"OK", b"1"]
+    channel = Channel(client, "sent-test")
+    channel.send([("SET", "sent-test", 1), ("GET", "sent-test")])
+    assert channel.read() == [b"OK", b"1"]
     with pytest.raises(redis.exceptions.ConnectionError):
-        sent.replies()
-    sent.abandon()  # and giving it back again changes nothing
+        channel.read()
+    channel.drop()  # and dropping it again changes nothing
+    channel.drop()
 
 
 def test_a_simple_workers_adopted_message_is_adopted_once_however_often_it_resyncs(shared_redis, client, queue_name):

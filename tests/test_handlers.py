@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 from structlog.testing import capture_logs
-from support import run, script_env, stats
+from support import ROOT, run, script_env, stats
 
 from workqueue import JobTimeout, Queue, Worker
 
@@ -199,3 +201,23 @@ def test_a_worker_can_run_twice(shared_redis, queue_name):
     second = queue.push({"n": 2})
     assert worker.run() == 0
     assert seen == [first, second]
+
+
+TRACED_WORKER = """
+import sys, threading, time
+from workqueue import Queue, Worker
+sys.settrace(lambda *args: None)  # as coverage.py or a debugger would
+threading.settrace(lambda *args: None)
+queue = Queue.connect(sys.argv[1], sys.argv[2], max_attempts=1)
+slow, fine = queue.push({"slow": True}), queue.push({"slow": False})
+code = Worker(queue, lambda m: time.sleep(60) if m.body["slow"] else None, burst=True, job_timeout=0.3).run()
+print(code, queue.stats()["completed"], queue.stats()["dead_lettered"])
+"""
+
+
+def test_a_worker_under_a_tracer_cuts_a_try_and_stops(shared_redis, queue_name):
+    """Under a tracer (coverage, a debugger) a try cut at JOB_TIMEOUT and the worker's stop both end: nothing spins."""
+    done = subprocess.run([sys.executable, "-c", TRACED_WORKER, shared_redis.url, queue_name], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].split() == ["0", "1", "1"]  # exit code, completed, dead-lettered

@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from . import message
 from .message import MalformedMessage, Message
 from .protocol import Delivery, Op
-from .transport import Key, Sent, send_together
+from .transport import Channel, Command, Key, send_together
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -65,28 +65,10 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def _pairs(reply: list[Any]) -> Taken:
-    """The fetch script's reply [wait_ms, message, duplicate, message, duplicate, ...] as pairs."""
-    return [(reply[i], reply[i + 1] == 1) for i in range(1, len(reply), 2)]
-
-
-class SentFetch:
-    """A fetch (and the settlement riding with it) sent to Redis, its reply not read yet."""
-
-    def __init__(self, sent: Sent, outcomes: Outcomes | None) -> None:
-        self.sent = sent
-        self.outcomes = outcomes
-
-    def receive(self) -> tuple[Taken, int]:
-        """Wait for the reply: (taken, wait_ms) as from Consumer.fetch."""
-        reply = self.sent.replies()[-1]
-        if self.outcomes:
-            self.outcomes.clear()  # Redis applied them
-        return _pairs(reply), int(reply[0])
-
-    def abandon(self) -> None:
-        """Drop the connection unread; the outcomes stay, to be resent (settling is idempotent)."""
-        self.sent.abandon()
+def parse_fetch(reply: list[Any]) -> tuple[Taken, int]:
+    """The fetch script's reply [wait_ms, message, duplicate, message, duplicate, ...] as
+    (taken, wait_ms)."""
+    return [(reply[i], reply[i + 1] == 1) for i in range(1, len(reply), 2)], int(reply[0])
 
 
 class Consumer:
@@ -106,17 +88,26 @@ class Consumer:
 
         Returns (taken, wait_ms): when nothing was taken, wait_ms says how long until a retry is
         due (-1: none is waiting)."""
-        return self.send_fetch(count, outcomes).receive()
+        replies = send_together(self.queue.client, self.keys.pending, self.requests(count, outcomes))
+        if outcomes:
+            outcomes.clear()  # Redis applied them
+        return parse_fetch(replies[-1])
 
-    def send_fetch(self, count: int, outcomes: Outcomes | None = None) -> SentFetch:
-        """Send what `fetch` sends, without waiting: the reply is read by SentFetch.receive()."""
+    def requests(self, count: int | None, outcomes: Outcomes | None) -> list[Command]:
+        """The commands that settle `outcomes` (if any) and then, given a `count`, take up to
+        that many messages: the fetch script's reply comes last."""
         k = self.keys
         commands = []
         if outcomes:
             commands.append(self.scripts.command("settle", *self._settle_call(self.worker_id, outcomes, recovering=False)))
-        keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers]
-        commands.append(self.scripts.command("fetch", keys, [count, self.delivery, self.worker_id, _ms(self.worker_timeout)]))
-        return SentFetch(Sent(self.queue.client, k.pending, commands), outcomes)
+        if count is not None:
+            keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers]
+            commands.append(self.scripts.command("fetch", keys, [count, self.delivery, self.worker_id, _ms(self.worker_timeout)]))
+        return commands
+
+    def channel(self) -> Channel:
+        """A connection of our own for requests whose replies are read later, in order."""
+        return Channel(self.queue.client, self.keys.pending)
 
     def block(self, timeout: float) -> Taken:
         """Wait up to `timeout` seconds for one message; returns [] or [(message, duplicate)].

@@ -1,13 +1,14 @@
 """Running the user's handler: a plain function or an `async def`, with an optional time limit.
 
-A plain handler past its time limit is interrupted the way Dramatiq's time limits do it: the
-housekeeping thread asks CPython to raise JobTimeout in the thread running the handler
-(PyThreadState_SetAsyncExc). That lands at the handler's next Python instruction; to also cut
-short a blocking call such as time.sleep() or a socket read, the housekeeper then sends the
-process SIGUSR2, whose handler does nothing at all: the interrupted call returns to Python, which
-raises the pending JobTimeout. A call stuck in C code that never returns to Python is not cut;
-for that the housekeeper ends the process once a try has run twice its limit (see worker.py).
-An async handler runs on an event loop of the runner's own, under asyncio.wait_for.
+A plain handler past its time limit is interrupted from the housekeeping thread. In the main
+thread (once install() ran) the housekeeper leaves JobTimeout in a slot and sends the process
+SIGUSR2, whose handler raises what the slot holds: that lands at the handler's next Python
+instruction and also cuts short a blocking call such as time.sleep() or a socket read. In any
+other thread it asks CPython to raise JobTimeout there (PyThreadState_SetAsyncExc, as
+Dramatiq's time limits do), which cannot cut a blocking call. A call stuck in C code that
+never returns to Python is not cut; for that the housekeeper ends the process once a try has
+run twice its limit (see worker.py). An async handler runs on an event loop of the runner's
+own, under asyncio.wait_for.
 """
 
 from __future__ import annotations
@@ -37,25 +38,41 @@ class JobTimeout(BaseException):
     `finally` blocks and context managers still run."""
 
 
-def _ignore(signum: int, frame: object) -> None:
-    """WAKE_SIGNAL's handler: nothing to do; its arrival is what interrupts a blocking call."""
+class _Wake:
+    """The exception WAKE_SIGNAL's handler raises in the main thread (None: nothing to raise)."""
+
+    pending: type[BaseException] | None = None
 
 
-def withdraw(thread_id: int) -> None:
-    """Cancel an exception sent with interrupt() that has not landed yet (if any)."""
-    _set_async_exc(thread_id, ctypes.py_object())
+def _raise_pending(signum: int, frame: object) -> None:
+    """WAKE_SIGNAL's handler: raise the exception left for the main thread, if one still is."""
+    exception, _Wake.pending = _Wake.pending, None
+    if exception is not None:
+        raise exception()
 
 
-def close_interrupts(lock: threading.Lock, thread_id: int, exception: type[BaseException], reset: Callable[[], bool]) -> None:
-    """End a window in which `exception` may be sent to `thread_id`: under `lock`, reset() ends
-    it and says whether one may have been sent, which is then withdrawn. One that lands here,
-    before the withdrawal, is caught: the window was over. At most one more can be pending
-    (nothing is sent once reset() ran), so two rounds do."""
+def _land_pending() -> None:
+    """Let an exception sent to this thread land here, now: CPython runs a tripped signal
+    handler, and raises an asynchronous exception, at its next check between bytecodes, which a
+    loop's backward jump makes. (Withdrawing one with PyThreadState_SetAsyncExc(thread, NULL)
+    leaves that check armed for good in CPython 3.11: under a tracer the process then spins.)"""
+    for _ in range(2):
+        pass
+
+
+def close_interrupts(lock: threading.Lock, exception: type[BaseException], reset: Callable[[], bool]) -> None:
+    """End, in the thread it concerns, a window in which `exception` may be sent to that thread:
+    under `lock`, reset() ends it and says whether one may have been sent; one still waiting in
+    the slot is dropped, and one already on its way lands and is caught here: the window was
+    over. Another exception (a WorkerAborted at the end of a try) goes on, as it should. At
+    most one more can be pending (nothing is sent once reset() ran), so two rounds do."""
     for _ in range(2):
         try:
             with lock:
                 if reset():
-                    withdraw(thread_id)
+                    if _Wake.pending is exception:
+                        _Wake.pending = None
+                    _land_pending()
             return
         except exception:
             continue
@@ -69,7 +86,7 @@ class HandlerRunner:
         self.job_timeout = job_timeout
         self._event_loop: asyncio.AbstractEventLoop | None = None
         # Guards the three fields below: a JobTimeout is only ever requested while the try it is
-        # meant for is still running, and a request that came too late is withdrawn.
+        # meant for is still running, and one that came too late is dropped.
         self._lock = threading.Lock()
         self._thread = 0  # ident of the thread running the current try
         self._deadline: float | None = None  # time.monotonic() past which a plain try is cut
@@ -78,17 +95,18 @@ class HandlerRunner:
         self._wake_installed = False  # without our handler, WAKE_SIGNAL would end the process
 
     def interrupt(self, thread_id: int, exception: type[BaseException]) -> None:
-        """Raise `exception` in the thread `thread_id` at its next Python instruction, and cut
-        short a blocking call it is in where WAKE_SIGNAL can reach it (the main thread, once
-        install() ran)."""
-        _set_async_exc(thread_id, exception)
+        """Raise `exception` in the thread `thread_id` at its next Python instruction; in the
+        main thread (once install() ran) through WAKE_SIGNAL, which also cuts a blocking call."""
         if self._wake_installed and thread_id == threading.main_thread().ident:
+            _Wake.pending = exception
             signal.pthread_kill(thread_id, WAKE_SIGNAL)
+        else:
+            _set_async_exc(thread_id, exception)
 
     def install(self) -> None:
         """Let WAKE_SIGNAL interrupt blocking calls; only possible (and only done) in the main thread."""
         if threading.current_thread() is threading.main_thread():
-            signal.signal(WAKE_SIGNAL, _ignore)
+            signal.signal(WAKE_SIGNAL, _raise_pending)
             self._wake_installed = True
 
     def __call__(self, message: Message) -> None:
@@ -115,9 +133,9 @@ class HandlerRunner:
                     self._deadline, self._stuck_after = None, time.monotonic() + 2 * self.job_timeout
                 self._run_async(result)
         finally:
-            # The try is over; a JobTimeout requested too late (the handler had returned) is
-            # withdrawn, and only then: anything else pending (a WorkerAborted) must stay.
-            close_interrupts(self._lock, self._thread, JobTimeout, self._end_try)
+            # The try is over; a JobTimeout requested too late (the handler had returned) lands
+            # and is dropped here, and only then: anything else pending (a WorkerAborted) goes on.
+            close_interrupts(self._lock, JobTimeout, self._end_try)
 
     def _end_try(self) -> bool:
         self._deadline = self._stuck_after = None

@@ -10,6 +10,7 @@ send is addressed by the key it touches, and all of a queue's keys share one slo
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
@@ -64,48 +65,74 @@ def _connection_for(client: redis.Redis, key: Key) -> tuple[ConnectionPool, Any]
     return pool, pool.get_connection()
 
 
-class Sent:
-    """Commands written down one connection in one write (so Redis runs them back to back),
-    whose replies are read later: the caller can work while Redis does. Every command must touch
-    only keys in the slot of `key`. On any error the connection is dropped, since its unread
-    replies would confuse its next user."""
+class Channel:
+    """One connection on which requests are written as they come and their replies read later,
+    oldest first: Redis runs one connection's commands in the order they arrive, which is what
+    keeps a worker's settles in sequence while it works on. Every command must touch only keys
+    in the slot of `key`. On any error the connection is dropped with every unread reply, since
+    those would confuse its next user; the caller resends what matters (settling is idempotent)."""
 
-    def __init__(self, client: redis.Redis, key: Key, commands: Sequence[Command]) -> None:
-        self.count = len(commands)
-        self.pool, conn = _connection_for(client, key)
-        self.conn: Any = conn  # redis-py's Connection: its methods here carry no type hints
+    def __init__(self, client: redis.Redis, key: Key) -> None:
+        self.client = client
+        self.key = key
+        self._pool: ConnectionPool | None = None
+        self._conn: Any = None  # redis-py's Connection: its methods here carry no type hints
+        self._unread: deque[int] = deque()  # how many replies each request sent awaits, oldest first
+
+    @property
+    def unread(self) -> int:
+        """How many requests were sent whose replies are not read yet."""
+        return len(self._unread)
+
+    def send(self, commands: Sequence[Command]) -> None:
+        """Write `commands` in one write (so Redis runs them back to back); read them with read()."""
+        if self._conn is None:
+            self._pool, self._conn = _connection_for(self.client, self.key)
         try:
             # hiredis packs in C what redis-py would first walk argument by argument in Python
             # (a settle carries four per message); one bytes object makes it one write.
-            conn.send_packed_command([b"".join(map(hiredis.pack_command, commands))])
+            self._conn.send_packed_command([b"".join(map(hiredis.pack_command, commands))])
         except BaseException:
-            self.abandon()
+            self.drop()
             raise
+        self._unread.append(len(commands))
 
-    def replies(self) -> list[Any]:
-        """Every command's reply, in order; the first error reply is raised."""
-        conn, self.conn = self.conn, None
-        if conn is None:  # read already, or dropped after an error: for the caller, an outage
+    def read(self) -> list[Any]:
+        """The replies of the oldest unread request, in order; the first error reply is raised."""
+        if not self._unread:  # read already, or dropped after an error: for the caller, an outage
             raise ConnectionError("the replies were read already or lost")
+        count = self._unread.popleft()
         try:
-            return [conn.read_response() for _ in range(self.count)]
+            return [self._conn.read_response() for _ in range(count)]
         except BaseException:
-            conn.disconnect()
+            self.drop()
             raise
-        finally:
-            self.pool.release(conn)
 
-    def abandon(self) -> None:
-        """Give the connection back without reading the replies (after another error)."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
+    def release(self) -> None:
+        """Give the connection back to the pool: kept open when every reply was read."""
+        if self._unread:
+            self.drop()
+        elif self._conn is not None and self._pool is not None:
+            self._pool.release(self._conn)
+            self._conn = None
+
+    def drop(self) -> None:
+        """Close the connection, forgetting every unread reply (after an error)."""
+        conn, self._conn = self._conn, None
+        self._unread.clear()
+        if conn is not None and self._pool is not None:
             conn.disconnect()
-            self.pool.release(conn)
+            self._pool.release(conn)
 
 
 def send_together(client: redis.Redis, key: Key, commands: Sequence[Command]) -> list[Any]:
     """Send `commands` in one write and wait for their replies."""
-    return Sent(client, key, commands).replies()
+    channel = Channel(client, key)
+    channel.send(commands)
+    try:
+        return channel.read()
+    finally:
+        channel.release()
 
 
 class Scripts:
@@ -135,5 +162,5 @@ class Scripts:
             return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
 
     def command(self, name: str, keys: Sequence[Key], args: Sequence[Any]) -> Command:
-        """The EVALSHA command running a script, for Sent (a NOSCRIPT reply is raised there)."""
+        """The EVALSHA command running a script, for a Channel (a NOSCRIPT reply is raised there)."""
         return ("EVALSHA", self.sha[name], len(keys), *keys, *args)

@@ -2,7 +2,7 @@
 
 The loop runs in the calling thread; a Housekeeper thread keeps the heartbeat alive (so a long
 handler keeps its messages), recovers dead workers' messages, and watches the time limits.
-FetchAhead keeps the requests that overlap the work in order. The loop returns an exit code or
+RequestPipeline keeps the requests that overlap the work in order. The loop returns an exit code or
 raises RedisRefused; ending the process is the entry script's business.
 """
 
@@ -19,12 +19,12 @@ import structlog
 from redis.exceptions import RedisError
 
 from . import message
-from .fetch_ahead import FetchAhead
 from .handlers import Handler, HandlerRunner, JobTimeout, close_interrupts
 from .held import Held, Holdings
 from .housekeeper import Housekeeper
 from .message import Message
 from .outages import Outage, wait_out
+from .pipeline import RequestPipeline
 from .protocol import Delivery, Op
 from .queue import Queue
 from .settings import Settings
@@ -36,7 +36,7 @@ BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in abo
 # From this batch size on (handlers at 1 ms a message or faster, and a busy queue) the next
 # batch is asked for before the current one starts, so Redis's work overlaps the handler's;
 # the worker then holds up to two batches. Slower handlers would only hoard messages.
-FETCH_AHEAD_BATCH = 50
+FETCH_AHEAD_BATCH = 10
 _DEFAULTS = Settings()  # the one home of defaults
 
 
@@ -81,7 +81,7 @@ class Worker:
         self.log = structlog.get_logger().bind(queue=queue.name, worker=self.id)
         self.consumer = queue.consumer(self.id, self.delivery, worker_timeout)
         self._runner = HandlerRunner(handler, job_timeout)
-        self._pipeline = FetchAhead(self.consumer)
+        self._pipeline = RequestPipeline(self.consumer)
         self._held = Holdings()
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
@@ -144,13 +144,13 @@ class Worker:
                 self._runner.interrupt(self._loop_thread, WorkerAborted)
 
     def _end_interrupts(self) -> None:
-        """No WorkerAborted after this: none is sent, and one sent but not landed is withdrawn."""
+        """No WorkerAborted after this: none is sent, and one sent but not landed is dropped."""
 
         def stop_sending() -> bool:
             self._running = False
-            return True
+            return self._abort_code is not None
 
-        close_interrupts(self._interrupts, self._loop_thread, WorkerAborted, stop_sending)
+        close_interrupts(self._interrupts, WorkerAborted, stop_sending)
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -207,13 +207,13 @@ class Worker:
         # Not for a small batch (a woken worker's one message): sending would delay its start.
         if len(self._held) >= FETCH_AHEAD_BATCH and self._batch >= FETCH_AHEAD_BATCH and not pipeline.has_next:
             pipeline.send(self._batch, self._held.ids())
-        held, outcomes, shutdown = self._held, pipeline.outcomes, self.shutdown
+        held, shutdown = self._held, self.shutdown
         started, count = time.perf_counter(), 0
         while held and not shutdown.requested:
             self._process(held.popleft())
             count += 1
             # A whole batch's outcomes ride with the next fetch; settle here only for slow work.
-            if held and time.monotonic() - outcomes.first_at >= ACK_DELAY:
+            if held and pipeline.outcomes and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY:
                 pipeline.settle()
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))

@@ -1,0 +1,111 @@
+"""The worker's requests that overlap its work: outcomes settled without waiting for Redis's
+reply, and the next batch asked for before the current one starts.
+
+Every such request goes down one connection of the worker's own (a transport Channel), and its
+reply is read later, oldest first. The ordering rule: settle calls reach Redis in the order of
+their sequence numbers. Outcomes sent with number n are set aside until their reply is read,
+and the ones gathered meanwhile get n + 1; one connection keeps the requests in that order.
+After an error, the outcomes whose replies were not read are sent again, lowest number first,
+before anything newer. A resend of an applied number changes nothing in Redis (settle.lua), so
+resending is always safe; what must never happen is n + 1 applied and then n dropped as
+"already applied".
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .consumer import Consumer, Outcomes, Taken, parse_fetch
+
+MAX_UNREAD = 8  # requests sent whose replies wait unread; bounds what an error makes us resend
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A request written to Redis whose reply is not read yet."""
+
+    outcomes: Outcomes | None  # what it settles: sent again if its reply is lost
+    fetch: bool  # whether its last reply is a batch of messages
+
+
+class RequestPipeline:
+    """Unsettled outcomes, and the requests sent without waiting (at most one of them a fetch)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.outcomes = Outcomes()  # of messages finished since the last settle was sent
+        self._channel = consumer.channel()
+        self._sent: deque[_Request] = deque()  # oldest first, as their replies come
+        self._next: Taken = []  # the next batch, read but not started
+        self._ahead_of: frozenset[str] = frozenset()  # ids of the batch that was held meanwhile
+
+    @property
+    def has_next(self) -> bool:
+        """Whether a batch was fetched ahead, read or not."""
+        return bool(self._next) or any(request.fetch for request in self._sent)
+
+    @property
+    def settled(self) -> bool:
+        """Whether Redis confirmed every outcome (nothing to send again)."""
+        return not self.outcomes and not any(request.outcomes for request in self._sent)
+
+    def _send(self, count: int | None) -> None:
+        """Write the outcomes so far and, given a `count`, a fetch; the replies are read later."""
+        outcomes = self.outcomes or None
+        self._channel.send(self.consumer.requests(count, outcomes))
+        self._sent.append(_Request(outcomes, count is not None))
+        if outcomes is not None:
+            self.outcomes = Outcomes(sequence=outcomes.sequence + 1)  # kept until those are confirmed
+
+    def _read_all(self) -> int:
+        """Read every reply outstanding; a fetch's batch becomes the next one. Returns the
+        fetch's wait_ms (-1 when none was read). On an error the unread requests stay listed:
+        settle_all() resends their outcomes, and the worker's resync adopts their messages."""
+        wait_ms = -1
+        while self._sent:
+            replies = self._channel.read()
+            if self._sent.popleft().fetch:
+                taken, wait_ms = parse_fetch(replies[-1])
+                self._next += taken
+        return wait_ms
+
+    def send(self, count: int, held_ids: frozenset[str]) -> None:
+        """Ask for the next batch (settling the outcomes so far) before starting the held one,
+        whose ids are `held_ids`."""
+        self._ahead_of = held_ids
+        self._send(count)
+
+    def take_next(self) -> tuple[Taken, frozenset[str]]:
+        """The batch fetched ahead (read first), and the ids held when it was asked for: that
+        fetch ran before those were settled, so Redis could not flag their copies as duplicates."""
+        self._read_all()
+        taken, self._next = self._next, []
+        return taken, self._ahead_of
+
+    def fetch(self, count: int) -> tuple[Taken, int]:
+        """Settle the outcomes and take up to `count` messages, in one round trip."""
+        self._read_all()
+        self._send(count)
+        wait_ms = self._read_all()
+        taken, self._next = self._next, []
+        return taken, wait_ms
+
+    def settle(self) -> None:
+        """Send the outcomes now (a slow batch), without waiting. Replies are read in bulk (one
+        socket read takes several), when MAX_UNREAD requests wait or with the next fetch; by
+        then they have had the time of a few handler runs to arrive."""
+        if len(self._sent) >= MAX_UNREAD:
+            self._read_all()
+        self._send(None)
+
+    def settle_all(self) -> None:
+        """Settle every outcome not confirmed by Redis, and wait for it (after an error, or to
+        stop): first those whose replies were not read, lowest number first, then the newer
+        ones. Unread requests are dropped with their connection: their replies may be lost."""
+        self._channel.drop()
+        for request in self._sent:
+            if request.outcomes:
+                self.consumer.settle(request.outcomes)
+        self._sent.clear()
+        self.consumer.settle(self.outcomes)
