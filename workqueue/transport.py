@@ -29,7 +29,7 @@ BLOCK_SECONDS = 2.0
 SOCKET_TIMEOUT = 2 * BLOCK_SECONDS + 5.0
 CONNECT_TIMEOUT = 5.0
 
-SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue")
+SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue", "purge", "pause", "register")
 
 
 def connect(url: str) -> redis.Redis:
