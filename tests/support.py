@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,33 +38,86 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+@dataclass(frozen=True)
+class TlsCerts:
+    """PEM files for a TLS redis-server: a CA, a server certificate it signed (for 127.0.0.1 and
+    localhost), a client certificate it signed, and a second CA that signed neither."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+
+def make_tls_certs(directory: Path) -> TlsCerts:
+    """Make a CA and the certificates it signs with the openssl command (valid for 2 days)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=workqueue test {ca}",
+                "-keyout", f"{ca}.key", "-out", f"{ca}.pem")
+    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+                "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return TlsCerts(directory / "ca.pem", directory / "server.pem", directory / "server.key", directory / "client.pem",
+                    directory / "client.key", directory / "other-ca.pem")
+
+
 class RedisServer:
-    """A redis-server of our own on a free loopback port, which tests may kill and restart."""
+    """A redis-server of our own on a free loopback port, which tests may kill and restart.
+
+    With `tls`, it speaks only TLS on that port (`--port 0 --tls-port`), and asks clients for a
+    certificate when `tls_clients` is true. With `launcher` (a command that ends by running
+    redis-server with the arguments it was given, such as deploy/redis-entrypoint.sh) and `env`,
+    it is started through that; `username` and `password` are what client() logs in with."""
 
     def __init__(self, directory: Path, *, persistent: bool = False, port: int | None = None, password: str = "",
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), tls: TlsCerts | None = None, tls_clients: bool = False,
+                 launcher: tuple[str, ...] = ("redis-server",), env: dict[str, str] | None = None, username: str = "") -> None:
         self.directory = directory
         self.persistent = persistent
         self.port = port or free_port()
         self.password = password
         self.extra = extra  # more redis-server options, as on its command line
+        self.tls = tls
+        self.tls_clients = tls_clients
+        self.launcher = launcher
+        self.env = env
+        self.username = username
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{':' + self.password + '@' if self.password else ''}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{':' + self.password + '@' if self.password and not self.username else ''}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.server_cert),
+                     "--tls-key-file", str(self.tls.server_key), "--tls-ca-cert-file", str(self.tls.ca),
+                     "--tls-auth-clients", "yes" if self.tls_clients else "no"]
+        # A password for the user `default` only when no launcher brings users of its own.
+        requirepass = ["--requirepass", self.password] if self.password and not self.username else []
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.directory), *persistence,
-             *(["--requirepass", self.password] if self.password else []), *self.extra],
+            [*self.launcher, *ports, "--bind", "127.0.0.1", "--save", "", "--dir", str(self.directory), *persistence,
+             *requirepass, *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=self.env,
         )
         client = self.client()
-        wait_until(lambda: _pings(client), timeout=10)
+        wait_until(lambda: self.process is not None and self.process.poll() is None and _pings(client), timeout=10)
         return self
 
     def kill(self) -> None:
@@ -80,8 +134,16 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, password=self.password or None)
+    def client(self, username: str | None = None, password: str | None = None) -> redis.Redis:
+        """A client logged in as `username` with `password` (default: the server's own login)."""
+        if username is None:
+            username, password = self.username, self.password
+        tls: dict[str, Any] = {}
+        if self.tls:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca), "ssl_certfile": str(self.tls.client_cert),
+                   "ssl_keyfile": str(self.tls.client_key)}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, username=username or None,
+                           password=password or None, **tls)
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -94,6 +156,7 @@ def _pings(client: redis.Redis) -> bool:
 SETTING_NAMES = (
     "REDIS_URL", "QUEUE_NAME", "MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "DELIVERY", "PREFETCH",
     "WORKER_TIMEOUT", "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "DEDUP_TTL", "GRACE", "JOB_TIMEOUT",
+    "REDIS_PASSWORD", "REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE",
 )
 
 
@@ -104,6 +167,8 @@ def script_env(redis_url: str, queue: str, **overrides: Any) -> dict[str, str]:
         REDIS_URL=redis_url, QUEUE_NAME=queue, MAX_ATTEMPTS="3", LOG_LEVEL="info", LOG_FORMAT="json",
         DELIVERY="reliable", PREFETCH="100", WORKER_TIMEOUT="30", RETRY_BACKOFF="0.05",
         RETRY_BACKOFF_MAX="1", DEDUP_TTL="86400", GRACE="30", JOB_TIMEOUT="0", PYTHONUNBUFFERED="1",
+        # Set and empty: unset for the settings, and a .env cannot fill them in.
+        REDIS_PASSWORD="", REDIS_TLS_CA_FILE="", REDIS_TLS_CERT_FILE="", REDIS_TLS_KEY_FILE="",
     )
     env.update({k: str(v) for k, v in overrides.items()})
     return env

@@ -16,35 +16,145 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 README = (ROOT / "README.md").read_text()
 
 
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+PYTHON_SERVICES = ("producer", "worker", "cli")
+# Each Python service logs in as its own Redis user, with a password of its own that falls back
+# to REDIS_PASSWORD.
+USERS = {"producer": "producer", "worker": "worker", "cli": "operator"}
+# Settings the other engineers' work adds, which Compose must pass through as well.
+MORE_SETTINGS = ("MESSAGE_SIGNING_KEY", "MESSAGE_SIGNING_KEY_PREVIOUS", "MAX_MESSAGE_BYTES")
+
+
 def interpolate(value: str, env: dict | None = None) -> str:
-    """Resolve ${VAR:-default} the way Compose does, with VAR unset unless given."""
+    """Resolve ${VAR:-default} (nested too) the way Compose does, with VAR unset unless given."""
     env = env or {}
-    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1), m.group(2)), value)
+    innermost = re.compile(r"\$\{(\w+):-([^${}]*)\}")
+    for _ in range(10):  # one level of nesting a round; no file nests ten deep
+        value, count = innermost.subn(lambda m: env.get(m.group(1)) or m.group(2), value)
+        if not count:
+            break
+    assert "${" not in value, value
+    return value
 
 
-def test_compose_redis_is_private_persistent_and_health_checked():
-    """Redis has a password, AOF on a named volume, an authenticating PONG check, and a loopback port."""
+def go_duration(text: str) -> float:
+    """Seconds in a Go duration such as 1m30s (the form Compose reads stop_grace_period in)."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert "".join(n + u for n, u in parts) == text, text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_compose_file_is_valid_against_the_compose_specification():
+    """docker-compose.yml validates against the Compose specification's JSON schema (as check-jsonschema vendors it)."""
+    from importlib.resources import files
+
+    import jsonschema
+
+    schema = json.loads((files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    assert [error.message for error in validator.iter_errors(COMPOSE)] == []
+    broken = {**COMPOSE, "services": {**COMPOSE["services"], "worker": {**COMPOSE["services"]["worker"], "stop_grace_period": 35}}}
+    assert list(validator.iter_errors(broken))  # the schema does catch a mistake
+
+
+def test_compose_redis_is_private_persistent_and_loads_the_acl_users():
+    """Redis runs deploy/redis-entrypoint.sh (ACL users, passwords from .env), AOF on a named volume, a loopback port only."""
     redis = COMPOSE["services"]["redis"]
-    command = [interpolate(part) for part in redis["command"]]
-    assert command[:3] == ["redis-server", "--requirepass", "secret"]
-    assert command[command.index("--appendonly") + 1] == "yes"
+    assert redis["entrypoint"] == ["sh", "/etc/workqueue/redis-entrypoint.sh"]
+    assert "./deploy:/etc/workqueue:ro" in redis["volumes"] and (ROOT / "deploy/redis-entrypoint.sh").is_file()
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes" and "--requirepass" not in command
     assert any(v.split(":")[0] in COMPOSE["volumes"] and v.endswith(":/data") for v in redis["volumes"])
-    assert interpolate(redis["environment"]["REDISCLI_AUTH"]) == "secret"
-    test = redis["healthcheck"]["test"]
-    assert test[0] == "CMD-SHELL" and "redis-cli" in test[1] and "grep -q PONG" in test[1]
+    assert redis["user"] != "root"
+    environment = redis["environment"]
+    assert interpolate(environment["REDIS_ADMIN_PASSWORD"]) == interpolate(environment["REDISCLI_AUTH"]) == "secret"
+    for user in ("producer", "worker", "operator"):
+        variable = f"REDIS_{user.upper()}_PASSWORD"
+        assert interpolate(environment[variable]) == "secret"
+        assert interpolate(environment[variable], {"REDIS_PASSWORD": "main"}) == "main"
+        assert interpolate(environment[variable], {"REDIS_PASSWORD": "main", variable: "own"}) == "own"
     assert [interpolate(p) for p in redis["ports"]] == ["127.0.0.1:6379:6379"]
+    assert [interpolate(p, {"REDIS_PORT": "7000"}) for p in redis["ports"]] == ["127.0.0.1:7000:6379"]
 
 
-def test_compose_apps_wait_for_healthy_redis_and_use_its_password():
-    """Producer and worker wait for a healthy Redis, reach it as `redis` with the same password."""
-    for name in ("producer", "worker"):
+def test_compose_healthcheck_logs_in_and_checks_for_pong(tmp_path):
+    """The healthcheck command, run against a redis-server with the ACL users, passes with the admin password and fails without it."""
+    from support import RedisServer
+
+    test = COMPOSE["services"]["redis"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and "grep -q PONG" in test[1]
+    passwords = {f"REDIS_{user}_PASSWORD": f"pw-{user.lower()}" for user in ("ADMIN", "PRODUCER", "WORKER", "OPERATOR")}
+    env = {**os.environ, **passwords, "WORKQUEUE_ACL_TEMPLATE": str(ROOT / "deploy/users.acl"), "WORKQUEUE_ACL_FILE": str(tmp_path / "users.acl")}
+    server = RedisServer(tmp_path / "redis", launcher=("sh", str(ROOT / "deploy/redis-entrypoint.sh")), env=env,
+                         username="admin", password=passwords["REDIS_ADMIN_PASSWORD"]).start()
+    try:
+        # The container's redis-cli talks to its own server; here, one first on PATH points it at ours.
+        wrapper = tmp_path / "bin" / "redis-cli"
+        wrapper.parent.mkdir()
+        wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("redis-cli")} -h 127.0.0.1 -p {server.port} "$@"\n')
+        wrapper.chmod(0o755)
+
+        def healthcheck(command: str, auth: str | None) -> int:
+            check_env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"} | ({"REDISCLI_AUTH": auth} if auth else {})
+            check_env["PATH"] = f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"
+            return subprocess.run(["sh", "-c", command], env=check_env, capture_output=True, timeout=20).returncode
+
+        assert healthcheck(test[1], passwords["REDIS_ADMIN_PASSWORD"]) == 0
+        assert healthcheck(test[1], "wrong") != 0
+        assert healthcheck(test[1], None) != 0
+        assert healthcheck("redis-cli ping", None) == 0  # what a plain `redis-cli ping` check would have said
+    finally:
+        server.stop()
+
+
+def test_compose_apps_log_in_as_their_own_users_and_get_every_setting():
+    """Producer, worker and CLI: init, a healthy Redis first, their own user with the password apart, every setting from .env."""
+    from dataclasses import fields
+
+    from workqueue.settings import Settings
+
+    apart = {"REDIS_URL", "REDIS_PASSWORD", "REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE"}
+    settings = {f.name.upper() for f in fields(Settings)} - apart | set(MORE_SETTINGS)
+    for name in PYTHON_SERVICES:
         service = COMPOSE["services"][name]
-        assert service["build"] == "."
+        user = USERS[name]
+        assert service["build"] == "." and service["init"] is True
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-        url = interpolate(service["environment"]["REDIS_URL"])
-        assert url == "redis://:secret@redis:6379/0"
-        assert interpolate(service["environment"]["REDIS_URL"], {"REDIS_PASSWORD": "other"}) == "redis://:other@redis:6379/0"
+        environment = service["environment"]
+        assert environment["REDIS_URL"] == f"redis://{user}@redis:6379/0"  # no password in the URL
+        variable = f"REDIS_{user.upper()}_PASSWORD"
+        assert COMPOSE["services"]["redis"]["environment"][variable] == environment["REDIS_PASSWORD"]
+        assert interpolate(environment["REDIS_PASSWORD"], {"REDIS_PASSWORD": "p@ss:w/rd"}) == "p@ss:w/rd"
+        for setting in sorted(settings):
+            assert re.fullmatch(rf"\$\{{{setting}:-[^}}]*\}}", str(environment.get(setting))), (name, setting)
+        assert interpolate(environment["DELIVERY"]) == "" and interpolate(environment["DELIVERY"], {"DELIVERY": "simple"}) == "simple"
     assert "ports" not in COMPOSE["services"]["worker"]  # so --scale worker=3 does not clash
+    for name in ("producer", "worker"):
+        period = COMPOSE["services"][name]["stop_grace_period"]
+        assert go_duration(interpolate(period)) == 30 + 60
+        assert go_duration(interpolate(period, {"GRACE": "120"})) == 120 + 60
+
+
+def test_no_password_is_written_in_the_deployment_files():
+    """The one password in docker-compose.yml is the ${REDIS_PASSWORD:-secret} default; the ACL file has none."""
+    text = COMPOSE_TEXT.replace("${REDIS_PASSWORD:-secret}", "")
+    assert "secret" not in text.lower() and "requirepass" not in text
+    assert not re.search(r"redis://[^@\s]*:[^@\s]*@", text)  # no user:password@ in a URL
+    for variable in ("MESSAGE_SIGNING_KEY", "MESSAGE_SIGNING_KEY_PREVIOUS"):
+        assert f"{variable}: ${{{variable}:-}}" in COMPOSE_TEXT
+    for line in (ROOT / "deploy/users.acl").read_text().splitlines():
+        rules = line.split()
+        assert not any(rule.startswith((">", "#", "<", "!")) or rule == "nopass" for rule in rules), line
+
+
+def test_image_runs_as_a_user_and_keeps_secrets_out():
+    """The Dockerfile switches to a non-root user; .dockerignore keeps .env and key files out of the build."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    [user] = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert user not in ("root", "0") and not user.startswith("0:")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in ignored and "**/.env" in ignored and "**/*.key" in ignored
 
 
 def test_compose_commands_are_exec_form_and_documented():
@@ -59,7 +169,7 @@ def test_compose_commands_are_exec_form_and_documented():
             if flag.startswith("--"):
                 assert flag in help_text
     assert "docker compose up --build" in README and "--scale worker=3" in README
-    assert "docker compose run redis redis-cli -h redis -a secret -n 0" in README
+    assert "docker compose exec redis redis-cli --user admin" in README and "docker compose run --rm cli stats" in README
 
 
 def test_dockerfile_copies_what_exists_and_runs_exec_form():

@@ -16,7 +16,7 @@ import structlog
 
 from workqueue import ConfigError, Message, RedisRefused, Settings, Worker, __version__
 from workqueue.logs import configure_logging
-from workqueue.settings import fraction, load_env_file, parse_value, seconds
+from workqueue.settings import fraction, load_env_file, parse_value, seconds, weak_password_warning
 
 
 class SimulatedFailure(Exception):
@@ -64,7 +64,10 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst, abort=os._exit).run()
+        worker = Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst, abort=os._exit)
+        if (weak := weak_password_warning(settings)) is not None:
+            worker.log.warning("redis_password_weak", reason=weak)
+        return worker.run()
     except RedisRefused as error:
         print(f"error: Redis at {settings.masked_url} refused the worker: {error}", file=sys.stderr)
         return 2

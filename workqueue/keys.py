@@ -10,12 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Set of the names of every queue on this Redis, for `workqueue queues` (never KEYS or SCAN):
+# added to when a Queue first pushes and when a worker starts. Not a queue's key, so it has no
+# hash tag; a queue may not be named like it.
+REGISTRY = "workqueue:queues"
+
 
 @dataclass(frozen=True)
 class QueueKeys:
     """Key names for one queue."""
 
     queue: str
+
+    def __post_init__(self) -> None:
+        if self.queue == REGISTRY:
+            raise ValueError(f"a queue may not be named {REGISTRY}: that key lists the queues")
 
     @property
     def pending(self) -> str:
@@ -51,6 +60,17 @@ class QueueKeys:
     def settled(self) -> str:
         """Hash of worker id -> number of its last applied settle call, so a resend is a no-op."""
         return f"{{{self.queue}}}:settled"
+
+    @property
+    def paused(self) -> str:
+        """String whose existence means the queue is paused (workers take no new messages); it
+        holds the Unix time (seconds) it was paused at."""
+        return f"{{{self.queue}}}:paused"
+
+    @property
+    def registry(self) -> str:
+        """Set of every queue's name on this Redis (the same key for all queues)."""
+        return REGISTRY
 
     def in_flight(self, worker_id: str | bytes) -> str | bytes:
         """List of the messages one worker has taken and not yet settled. Only a worker listed

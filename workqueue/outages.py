@@ -3,12 +3,14 @@
 Outages (a lost connection, a timeout, a restart without the script cache, a full memory, a
 replica after failover, a script running long) are retried with a growing wait. Refusals (a
 wrong password, a missing permission, an unknown database, a key of the wrong type) are
-configuration: the entry scripts print one line and exit.
+configuration: the entry scripts print one line and exit. So is a TLS server certificate that fails
+verification (the wrong CA file, a host name the certificate does not name).
 """
 
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections.abc import Callable
 
@@ -61,6 +63,11 @@ def refusal(error: BaseException) -> RedisRefused | None:
         return RedisRefused(f"the Redis user lacks a permission workqueue needs ({text})")
     if isinstance(error, (MovedError, ClusterCrossSlotError)):
         return RedisRefused(f"this Redis node does not serve the queue's keys ({text})")
+    unverified = _certificate_refused(error)
+    if unverified is not None:
+        return RedisRefused(
+            f"the server's TLS certificate failed verification, check REDIS_TLS_CA_FILE and the host in REDIS_URL ({unverified.verify_message})"
+        )
     if not isinstance(error, ResponseError):
         return None
     if "DB index is out of range" in text or "invalid DB index" in text:
@@ -69,6 +76,17 @@ def refusal(error: BaseException) -> RedisRefused | None:
         return RedisRefused(f"a key of this queue holds another type of value; is the name used by something else? ({text})")
     if text.startswith(("unknown command", "ERR unknown command")):
         return RedisRefused(f"the server lacks a command workqueue needs; Redis 6.2 or newer is required ({text})")
+    return None
+
+
+def _certificate_refused(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind `error` (redis-py raises its own
+    ConnectionError during one), or None. Waiting will not make a certificate valid."""
+    cause: BaseException | None = error
+    for _ in range(4):  # redis-py wraps the ssl error once; a chain is short
+        if cause is None or isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
     return None
 
 

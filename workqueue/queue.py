@@ -6,13 +6,16 @@ with Queue.consumer(). Every change of state is one Lua script (workqueue/lua) o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
 from . import message
 from .consumer import Consumer
+from .dead import DeadLetters, requeued
 from .keys import QueueKeys
 from .message import MalformedMessage
 from .protocol import Delivery, RetryPolicy
@@ -29,16 +32,39 @@ STATS_FIELDS = {
     "delayed": "failed, waiting out their backoff",
     "dead": "in the dead-letter list",
     "workers": "live workers",
+    "paused": "paused: workers take no new messages",
+    "oldest_pending_age_seconds": "age of the next message (0: none waiting)",
     "produced": "pushed by producers",
+    "requeued": "dead letters sent back to the queue",
     "completed": "processed",
     "retried": "failed tries sent back for retry",
     "recovered": "taken back from dead workers",
     "dead_lettered": "dead-lettered",
     "duplicates_skipped": "duplicates skipped",
+    "purged": "dead letters purged",
     "unaccounted": "messages unaccounted for (0: nothing lost)",
 }
 # The counters the scripts keep in the stats hash, each in the step of the transition it counts.
-COUNTERS = ("produced", "completed", "retried", "recovered", "dead_lettered", "duplicates_skipped")
+COUNTERS = ("produced", "requeued", "completed", "retried", "recovered", "dead_lettered", "duplicates_skipped", "purged")
+StatValue = int | float | bool | None
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One registered worker as stats saw it: how many messages it holds, and whether its
+    heartbeat is current (a dead one keeps its messages until another worker recovers them)."""
+
+    id: bytes
+    in_flight: int
+    alive: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent reading of a queue: `stats` (the fields of STATS_FIELDS) and its workers."""
+
+    stats: dict[str, StatValue]
+    workers: list[WorkerState]
 
 
 class Queue:
@@ -61,6 +87,7 @@ class Queue:
         self.location = location(client)  # where, for logs: never the password
         self.retry = RetryPolicy(max_attempts, retry_backoff, retry_backoff_max)
         self.dedup_ttl_ms = int(dedup_ttl * 1000)
+        self._registered = False  # in the registry of queues: done once, on the first push
 
     @classmethod
     def connect(cls, url: str = _DEFAULTS.redis_url, name: str = _DEFAULTS.queue_name, **options: Any) -> Queue:
@@ -103,39 +130,87 @@ class Queue:
         After a connection error the caller may push the same messages again: a chunk that did
         reach Redis is then delivered twice, and the second copy is skipped by id.
         """
+        if not self._registered:
+            self.register()
         for start in range(0, len(raws), PUSH_CHUNK):
             self.scripts.call("push", [self.keys.pending, self.keys.stats], raws[start : start + PUSH_CHUNK])
 
+    def register(self) -> None:
+        """List this queue in the registry of queues on its Redis (idempotent). Pushing does
+        this once per Queue object; a starting worker calls it."""
+        self.scripts.call("register", [self.keys.registry], [self.name])
+        self._registered = True
+
+    def registered_queues(self) -> list[str]:
+        """The names of every registered queue on this Redis, sorted."""
+        return sorted(name.decode(errors="replace") for name in cast(set[bytes], self.client.smembers(self.keys.registry)))
+
+    # -- operating ---------------------------------------------------------------------------
+
+    def pause(self) -> bool:
+        """Pause the queue: workers take no new messages until resume() (what they hold they
+        finish). Returns False when it was paused already."""
+        return bool(self.scripts.call("pause", [self.keys.paused], ["pause", repr(time.time())]))
+
+    def resume(self) -> bool:
+        """Let workers take messages again. Returns False when the queue was not paused."""
+        return bool(self.scripts.call("pause", [self.keys.paused], ["resume"]))
+
+    def is_paused(self) -> bool:
+        return bool(self.client.exists(self.keys.paused))
+
     # -- inspection --------------------------------------------------------------------------
 
-    def stats(self, attempts: int = 50) -> dict[str, int]:
-        """Counts, counters and the balance of messages unaccounted for (0: nothing lost).
+    def stats(self, attempts: int = 50) -> dict[str, StatValue]:
+        """Counts, counters and the balance of messages unaccounted for (0: nothing lost); the
+        fields of STATS_FIELDS, in order."""
+        return self.snapshot(attempts).stats
 
-        One script reads everything at one instant. It needs the in-flight list of every
-        registered worker as a key, so it refuses when a worker came or went since we listed
-        them, and we list them again (bounded by `attempts`)."""
+    def snapshot(self, attempts: int = 50) -> Snapshot:
+        """Stats and each registered worker, read at one instant.
+
+        One script reads everything. It needs the in-flight list of every registered worker as
+        a key, so it refuses when a worker came or went since we listed them, and we list them
+        again (bounded by `attempts`)."""
         k = self.keys
         for _ in range(attempts):
             ids = cast(list[bytes], self.client.zrange(k.workers, 0, -1))  # bytes: any id, as stored
-            keys: list[Key] = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, *(k.in_flight(i) for i in ids)]
+            keys: list[Key] = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, k.paused, *(k.in_flight(i) for i in ids)]
             reply = self.scripts.call("stats", keys, ids)
             if reply[0] == 1:
                 break
         else:
             raise RuntimeError(f"workers kept coming and going; no consistent stats after {attempts} tries")
-        pending, delayed, dead, workers, in_flight = reply[1:6]
-        counters = {reply[i].decode(): int(reply[i + 1]) for i in range(6, len(reply), 2)}
-        result = {"pending": pending, "in_flight": in_flight, "delayed": delayed, "dead": dead, "workers": workers}
-        result.update({name: counters.get(name, 0) for name in COUNTERS})
+        (pending, delayed, dead, paused, oldest_ms), held, pairs = reply[1:4]
+        workers = [WorkerState(ids[j], held[2 * j], held[2 * j + 1] == 1) for j in range(len(ids))]
+        counters = {pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        in_flight = sum(w.in_flight for w in workers)
+        result: dict[str, StatValue] = {
+            "pending": pending, "in_flight": in_flight, "delayed": delayed, "dead": dead,
+            "workers": sum(w.alive for w in workers), "paused": paused == 1,
+            "oldest_pending_age_seconds": None if oldest_ms is None else oldest_ms / 1000,
+        }
+        c = {name: counters.get(name, 0) for name in COUNTERS}
+        result.update(c)
+        # `dead` is not in the balance: purging dead letters changes no message's fate.
         result["unaccounted"] = (
-            result["produced"] - result["completed"] - result["dead_lettered"] - result["duplicates_skipped"]
+            c["produced"] + c["requeued"] - c["completed"] - c["dead_lettered"] - c["duplicates_skipped"]
             - pending - delayed - in_flight
         )
-        return {name: result[name] for name in STATS_FIELDS}
+        return Snapshot({name: result[name] for name in STATS_FIELDS}, workers)
+
+    def peek(self, count: int = 10) -> list[bytes]:
+        """The next `count` pending messages, head first, as stored; nothing is taken."""
+        return cast(list[bytes], self.client.lrange(self.keys.pending, 0, count - 1))
 
     def dead_letters(self, limit: int = 100) -> list[bytes]:
         """The oldest `limit` entries of the dead-letter list, as stored."""
         return cast(list[bytes], self.client.lrange(self.keys.dead_letter, 0, limit - 1))
+
+    @property
+    def dead(self) -> DeadLetters:
+        """The dead-letter list: list newest first, requeue, purge."""
+        return DeadLetters(self)
 
     def requeue_dead(self, limit: int = 100) -> tuple[int, int]:
         """Give the oldest `limit` dead letters another round: back to the queue with attempts 0
@@ -145,11 +220,9 @@ class Queue:
         malformed = 0
         for raw in self.dead_letters(limit):
             try:
-                fields = message.decode(raw).fields
+                pairs += (raw, requeued(message.decode(raw)))
             except MalformedMessage:
                 malformed += 1
-                continue
-            pairs += (raw, message.rewrite(raw, fields, {"attempts": 0}, drop=("error",)))
         moved = 0
         for start in range(0, len(pairs), 2 * PUSH_CHUNK):
             moved += self.scripts.call("requeue", [self.keys.dead_letter, self.keys.pending, self.keys.stats], pairs[start : start + 2 * PUSH_CHUNK])

@@ -8,13 +8,15 @@ one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import ssl
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dotenv import find_dotenv, load_dotenv
 
@@ -56,6 +58,14 @@ def _redis_url(value: str) -> str:
     db = parts.path.lstrip("/") if parts.scheme != "unix" else "0"
     if db and not db.isdigit():
         raise ValueError("must end with a database number, as in redis://localhost:6379/0")
+    return value
+
+
+def _readable_file(value: str) -> str:
+    if not os.path.isfile(value):
+        raise ValueError(f"names no file ({value})")
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"names a file we may not read ({value})")
     return value
 
 
@@ -108,16 +118,34 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dedup_ttl": _number(float, 0),
     "grace": _number(float, 0),
     "job_timeout": _number(float, 0),
+    "redis_password": str,
+    "redis_tls_ca_file": _readable_file,
+    "redis_tls_cert_file": _readable_file,
+    "redis_tls_key_file": _readable_file,
 }
 # The command-line flag of a setting, where it is not the name with dashes.
 _FLAGS = {"queue_name": "--queue"}
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Files for a TLS connection (rediss://): the CA certificates that verify the server (None:
+    the system's), and the client's certificate and key, when the server asks for one."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+# The password of the example files (.env.example, docker-compose.yml): worth a warning.
+EXAMPLE_PASSWORD = "secret"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a producer, worker or CLI needs to know, validated."""
 
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = dataclasses.field(default="redis://localhost:6379/0", repr=False)  # may hold a password
     queue_name: str = "demo-1"
     max_attempts: int = 3
     log_level: str = "info"
@@ -130,6 +158,11 @@ class Settings:
     dedup_ttl: float = 86400.0
     grace: float = 30.0
     job_timeout: float = 0.0  # seconds a try may run before it is interrupted; 0: no limit
+    # The password apart from REDIS_URL (one with @ : / needs no URL-encoding there); "": none.
+    redis_password: str = dataclasses.field(default="", repr=False)
+    redis_tls_ca_file: str = ""  # CA certificates (PEM) that verify a rediss:// server; "": the system's
+    redis_tls_cert_file: str = ""  # the client's certificate (PEM), for a server that asks for one
+    redis_tls_key_file: str = ""  # its private key (PEM, not encrypted)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -151,9 +184,76 @@ class Settings:
         values.setdefault("log_format", _default_log_format())
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        self.check_connection()
+
+    def check_connection(self) -> None:
+        """Raise ConfigError when the connection settings contradict each other, or a TLS file
+        is not what it should be (a CA file that holds no certificate, a key that does not match
+        the certificate): found here, at start, not at the first connection."""
+        scheme = urlsplit(self.redis_url).scheme
+        if self.redis_password and _url_password(self.redis_url):
+            raise ConfigError("REDIS_PASSWORD is set and REDIS_URL holds a password too: keep one of them")
+        tls_set = [name.upper() for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file") if getattr(self, name)]
+        if not tls_set:
+            return
+        if scheme != "rediss":
+            raise ConfigError(f"{tls_set[0]} is set but REDIS_URL does not start with rediss:// (TLS)")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ConfigError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together: set both or neither")
+        context = ssl.create_default_context()
+        if self.redis_tls_ca_file:
+            try:
+                context.load_verify_locations(cafile=self.redis_tls_ca_file)
+            except (ssl.SSLError, ValueError):
+                raise ConfigError(f"REDIS_TLS_CA_FILE holds no PEM certificate ({self.redis_tls_ca_file})") from None
+        if self.redis_tls_cert_file:
+            try:
+                # A password callback that gives none: an encrypted key fails here, never prompts.
+                context.load_cert_chain(self.redis_tls_cert_file, self.redis_tls_key_file, password=lambda: b"")
+            except (ssl.SSLError, ValueError):
+                raise ConfigError(
+                    f"REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE are not a PEM certificate and its unencrypted key "
+                    f"({self.redis_tls_cert_file}, {self.redis_tls_key_file})"
+                ) from None
+
     @property
     def masked_url(self) -> str:
         return mask_url(self.redis_url)
+
+    @property
+    def password(self) -> str | None:
+        """The password we log in with, from REDIS_URL or REDIS_PASSWORD; None: none."""
+        return self.redis_password or _url_password(self.redis_url)
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The TLS files to pass to transport.connect; None when none is set (a rediss:// URL
+        then verifies the server with the system's CA certificates)."""
+        if not (self.redis_tls_ca_file or self.redis_tls_cert_file):
+            return None
+        return TlsFiles(self.redis_tls_ca_file or None, self.redis_tls_cert_file or None, self.redis_tls_key_file or None)
+
+
+def _url_password(url: str) -> str | None:
+    """The password in a Redis URL, decoded, or None."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # not a URL: REDIS_URL's own check says so
+        return None
+    return None if password is None else unquote(password)
+
+
+def weak_password_warning(settings: Settings) -> str | None:
+    """Why the password the settings log in with is weak (none at all, or the example one), for
+    one warning at start; None when it is neither. The text never holds the password."""
+    password = settings.password
+    if not password:
+        return ("Redis is reached without a password: whoever can reach it can push messages that workers will run "
+                "and read or delete the queue; set one (SECURITY.md)")
+    if password == EXAMPLE_PASSWORD:
+        return "the Redis password is the example one from .env.example and docker-compose.yml: set another (SECURITY.md)"
+    return None
 
 
 def load_env_file() -> str:

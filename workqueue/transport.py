@@ -22,6 +22,8 @@ from redis.connection import ConnectionPool
 from redis.exceptions import ConnectionError, NoScriptError
 from redis.retry import Retry
 
+from .settings import TlsFiles
+
 Key = str | bytes
 Command = tuple[Any, ...]
 
@@ -30,12 +32,21 @@ BLOCK_SECONDS = 2.0
 SOCKET_TIMEOUT = 2 * BLOCK_SECONDS + 5.0
 CONNECT_TIMEOUT = 5.0
 
-SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue")
+SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue", "purge", "pause", "register")
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, *, password: str | None = None, tls: TlsFiles | None = None) -> redis.Redis:
     """Open a client for `url` with explicit timeouts and no hidden retries (connections are
-    made lazily, on first use)."""
+    made lazily, on first use). `password` is used when the URL holds none; `tls` names the CA,
+    certificate and key files of a rediss:// URL. A rediss:// server's certificate is always
+    verified, host name included: with `tls.ca_file`, or else the system's CA certificates."""
+    options: dict[str, Any] = {}
+    if password is not None:
+        options["password"] = password  # a password in the URL wins (redis-py's rule)
+    if tls is not None:
+        if not url.startswith("rediss://"):
+            raise ValueError("TLS files are for a rediss:// URL")
+        options.update(ssl_ca_certs=tls.ca_file, ssl_certfile=tls.cert_file, ssl_keyfile=tls.key_file)
     return redis.Redis.from_url(
         url,
         socket_timeout=SOCKET_TIMEOUT,
@@ -43,6 +54,7 @@ def connect(url: str) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
         decode_responses=False,
+        **options,
     )
 
 

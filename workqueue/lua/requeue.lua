@@ -3,7 +3,8 @@
 -- KEYS[2] pending      the queue list
 -- KEYS[3] stats        hash of counters
 -- ARGV[1..]            pairs: the dead entry as stored, the message to push (attempts reset)
--- A requeued message counts as produced again, so the stats balance stays exact.
+-- Each entry is removed and its rewrite pushed in this one step, so a message is never in both
+-- lists nor in neither. A requeued message counts as `requeued` (the stats balance adds it).
 -- Returns how many moved (an entry no longer in the list, taken by a concurrent call, is skipped).
 local moved = 0
 for i = 1, #ARGV, 2 do
@@ -12,5 +13,5 @@ for i = 1, #ARGV, 2 do
     moved = moved + 1
   end
 end
-if moved > 0 then redis.call('HINCRBY', KEYS[3], 'produced', moved) end
+if moved > 0 then redis.call('HINCRBY', KEYS[3], 'requeued', moved) end
 return moved

@@ -1,0 +1,103 @@
+"""What the command line prints: stats, pending messages, dead letters and queues, as a table
+for people or as JSON for programs. Reading only; changes are the Queue's."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from . import message
+from .dead import DeadLetter
+from .message import MalformedMessage
+from .queue import STATS_FIELDS, Queue, StatValue
+
+CUT = 100  # characters of a body or a raw element shown on one line of a table
+
+
+def show(value: StatValue) -> str:
+    """One figure for a table: yes/no, '-' for unknown, seconds to the millisecond."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def when(unix: float | None) -> str:
+    """A Unix time as UTC ISO 8601 to the second, or '-'."""
+    return "-" if unix is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def cut(text: str) -> str:
+    """Text for one line of a table: at most CUT characters, and printable whatever it holds
+    (a lone surrogate from a hand-written escape is shown escaped)."""
+    text = text.encode(errors="backslashreplace").decode().replace("\n", "\\n")
+    return text if len(text) <= CUT else text[: CUT - 1] + "…"
+
+
+def print_stats(queue: Queue, as_json: bool = False) -> None:
+    """A queue's stats: one JSON object, or one labelled line per figure."""
+    result = queue.stats()
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(f"queue {queue.name} at {queue.location}")
+    for name, value in result.items():
+        print(f"  {name:<27}{show(value):>10}  {STATS_FIELDS[name]}")
+
+
+def pending_json(raw: bytes) -> dict[str, Any]:
+    """A pending element as JSON: the message, or, when it is not one, what the worker will
+    dead-letter: `error` and `raw` (or `raw_base64`)."""
+    try:
+        return message.decode(raw).fields
+    except MalformedMessage as error:
+        wrapped: dict[str, Any] = json.loads(message.dead_letter_malformed(raw, str(error)))
+        return wrapped
+
+
+def print_peek(queue: Queue, count: int, as_json: bool) -> None:
+    """The next `count` pending messages, head first, untouched."""
+    entries = [pending_json(raw) for raw in queue.peek(count)]
+    if as_json:
+        print(json.dumps(entries))
+        return
+    for fields in entries:
+        if "error" in fields and "id" not in fields:
+            print(f"(malformed)  {cut(fields['error'])}: {cut(fields.get('raw', fields.get('raw_base64', '')))}")
+        else:
+            created = fields.get("created_at")
+            created = created if type(created) in (int, float) else None
+            print(f"{fields['id']}  attempts={fields.get('attempts', 0)}  created={when(created)}  {cut(json.dumps(fields.get('body')))}")
+
+
+def dead_line(entry: DeadLetter) -> str:
+    """One dead letter on one line: when, id, attempts, error (a malformed one with its text)."""
+    if entry.msg is not None:
+        return f"{when(entry.dead_lettered_at)}  {entry.id}  attempts={entry.attempts}  {cut(entry.error or '-')}"
+    original = entry.original.get("raw", entry.original.get("raw_base64", ""))
+    return f"{when(entry.dead_lettered_at)}  (malformed{' ' + entry.id if entry.id else ''})  {cut(entry.error or '-')}  {cut(original)}"
+
+
+def print_dead(queue: Queue, count: int, as_json: bool) -> None:
+    """The `count` newest dead letters, newest first."""
+    entries = queue.dead.newest(count)
+    if as_json:
+        print(json.dumps([entry.to_json() for entry in entries]))
+        return
+    for entry in entries:
+        print(dead_line(entry))
+
+
+def print_queues(queue: Queue, as_json: bool) -> None:
+    """Every registered queue on this Redis, with its counts."""
+    columns = ("pending", "in_flight", "dead", "workers", "paused")
+    rows = {name: Queue(name, queue.client).stats() for name in queue.registered_queues()}
+    if as_json:
+        print(json.dumps([{"queue": name, **{c: stats[c] for c in columns}} for name, stats in rows.items()]))
+        return
+    width = max([len("QUEUE"), *map(len, rows)])
+    print(f"{'QUEUE':<{width}}" + "".join(f"  {c.upper():>9}" for c in columns))
+    for name, stats in rows.items():
+        print(f"{name:<{width}}" + "".join(f"  {show(stats[c]):>9}" for c in columns))
