@@ -42,6 +42,7 @@ def test_stats_json_has_exactly_the_documented_keys_and_balance(shared_redis, cl
 def test_stats_table_and_dead_listing(shared_redis, client, queue_name):
     """The plain stats table labels the balance and the pause flag; `dead list` prints one line per dead letter."""
     client.rpush(queue_name, "garbage")
+    before = time.time()
     Worker(Queue.connect(shared_redis.url, queue_name), print, burst=True).run()
     env = script_env(shared_redis.url, queue_name)
     table = cli("stats", env=env)
@@ -53,7 +54,9 @@ def test_stats_table_and_dead_listing(shared_redis, client, queue_name):
     [line] = dead.stdout.splitlines()
     assert "(malformed)" in line and line.endswith("garbage")
     listed = json.loads(cli("dead", "list", "--json", env=env).stdout)
-    assert listed == [{"id": None, "attempts": None, "error": listed[0]["error"], "dead_lettered_at": None, "body": None, "raw": "garbage"}]
+    assert listed == [{"id": None, "attempts": None, "error": listed[0]["error"], "dead_lettered_at": listed[0]["dead_lettered_at"],
+                       "body": None, "raw": "garbage"}]
+    assert before <= listed[0]["dead_lettered_at"] <= time.time()  # the worker stamps when it dead-lettered it
     assert listed[0]["error"].startswith("malformed message: ")
 
 

@@ -23,6 +23,7 @@ from .transport import Channel, Command, Key, send_together
 if TYPE_CHECKING:
     from .queue import Queue
 
+PAUSED = -2  # fetch's wait_ms when the queue is paused
 Taken = list[tuple[bytes, bool]]  # (element, duplicate): duplicate when its id was completed already
 
 
@@ -87,7 +88,7 @@ class Consumer:
         """Settle `outcomes` and take up to `count` messages, in one round trip.
 
         Returns (taken, wait_ms): when nothing was taken, wait_ms says how long until a retry is
-        due (-1: none is waiting)."""
+        due (-1: none is waiting; PAUSED: the queue is paused)."""
         replies = send_together(self.queue.client, self.keys.pending, self.requests(count, outcomes))
         if outcomes:
             outcomes.clear()  # Redis applied them
@@ -101,7 +102,7 @@ class Consumer:
         if outcomes:
             commands.append(self.scripts.command("settle", *self._settle_call(self.worker_id, outcomes, recovering=False)))
         if count is not None:
-            keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers]
+            keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers, k.paused]
             commands.append(self.scripts.command("fetch", keys, [count, self.delivery, self.worker_id, _ms(self.worker_timeout)]))
         return commands
 
@@ -127,7 +128,7 @@ class Consumer:
         _, moved, checked = send_together(self.queue.client, k.pending, [
             self.scripts.command("heartbeat", *self._heartbeat_call("beat")),
             ("BLMOVE", k.pending, self.in_flight_key, "LEFT", "RIGHT", timeout),
-            self.scripts.command("woken", [self.in_flight_key, k.done, k.workers, k.pending], [self.delivery, self.worker_id]),
+            self.scripts.command("woken", [self.in_flight_key, k.done, k.workers, k.pending, k.paused], [self.delivery, self.worker_id]),
         ])
         # After a timeout the reliable script reads an older element, if any, of our list: it was
         # not taken now. (What the simple script pops is ours either way, so it is returned.)
@@ -167,10 +168,10 @@ class Consumer:
     def retry_or_dead(self, outcomes: Outcomes, msg: Message, error: str, *, recovered: bool = False) -> tuple[bool, float]:
         """Record a failed try of `msg`: a retry after backoff, or the dead-letter list when its
         attempts are used up. Returns (dead_lettered, backoff seconds)."""
-        new_raw = msg.failed(error)
         if self.queue.retry.exhausted(msg.attempts + 1):
-            outcomes.add(Op.DEAD, msg.raw, new_raw, "1" if recovered else "")
+            outcomes.add(Op.DEAD, msg.raw, msg.failed(error, dead=True), "1" if recovered else "")
             return True, 0.0
+        new_raw = msg.failed(error)
         if recovered:
             outcomes.add(Op.REQUEUE, msg.raw, new_raw)
             return False, 0.0

@@ -56,12 +56,16 @@ class Message(NamedTuple):
     def body(self) -> Any:
         return self.fields.get("body")
 
-    def failed(self, error: str) -> bytes:
-        """Encode this message after one more failed try, carrying the error. Built from the
-        stored text, not from `fields`, which the handler may have changed (or filled with
-        things JSON cannot hold): the retry gets the message as it was pushed."""
+    def failed(self, error: str, *, dead: bool = False) -> bytes:
+        """Encode this message after one more failed try, carrying the error (and, when it goes
+        to the dead-letter list, `dead_lettered_at`, Unix seconds). Built from the stored text,
+        not from `fields`, which the handler may have changed (or filled with things JSON
+        cannot hold): the retry gets the message as it was pushed."""
         stored = _loads(self.raw.decode())
-        return rewrite(self.raw, stored, {"attempts": stored.get("attempts", 0) + 1, "error": error})
+        changes: dict[str, Any] = {"attempts": stored.get("attempts", 0) + 1, "error": error}
+        if dead:
+            changes["dead_lettered_at"] = round(time.time(), 6)
+        return rewrite(self.raw, stored, changes)
 
 
 def encode(fields: dict[str, Any]) -> bytes:
@@ -146,11 +150,11 @@ def dead_letter_malformed(raw: bytes, reason: str) -> bytes:
     """Wrap an element that is not a message for the dead-letter list, keeping it whole: as
     text under `raw`, or, when it is not UTF-8 or escaping would more than double it (control
     characters), as base64 under `raw_base64`, so a big element stays within what Redis takes."""
-    error = f"malformed message: {reason}"
+    error, at = f"malformed message: {reason}", round(time.time(), 6)
     try:
-        wrapped = json.dumps({"error": error, "raw": raw.decode()}, ensure_ascii=False, separators=(",", ":")).encode()
+        wrapped = json.dumps({"error": error, "raw": raw.decode(), "dead_lettered_at": at}, ensure_ascii=False, separators=(",", ":")).encode()
         if len(wrapped) <= 2 * len(raw) + 1024:
             return wrapped
     except UnicodeDecodeError:
         pass
-    return _dumps({"error": error, "raw_base64": base64.b64encode(raw).decode()}).encode()
+    return _dumps({"error": error, "raw_base64": base64.b64encode(raw).decode(), "dead_lettered_at": at}).encode()

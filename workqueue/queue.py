@@ -19,7 +19,7 @@ from .dead import DeadLetters, requeued
 from .keys import QueueKeys
 from .message import MalformedMessage
 from .protocol import Delivery, RetryPolicy
-from .settings import Settings
+from .settings import Settings, TlsFiles
 from .transport import Key, Scripts, connect, location
 
 PUSH_CHUNK = 1000
@@ -90,15 +90,19 @@ class Queue:
         self._registered = False  # in the registry of queues: done once, on the first push
 
     @classmethod
-    def connect(cls, url: str = _DEFAULTS.redis_url, name: str = _DEFAULTS.queue_name, **options: Any) -> Queue:
-        """Open a queue on the Redis at `url` (connections are made lazily, on first use)."""
-        return cls(name, connect(url), **options)
+    def connect(cls, url: str = _DEFAULTS.redis_url, name: str = _DEFAULTS.queue_name, *, password: str | None = None,
+                tls: TlsFiles | None = None, **options: Any) -> Queue:
+        """Open a queue on the Redis at `url` (connections are made lazily, on first use);
+        `password` and `tls` as for transport.connect()."""
+        return cls(name, connect(url, password=password, tls=tls), **options)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Queue:
         return cls.connect(
             settings.redis_url,
             settings.queue_name,
+            password=settings.redis_password or None,
+            tls=settings.tls,
             max_attempts=settings.max_attempts,
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,

@@ -19,6 +19,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from . import message
+from .consumer import PAUSED
 from .handlers import Handler, HandlerRunner, JobTimeout, close_interrupts
 from .held import Held, Holdings
 from .housekeeper import Housekeeper
@@ -37,6 +38,7 @@ BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in abo
 # batch is asked for before the current one starts, so Redis's work overlaps the handler's;
 # the worker then holds up to two batches. Slower handlers would only hoard messages.
 FETCH_AHEAD_BATCH = 10
+PAUSE_POLL = 0.5  # how often (s) a worker asks whether its paused queue was resumed
 _DEFAULTS = Settings()  # the one home of defaults
 
 
@@ -188,6 +190,12 @@ class Worker:
             self._held.accept(*self._pipeline.take_next())
             return True
         taken, wait_ms = self._pipeline.fetch(self._batch)
+        if not taken and wait_ms == PAUSED:  # ask again soon; the heartbeat goes on meanwhile
+            for _ in range(int(PAUSE_POLL / 0.05)):
+                if self.shutdown.requested:
+                    break
+                time.sleep(0.05)
+            return True
         if not taken:
             if self.burst and wait_ms < 0:
                 return False
@@ -251,6 +259,7 @@ class Worker:
         idempotent), and trust Redis, not memory, about what we hold: a fetch whose reply was lost
         may have moved messages, and a long outage may have let another worker recover ours."""
         self.queue.scripts.load()  # Redis may have restarted without its script cache
+        self.queue.register()  # listed for `workqueue queues` (idempotent)
         self.consumer.heartbeat()
         self._pipeline.settle_all()
         self._held.accept(*self._pipeline.take_next())

@@ -5,6 +5,7 @@
 -- KEYS[3] delayed      sorted set of retries scored by due time (ms)
 -- KEYS[4] done         sorted set of completed ids
 -- KEYS[5] workers      sorted set of worker ids scored by heartbeat deadline (ms)
+-- KEYS[6] paused       exists while the queue is paused: nothing is taken then
 -- ARGV[1] count        how many messages to take from the queue at most
 -- ARGV[2] delivery     'reliable' (move them into KEYS[2]) or 'simple' (pop them: at most once)
 -- ARGV[3] worker id    whose in-flight list KEYS[2] is
@@ -12,7 +13,8 @@
 --                      keeps every non-empty in-flight list listed in KEYS[5], for recovery
 -- Returns {wait_ms, message, duplicate, message, duplicate, ...}. duplicate is 1 when the message's id was
 -- completed already or appears earlier in this batch. wait_ms is 0 when something was taken;
--- otherwise the ms until the next retry is due, or -1 when none is waiting.
+-- otherwise the ms until the next retry is due, or -1 when none is waiting; -2 when the queue
+-- is paused (due retries still return to the queue, to wait there).
 local now = now_ms()
 local reliable = ARGV[2] == 'reliable'
 redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[3])
@@ -23,6 +25,8 @@ if #due > 0 then
   redis.call('RPUSH', KEYS[1], unpack(due))
   redis.call('ZREM', KEYS[3], unpack(due))
 end
+
+if redis.call('EXISTS', KEYS[6]) == 1 then return {-2} end
 
 local count = tonumber(ARGV[1])
 local taken = {}

@@ -6,6 +6,7 @@
 -- KEYS[2] done         sorted set of completed ids
 -- KEYS[3] workers      sorted set of registered worker ids
 -- KEYS[4] pending      the queue list
+-- KEYS[5] paused       exists while the queue is paused
 -- ARGV[1] delivery     'reliable' (leave the message in KEYS[1]) or 'simple' (pop it back out:
 --                      at most once)
 -- ARGV[2] worker id    whose in-flight list KEYS[1] is
@@ -16,7 +17,10 @@
 -- only through KEYS[3]. A worker frozen mid-wait can be presumed dead and deregistered while
 -- its BLMOVE is still pending; that happens only once its list was empty, so whatever the list
 -- holds now was moved by that BLMOVE, and goes back to the queue's head, in order.
-if not redis.call('ZSCORE', KEYS[3], ARGV[2]) then
+--
+-- A worker waits only when it holds nothing and has settled everything, so its list holds
+-- nothing it started: while the queue is paused, a message its wait moved goes back the same way.
+if not redis.call('ZSCORE', KEYS[3], ARGV[2]) or redis.call('EXISTS', KEYS[5]) == 1 then
   while redis.call('LMOVE', KEYS[1], KEYS[4], 'RIGHT', 'LEFT') do end
   return {}
 end
