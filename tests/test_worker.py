@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from support import ROOT, parse_events, run, script_env
@@ -70,7 +71,8 @@ def test_always_failing_message_retries_then_dead_letters(shared_redis, client, 
     dead_event = [e for e in events if e["event"] == "message_dead_lettered"][0]
     assert dead_event["level"] == "error" and dead_event["id"] == original["id"] and dead_event["attempts"] == 4
     [entry] = dead_entries(client, queue_name)
-    assert entry == {**original, "attempts": 4, "error": entry["error"]}
+    assert entry == {**original, "attempts": 4, "error": entry["error"], "dead_lettered_at": entry["dead_lettered_at"]}
+    assert original["created_at"] <= entry["dead_lettered_at"] <= time.time()
     assert entry["error"].startswith("SimulatedFailure")
 
 

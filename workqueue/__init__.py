@@ -2,13 +2,13 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .handlers import JobTimeout
+from .handlers import JobTimeout, WorkerAborted
 from .message import Message
 from .outages import RedisRefused
 from .protocol import Delivery
 from .queue import Queue
 from .settings import ConfigError, Settings
-from .worker import Worker, WorkerAborted
+from .worker import Worker
 
 try:
     __version__ = version("workqueue")

@@ -178,3 +178,40 @@ class HandlerRunner:
         if self._event_loop is not None:
             self._event_loop.close()
             self._event_loop = None
+
+
+class WorkerAborted(BaseException):
+    """Raised in the worker's loop when a limit passed (grace, second signal, a stuck try) and
+    no `abort` was given: run() then returns the exit code instead of working on."""
+
+
+class LoopAbort:
+    """The worker's default abort: raise WorkerAborted in the thread running its loop (waking a
+    blocking call), only between open() and close(), so that it never lands in the caller's code."""
+
+    def __init__(self, runner: HandlerRunner) -> None:
+        self.runner = runner
+        self.code: int | None = None  # the exit code, once an abort was sent
+        self._thread = 0  # ident of the thread running the loop
+        self._open = False
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """The calling thread's loop starts: from now on an abort may be sent to it."""
+        with self._lock:
+            self._thread, self.code, self._open = threading.get_ident(), None, True
+
+    def __call__(self, code: int) -> None:
+        with self._lock:
+            if self._open:
+                self.code = code
+                self.runner.interrupt(self._thread, WorkerAborted)
+
+    def close(self) -> None:
+        """No WorkerAborted after this: none is sent, and one sent but not landed is dropped."""
+
+        def stop_sending() -> bool:
+            self._open = False
+            return self.code is not None
+
+        close_interrupts(self._lock, WorkerAborted, stop_sending)

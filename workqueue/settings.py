@@ -9,94 +9,20 @@ one line on stderr and exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import ssl
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from dotenv import find_dotenv, load_dotenv
 
 from .protocol import Delivery
+from .values import ConfigError, choice, count, fraction, mask_url, number, parse_value, queue_name, readable_file, redis_url, seconds
 
-
-class ConfigError(Exception):
-    """A setting has a value we cannot use; the message names the setting and what is allowed."""
-
-
-def mask_url(url: str) -> str:
-    """Return the URL with any password replaced by ***, safe to log."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:  # an IPv6 literal needs its brackets back
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port else ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-    except ValueError:
-        return "<unparseable url>"
-
-
-def _redis_url(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # read only to validate: raises ValueError on a non-numeric port
-    except ValueError:
-        raise ValueError(f"is not a valid URL ({mask_url(value)})") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("must name a host, as in redis://localhost:6379/0")
-    if parts.scheme == "unix" and not parts.path:
-        raise ValueError("must name a socket path, as in unix:///run/redis.sock")
-    db = parts.path.lstrip("/") if parts.scheme != "unix" else "0"
-    if db and not db.isdigit():
-        raise ValueError("must end with a database number, as in redis://localhost:6379/0")
-    return value
-
-
-def _readable_file(value: str) -> str:
-    if not os.path.isfile(value):
-        raise ValueError(f"names no file ({value})")
-    if not os.access(value, os.R_OK):
-        raise ValueError(f"names a file we may not read ({value})")
-    return value
-
-
-def _queue_name(value: str) -> str:
-    # Braces would break the Redis Cluster hash tag that keeps a queue's keys in one slot.
-    if not value or any(c in value for c in "{} \t\r\n"):
-        raise ValueError("must be non-empty, without spaces or braces")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value.lower() not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value.lower()
-
-    return parse
-
-
-def _number(kind: type, minimum: float, maximum: float | None = None) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ValueError("must be a whole number" if kind is int else "must be a number") from None
-        if not math.isfinite(number) or number < minimum or (maximum is not None and number > maximum):
-            bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-            raise ValueError(f"must be {bound}")
-        return number
-
-    return parse
+__all__ = ["ConfigError", "Settings", "TlsFiles", "count", "fraction", "load_env_file", "mask_url", "parse_value", "seconds"]
 
 
 def _default_log_format() -> str:
@@ -105,23 +31,23 @@ def _default_log_format() -> str:
 
 # name -> (parser, default); the environment variable is the name in upper case.
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "redis_url": _redis_url,
-    "queue_name": _queue_name,
-    "max_attempts": _number(int, 1),
-    "log_level": _choice("debug", "info", "warning", "error"),
-    "log_format": _choice("json", "console"),
-    "delivery": _choice(*(mode.value for mode in Delivery)),
-    "prefetch": _number(int, 1, 1000),  # Lua unpack() stays far below its stack limit
-    "worker_timeout": _number(float, 1),
-    "retry_backoff": _number(float, 0),
-    "retry_backoff_max": _number(float, 0),
-    "dedup_ttl": _number(float, 0),
-    "grace": _number(float, 0),
-    "job_timeout": _number(float, 0),
+    "redis_url": redis_url,
+    "queue_name": queue_name,
+    "max_attempts": number(int, 1),
+    "log_level": choice("debug", "info", "warning", "error"),
+    "log_format": choice("json", "console"),
+    "delivery": choice(*(mode.value for mode in Delivery)),
+    "prefetch": number(int, 1, 1000),  # Lua unpack() stays far below its stack limit
+    "worker_timeout": number(float, 1),
+    "retry_backoff": number(float, 0),
+    "retry_backoff_max": number(float, 0),
+    "dedup_ttl": number(float, 0),
+    "grace": number(float, 0),
+    "job_timeout": number(float, 0),
     "redis_password": str,
-    "redis_tls_ca_file": _readable_file,
-    "redis_tls_cert_file": _readable_file,
-    "redis_tls_key_file": _readable_file,
+    "redis_tls_ca_file": readable_file,
+    "redis_tls_cert_file": readable_file,
+    "redis_tls_key_file": readable_file,
 }
 # The command-line flag of a setting, where it is not the name with dashes.
 _FLAGS = {"queue_name": "--queue"}
@@ -264,29 +190,3 @@ def load_env_file() -> str:
     if path:
         load_dotenv(path, override=False)
     return path
-
-
-def parse_value(source: str, raw: str, parser: Callable[[str], Any]) -> Any:
-    """Parse one raw value, raising ConfigError that names its source (flag or variable)."""
-    try:
-        return parser(raw.strip())
-    except ValueError as error:
-        raise ConfigError(f"{source} {error}") from None
-
-
-def fraction(raw: str) -> float:
-    """Parser for a probability from 0 to 1 (the demo's --fail-rate)."""
-    value: float = _number(float, 0, 1)(raw)
-    return value
-
-
-def seconds(raw: str) -> float:
-    """Parser for a non-negative duration in seconds."""
-    value: float = _number(float, 0)(raw)
-    return value
-
-
-def count(raw: str) -> int:
-    """Parser for a positive whole number."""
-    value: int = _number(int, 1)(raw)
-    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType
 
 
@@ -21,6 +22,12 @@ class Shutdown:
     @property
     def forced(self) -> bool:
         return self.signals > 1
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, less if a stop is requested meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(min(0.05, seconds))
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         """Ask for a stop, as a signal would (also for code that embeds a worker)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable
 
@@ -20,7 +19,7 @@ from redis.exceptions import RedisError
 
 from . import message
 from .consumer import PAUSED
-from .handlers import Handler, HandlerRunner, JobTimeout, close_interrupts
+from .handlers import Handler, HandlerRunner, JobTimeout, LoopAbort, WorkerAborted
 from .held import Held, Holdings
 from .housekeeper import Housekeeper
 from .message import Message
@@ -34,17 +33,12 @@ from .transport import BLOCK_SECONDS
 
 ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its batch to be settled
 BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
-# From this batch size on (handlers at 1 ms a message or faster, and a busy queue) the next
+# From this batch size on (handlers at 5 ms a message or faster, and a busy queue) the next
 # batch is asked for before the current one starts, so Redis's work overlaps the handler's;
 # the worker then holds up to two batches. Slower handlers would only hoard messages.
 FETCH_AHEAD_BATCH = 10
 PAUSE_POLL = 0.5  # how often (s) a worker asks whether its paused queue was resumed
 _DEFAULTS = Settings()  # the one home of defaults
-
-
-class WorkerAborted(BaseException):
-    """Raised in the worker's loop when a limit passed (grace, second signal, a stuck try) and
-    no `abort` was given: run() then returns the exit code instead of working on."""
 
 
 class Worker:
@@ -88,13 +82,10 @@ class Worker:
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
         self._resync = True  # (re)register and re-read our in-flight list before taking messages
-        self._loop_thread = 0  # ident of the thread running run()
-        self._abort_code: int | None = None  # set when the default abort ends run()
-        self._running = False  # whether run() is in its loop (WorkerAborted may be sent)
-        self._interrupts = threading.Lock()
+        self._loop_abort = LoopAbort(self._runner)
         self._housekeeper = Housekeeper(
             self.consumer, self.log, self.shutdown, self._runner,
-            grace=grace, abort=abort or self._interrupt, resyncing=lambda: self._resync,
+            grace=grace, abort=abort or self._loop_abort, resyncing=lambda: self._resync,
         )
 
     @classmethod
@@ -119,11 +110,8 @@ class Worker:
         if install_signals:  # both install only in the main thread
             self.shutdown.install()
             self._runner.install()
-        self._loop_thread = threading.get_ident()
-        self._abort_code = None
         self.log.info("worker_started", redis=self.queue.location, delivery=self.delivery.value, prefetch=self.prefetch, burst=self.burst)
-        with self._interrupts:
-            self._running = True
+        self._loop_abort.open()
         self._housekeeper.start()
         code = 1
         try:
@@ -132,27 +120,10 @@ class Worker:
         except WorkerAborted:
             pass
         finally:
-            self._end_interrupts()
+            self._loop_abort.close()
             self._housekeeper.stop()
             self._runner.close()
-        return code if self._abort_code is None else self._abort_code
-
-    def _interrupt(self, code: int) -> None:
-        """The default abort: raise WorkerAborted in the loop's thread, waking a blocking call;
-        only while run() has not left its loop, so it never lands in the caller's code."""
-        with self._interrupts:
-            if self._running:
-                self._abort_code = code
-                self._runner.interrupt(self._loop_thread, WorkerAborted)
-
-    def _end_interrupts(self) -> None:
-        """No WorkerAborted after this: none is sent, and one sent but not landed is dropped."""
-
-        def stop_sending() -> bool:
-            self._running = False
-            return self._abort_code is not None
-
-        close_interrupts(self._interrupts, WorkerAborted, stop_sending)
+        return code if self._loop_abort.code is None else self._loop_abort.code
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -191,10 +162,7 @@ class Worker:
             return True
         taken, wait_ms = self._pipeline.fetch(self._batch)
         if not taken and wait_ms == PAUSED:  # ask again soon; the heartbeat goes on meanwhile
-            for _ in range(int(PAUSE_POLL / 0.05)):
-                if self.shutdown.requested:
-                    break
-                time.sleep(0.05)
+            self.shutdown.wait(PAUSE_POLL)
             return True
         if not taken:
             if self.burst and wait_ms < 0:

@@ -1,0 +1,116 @@
+"""Setting values: parsing and validating each kind, with errors that name what is allowed.
+
+Settings (settings.py) uses these for every setting it reads; the entry scripts use the public
+parsers for their own flags. A parser raises ValueError; parse_value() turns that into a
+ConfigError naming the flag or variable the value came from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+
+class ConfigError(Exception):
+    """A setting has a value we cannot use; the message names the setting and what is allowed."""
+
+
+def mask_url(url: str) -> str:
+    """Return the URL with any password replaced by ***, safe to log."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal needs its brackets back
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    except ValueError:
+        return "<unparseable url>"
+
+
+def redis_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # read only to validate: raises ValueError on a non-numeric port
+    except ValueError:
+        raise ValueError(f"is not a valid URL ({mask_url(value)})") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("must name a host, as in redis://localhost:6379/0")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("must name a socket path, as in unix:///run/redis.sock")
+    db = parts.path.lstrip("/") if parts.scheme != "unix" else "0"
+    if db and not db.isdigit():
+        raise ValueError("must end with a database number, as in redis://localhost:6379/0")
+    return value
+
+
+def readable_file(value: str) -> str:
+    if not os.path.isfile(value):
+        raise ValueError(f"names no file ({value})")
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"names a file we may not read ({value})")
+    return value
+
+
+def queue_name(value: str) -> str:
+    # Braces would break the Redis Cluster hash tag that keeps a queue's keys in one slot.
+    if not value or any(c in value for c in "{} \t\r\n"):
+        raise ValueError("must be non-empty, without spaces or braces")
+    return value
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value.lower()
+
+    return parse
+
+
+def number(kind: type, minimum: float, maximum: float | None = None) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError("must be a whole number" if kind is int else "must be a number") from None
+        if not math.isfinite(number) or number < minimum or (maximum is not None and number > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+            raise ValueError(f"must be {bound}")
+        return number
+
+    return parse
+
+
+def parse_value(source: str, raw: str, parser: Callable[[str], Any]) -> Any:
+    """Parse one raw value, raising ConfigError that names its source (flag or variable)."""
+    try:
+        return parser(raw.strip())
+    except ValueError as error:
+        raise ConfigError(f"{source} {error}") from None
+
+
+def fraction(raw: str) -> float:
+    """Parser for a probability from 0 to 1 (the demo's --fail-rate)."""
+    value: float = number(float, 0, 1)(raw)
+    return value
+
+
+def seconds(raw: str) -> float:
+    """Parser for a non-negative duration in seconds."""
+    value: float = number(float, 0)(raw)
+    return value
+
+
+def count(raw: str) -> int:
+    """Parser for a positive whole number."""
+    value: int = number(int, 1)(raw)
+    return value
