@@ -113,7 +113,7 @@ class HandlerRunner:
         """Run one try of the handler; raises what the handler raised, or JobTimeout."""
         if not self.job_timeout:
             result = self.handler(message)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):  # most handlers return None: skip the check
                 self._run_async(result)
             return
         with self._lock:
@@ -128,7 +128,7 @@ class HandlerRunner:
                 self._deadline, self._stuck_after = started + self.job_timeout, None
         try:
             result = self.handler(message)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):  # most handlers return None: skip the check
                 with self._lock:
                     self._deadline, self._stuck_after = None, time.monotonic() + 2 * self.job_timeout
                 self._run_async(result)
