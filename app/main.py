@@ -10,6 +10,7 @@ from workqueue import ConfigError, Queue, RedisRefused, Settings, __version__
 from workqueue.logs import configure_logging
 from workqueue.producer import produce
 from workqueue.settings import count, load_env_file, parse_value, seconds
+from workqueue.signing import MessageTooLarge
 
 
 def demo_body(seq: int) -> dict:
@@ -41,6 +42,9 @@ def main() -> int:
     except RedisRefused as error:
         print(f"error: Redis at {settings.masked_url} refused the producer: {error}", file=sys.stderr)
         return 2
+    except MessageTooLarge as error:  # nothing of that batch was pushed
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import message
 from .consumer import Outcomes, Taken
 from .message import MalformedMessage, Message
 from .protocol import Op
+from .signing import MessagePolicy
 
 
 @dataclass(slots=True)
@@ -21,20 +21,27 @@ class Held:
     """A message taken from Redis and not started yet."""
 
     raw: bytes
-    message: Message | None  # None when malformed
-    problem: str = ""  # why it is malformed
+    message: Message | None  # None when malformed, too large or not signed
+    problem: str = ""  # why it is not a message the worker may handle
     duplicate: bool = False
 
 
 class Holdings(deque[Held]):
     """The messages a worker holds, oldest first."""
 
+    def __init__(self, policy: MessagePolicy | None = None) -> None:
+        super().__init__()
+        self.policy = policy or MessagePolicy()  # the queue's size limit and signing keys
+
     def accept(self, taken: Taken, earlier: frozenset[str] = frozenset()) -> None:
         """Decode new messages; `duplicate` comes from the fetch script's check of completed ids,
-        or from `earlier`, the ids of a batch taken before this one but not yet settled."""
+        or from `earlier`, the ids of a batch taken before this one but not yet settled. An
+        element over the size limit (unread), not a message, or, with signing on, not signed
+        by a key of ours is held as malformed, with the reason: the worker dead-letters it."""
+        admit = self.policy.admit
         for raw, duplicate in taken:
             try:
-                msg = message.decode(raw)
+                msg = admit(raw)
             except MalformedMessage as error:
                 self.append(Held(raw, None, str(error)))
             else:
@@ -66,7 +73,7 @@ class Holdings(deque[Held]):
         ids: list[str | None] = []
         for raw in orphans:
             try:
-                ids.append(message.decode(raw).id)
+                ids.append(self.policy.admit(raw).id)
             except MalformedMessage:
                 ids.append(None)  # accept() marks it malformed: it is dead-lettered
         valid = [i for i in ids if i is not None]

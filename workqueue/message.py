@@ -18,6 +18,9 @@ from typing import Any, NamedTuple
 # json's C code counts too), so a message that decodes can always be encoded again from inside
 # a handler's failure path, and below Lua cjson's own limit of 1000 used by the scripts.
 MAX_NESTING = 100
+# The `error` a failed try stores is cut to this many characters (the log line has it whole), so
+# failed tries grow a message by a bounded amount (signing.RETRY_ROOM).
+MAX_ERROR_CHARS = 1000
 
 
 def _not_json(constant: str) -> Any:
@@ -60,8 +63,11 @@ class Message(NamedTuple):
         """Encode this message after one more failed try, carrying the error (and, when it goes
         to the dead-letter list, `dead_lettered_at`, Unix seconds). Built from the stored text,
         not from `fields`, which the handler may have changed (or filled with things JSON
-        cannot hold): the retry gets the message as it was pushed."""
+        cannot hold): the retry gets the message as it was pushed. An `error` longer than
+        MAX_ERROR_CHARS is cut there, ending in an ellipsis."""
         stored = _loads(self.raw.decode())
+        if len(error) > MAX_ERROR_CHARS:
+            error = error[: MAX_ERROR_CHARS - 1] + "\u2026"
         changes: dict[str, Any] = {"attempts": stored.get("attempts", 0) + 1, "error": error}
         if dead:
             changes["dead_lettered_at"] = round(time.time(), 6)

@@ -10,7 +10,6 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from . import message
 from .outages import Outage, wait_out
 from .queue import PUSH_CHUNK, Queue
 from .shutdown import Shutdown
@@ -29,7 +28,9 @@ def produce(
     """Push make_body(0), make_body(1), ... one batch per `interval` seconds, `count` in all
     (None: until SIGTERM/SIGINT). A push that fails is retried with the same ids until Redis
     takes it; `message_pushed` is logged only for what Redis stored. Returns the exit code.
-    Raises RedisRefused when Redis refuses us for good (configuration, not an outage)."""
+    Raises RedisRefused when Redis refuses us for good (configuration, not an outage), and
+    signing.MessageTooLarge, with nothing of that batch pushed, for a message over
+    MAX_MESSAGE_BYTES. Messages are signed when the queue has a signing key."""
     shutdown = shutdown or Shutdown()
     shutdown.install()
     log = structlog.get_logger().bind(queue=queue.name)
@@ -41,7 +42,7 @@ def produce(
         if shutdown.requested or (count is not None and start >= count):
             break
         size = batch if count is None else min(batch, count - start)
-        built = [message.new(make_body(start + i)) for i in range(size)]
+        built = [queue.build(make_body(start + i)) for i in range(size)]
         if not _push_until_stored(queue, [raw for _, raw in built], outage, shutdown, grace):
             log.error("push_abandoned", ids=[message_id for message_id, _ in built])
             return 1

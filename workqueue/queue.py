@@ -20,6 +20,7 @@ from .keys import QueueKeys
 from .message import MalformedMessage
 from .protocol import Delivery, RetryPolicy
 from .settings import Settings, TlsFiles
+from .signing import MessagePolicy, Signing
 from .transport import Key, Scripts, connect, location
 
 PUSH_CHUNK = 1000
@@ -79,7 +80,12 @@ class Queue:
         retry_backoff: float = _DEFAULTS.retry_backoff,
         retry_backoff_max: float = _DEFAULTS.retry_backoff_max,
         dedup_ttl: float = _DEFAULTS.dedup_ttl,
+        max_message_bytes: int = _DEFAULTS.max_message_bytes,
+        signing_key: str = _DEFAULTS.message_signing_key,
+        previous_signing_key: str = _DEFAULTS.message_signing_key_previous,
     ) -> None:
+        """With `signing_key`, pushes are signed and workers take only messages signed with it
+        or `previous_signing_key` (signing.py); larger than `max_message_bytes`, none."""
         self.name = name
         self.client = client
         self.keys = QueueKeys(name)
@@ -87,6 +93,8 @@ class Queue:
         self.location = location(client)  # where, for logs: never the password
         self.retry = RetryPolicy(max_attempts, retry_backoff, retry_backoff_max)
         self.dedup_ttl_ms = int(dedup_ttl * 1000)
+        signing = Signing(signing_key, previous_signing_key) if signing_key or previous_signing_key else None
+        self.policy = MessagePolicy(max_message_bytes, signing)  # what workers accept; never logged
         self._registered = False  # in the registry of queues: done once, on the first push
 
     @classmethod
@@ -107,6 +115,9 @@ class Queue:
             retry_backoff=settings.retry_backoff,
             retry_backoff_max=settings.retry_backoff_max,
             dedup_ttl=settings.dedup_ttl,
+            max_message_bytes=settings.max_message_bytes,
+            signing_key=settings.message_signing_key,
+            previous_signing_key=settings.message_signing_key_previous,
         )
 
     def consumer(self, worker_id: str, delivery: Delivery | str = _DEFAULTS.delivery,
@@ -117,23 +128,36 @@ class Queue:
     # -- producing ---------------------------------------------------------------------------
 
     def push(self, body: Any, *, message_id: str | None = None) -> str:
-        """Append one message to the queue; returns its id."""
-        message_id, raw = message.new(body, message_id)
+        """Append one message to the queue; returns its id. Raises MessageTooLarge (a
+        ValueError) when it is over MAX_MESSAGE_BYTES encoded."""
+        message_id, raw = self.build(body, message_id)
         self.push_encoded([raw])
         return message_id
 
     def push_many(self, bodies: Iterable[Any]) -> list[str]:
-        """Append many messages, pipelined in chunks; returns their ids in order."""
-        built = [message.new(body) for body in bodies]
+        """Append many messages, pipelined in chunks; returns their ids in order. All are built
+        and checked before any is pushed: one that cannot be raises, and none is pushed."""
+        built = [self.build(body) for body in bodies]
         self.push_encoded([raw for _, raw in built])
         return [message_id for message_id, _ in built]
 
+    def build(self, body: Any, message_id: str | None = None) -> tuple[str, bytes]:
+        """A new message, signed when the queue has a key: (id, encoded). Raises ValueError or
+        TypeError for a body that is not JSON; push_encoded() checks the size."""
+        message_id, raw = message.new(body, message_id)
+        if self.policy.signing is not None:
+            raw = self.policy.signing.sign(raw)
+        return message_id, raw
+
     def push_encoded(self, raws: Sequence[bytes]) -> None:
-        """Append encoded messages; each chunk is one script call that also counts them.
+        """Append encoded messages as they are (unsigned unless build() made them); each chunk
+        is one script call that also counts them. Raises MessageTooLarge, pushing none, when any
+        is over the limit.
 
         After a connection error the caller may push the same messages again: a chunk that did
         reach Redis is then delivered twice, and the second copy is skipped by id.
         """
+        self.policy.check_sizes(raws)
         if not self._registered:
             self.register()
         for start in range(0, len(raws), PUSH_CHUNK):

@@ -48,6 +48,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_tls_ca_file": readable_file,
     "redis_tls_cert_file": readable_file,
     "redis_tls_key_file": readable_file,
+    "message_signing_key": str,
+    "message_signing_key_previous": str,
+    "max_message_bytes": number(int, 1, 512 * 1024 * 1024),  # Redis takes no larger string
 }
 # The command-line flag of a setting, where it is not the name with dashes.
 _FLAGS = {"queue_name": "--queue"}
@@ -89,6 +92,11 @@ class Settings:
     redis_tls_ca_file: str = ""  # CA certificates (PEM) that verify a rediss:// server; "": the system's
     redis_tls_cert_file: str = ""  # the client's certificate (PEM), for a server that asks for one
     redis_tls_key_file: str = ""  # its private key (PEM, not encrypted)
+    # HMAC key that producers sign messages with and workers verify them with; "": signing off.
+    message_signing_key: str = dataclasses.field(default="", repr=False)
+    # A key workers also accept while keys are rotated (never used for signing).
+    message_signing_key_previous: str = dataclasses.field(default="", repr=False)
+    max_message_bytes: int = 1024 * 1024  # larger messages are refused by push, dead-lettered by workers
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -111,6 +119,8 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        if self.message_signing_key_previous and not self.message_signing_key:
+            raise ConfigError("MESSAGE_SIGNING_KEY_PREVIOUS is set but MESSAGE_SIGNING_KEY is not: set both, or neither")
         self.check_connection()
 
     def check_connection(self) -> None:
