@@ -10,6 +10,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import message
 from .consumer import Outcomes, Taken
 from .message import MalformedMessage, Message
 from .protocol import Op
@@ -38,10 +39,12 @@ class Holdings(deque[Held]):
         or from `earlier`, the ids of a batch taken before this one but not yet settled. An
         element over the size limit (unread), not a message, or, with signing on, not signed
         by a key of ours is held as malformed, with the reason: the worker dead-letters it."""
-        admit = self.policy.admit
+        policy = self.policy
+        # Signing off and within the limit (the usual case): decode() alone, no call between.
+        decode, limit = message.decode if policy.signing is None else policy.admit, policy.max_bytes
         for raw, duplicate in taken:
             try:
-                msg = admit(raw)
+                msg = decode(raw) if len(raw) <= limit else policy.admit(raw)
             except MalformedMessage as error:
                 self.append(Held(raw, None, str(error)))
             else:
