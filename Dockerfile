@@ -7,7 +7,8 @@ WORKDIR /app
 
 COPY pyproject.toml README.md ./
 COPY workqueue ./workqueue
-RUN pip install --no-cache-dir .
+# With the metrics extra (prometheus-client, pure Python), so that METRICS_PORT works here too.
+RUN pip install --no-cache-dir ".[metrics]"
 
 COPY app ./app
 COPY worker ./worker

@@ -2,7 +2,7 @@
 
     python worker/main.py [--queue NAME] [--delivery reliable|simple] [--max-attempts N]
                           [--fail-rate P] [--work-seconds S] [--burst] [--prefetch N]
-                          [--worker-timeout S] [--grace S] [--job-timeout S]
+                          [--worker-timeout S] [--grace S] [--job-timeout S] [--metrics-port PORT]
 """
 
 import argparse
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
-from workqueue import ConfigError, Message, RedisRefused, Settings, Worker, __version__
+from workqueue import ConfigError, Message, Queue, RedisRefused, Settings, Worker, __version__
 from workqueue.logs import configure_logging
 from workqueue.settings import fraction, load_env_file, parse_value, seconds, weak_password_warning
 
@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--worker-timeout", help="seconds of silence before a worker is presumed dead (WORKER_TIMEOUT, default 30)")
     parser.add_argument("--grace", help="seconds to finish the current message on SIGTERM (GRACE, default 30)")
     parser.add_argument("--job-timeout", help="seconds a try may run before it is interrupted (JOB_TIMEOUT, default 0: no limit)")
+    parser.add_argument("--metrics-port", help="serve Prometheus metrics on this port, every interface (METRICS_PORT, default 0: off)")
     parser.add_argument("--fail-rate", default="0", help="demo: probability that a try fails (default 0)")
     parser.add_argument("--work-seconds", default="0", help="demo: seconds each message takes (default 0)")
     parser.add_argument("--burst", action="store_true", help="exit 0 once nothing is left to do")
@@ -55,16 +56,32 @@ def main() -> int:
         settings = Settings.load(
             queue_name=args.queue, delivery=args.delivery, max_attempts=args.max_attempts,
             prefetch=args.prefetch, worker_timeout=args.worker_timeout, grace=args.grace,
-            job_timeout=args.job_timeout,
+            job_timeout=args.job_timeout, metrics_port=args.metrics_port,
         )
         fail_rate = parse_value("--fail-rate", args.fail_rate, fraction)
         work_seconds = parse_value("--work-seconds", args.work_seconds, seconds)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if settings.metrics_port:
+        try:
+            from workqueue.metrics import WorkerMetrics
+        except ImportError:
+            print("error: --metrics-port (METRICS_PORT) needs prometheus-client: pip install workqueue[metrics]", file=sys.stderr)
+            return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        worker = Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst, abort=os._exit)
+        queue = Queue.from_settings(settings)
+        metrics = WorkerMetrics(queue) if settings.metrics_port else None
+        worker = Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst, abort=os._exit,
+                                      queue=queue, metrics=metrics)
+        if metrics is not None:
+            try:
+                metrics.serve(settings.metrics_port, worker.log)
+            except OSError as error:
+                print(f"error: --metrics-port (METRICS_PORT) {settings.metrics_port} cannot be served: {error.strerror or error}",
+                      file=sys.stderr)
+                return 2
         if (weak := weak_password_warning(settings)) is not None:
             worker.log.warning("redis_password_weak", reason=weak)
         return worker.run()

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 from structlog.typing import FilteringBoundLogger
@@ -20,6 +21,9 @@ from .consumer import Consumer
 from .handlers import HandlerRunner
 from .outages import RedisRefused, is_outage, refusal
 from .shutdown import Shutdown
+
+if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
+    from .metrics import WorkerMetrics
 
 RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one cheap call
 TICK = 0.2
@@ -39,6 +43,7 @@ class Housekeeper:
         grace: float,
         abort: Callable[[int], None],
         resyncing: Callable[[], bool],
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.consumer = consumer
         self.log = log
@@ -47,6 +52,7 @@ class Housekeeper:
         self.grace = grace
         self.abort = abort
         self.resyncing = resyncing  # while true the loop re-registers itself: no heartbeat
+        self.metrics = metrics  # told of each message recovered here
         self.refused: RedisRefused | None = None  # a refusal met here, for the loop to raise
         self._finished = threading.Event()
         # Held while heartbeating, so that no heartbeat can land after the worker deregistered
@@ -115,6 +121,8 @@ class Housekeeper:
                             "message_recovered", id=item.message_id, attempts=item.attempts,
                             dead_worker=item.worker_id, dead_lettered=item.dead_lettered,
                         )
+                        if self.metrics is not None:
+                            self.metrics.recovered(item.dead_lettered)
             except RedisError as error:
                 refused = refusal(error)
                 if refused is not None:

@@ -44,6 +44,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dedup_ttl": number(float, 0),
     "grace": number(float, 0),
     "job_timeout": number(float, 0),
+    "metrics_port": number(int, 0, 65535),
     "redis_password": str,
     "redis_tls_ca_file": readable_file,
     "redis_tls_cert_file": readable_file,
@@ -87,6 +88,7 @@ class Settings:
     dedup_ttl: float = 86400.0
     grace: float = 30.0
     job_timeout: float = 0.0  # seconds a try may run before it is interrupted; 0: no limit
+    metrics_port: int = 0  # the worker serves Prometheus metrics on this port, every interface; 0: off
     # The password apart from REDIS_URL (one with @ : / needs no URL-encoding there); "": none.
     redis_password: str = dataclasses.field(default="", repr=False)
     redis_tls_ca_file: str = ""  # CA certificates (PEM) that verify a rediss:// server; "": the system's

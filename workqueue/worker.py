@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from redis.exceptions import RedisError
@@ -30,6 +31,9 @@ from .queue import Queue
 from .settings import Settings
 from .shutdown import Shutdown
 from .transport import BLOCK_SECONDS
+
+if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
+    from .metrics import WorkerMetrics
 
 ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its batch to be settled
 BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
@@ -58,10 +62,12 @@ class Worker:
         worker_id: str | None = None,
         shutdown: Shutdown | None = None,
         abort: Callable[[int], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         """`abort(code)` is called from the housekeeping thread when the worker must end now
         (grace over, a second signal, a try stuck past JOB_TIMEOUT); entry scripts pass
-        os._exit. Without it, WorkerAborted is raised in the loop and run() returns the code."""
+        os._exit. Without it, WorkerAborted is raised in the loop and run() returns the code.
+        `metrics` is told every outcome (off, the cost is one `if` on the rarer paths)."""
         if not 1 <= prefetch <= 1000:  # the Lua scripts unpack() up to this many values
             raise ValueError("prefetch must be from 1 to 1000")
         self.queue = queue
@@ -77,6 +83,8 @@ class Worker:
         self.log = structlog.get_logger().bind(queue=queue.name, worker=self.id)
         self.consumer = queue.consumer(self.id, self.delivery, worker_timeout)
         self._runner = HandlerRunner(handler, job_timeout)
+        self.metrics = metrics
+        self._run = self._runner if metrics is None else metrics.timed(self._runner)  # counts `completed` too
         self._pipeline = RequestPipeline(self.consumer)
         self._held = Holdings(queue.policy)  # the queue's size limit and signing keys
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
@@ -85,12 +93,12 @@ class Worker:
         self._loop_abort = LoopAbort(self._runner)
         self._housekeeper = Housekeeper(
             self.consumer, self.log, self.shutdown, self._runner,
-            grace=grace, abort=abort or self._loop_abort, resyncing=lambda: self._resync,
+            grace=grace, abort=abort or self._loop_abort, resyncing=lambda: self._resync, metrics=metrics,
         )
 
     @classmethod
     def from_settings(cls, settings: Settings, handler: Handler, *, burst: bool = False, queue: Queue | None = None,
-                      abort: Callable[[int], None] | None = None) -> Worker:
+                      abort: Callable[[int], None] | None = None, metrics: WorkerMetrics | None = None) -> Worker:
         return cls(
             queue or Queue.from_settings(settings),
             handler,
@@ -101,6 +109,7 @@ class Worker:
             worker_timeout=settings.worker_timeout,
             job_timeout=settings.job_timeout,
             abort=abort,
+            metrics=metrics,
         )
 
     def run(self, *, install_signals: bool = True) -> int:
@@ -199,13 +208,17 @@ class Worker:
         if msg is None:
             outcomes.add(Op.DEAD, held.raw, message.dead_letter_malformed(held.raw, held.problem))
             log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {held.problem}")
+            if self.metrics is not None:
+                self.metrics.failed(dead=True)
             return
         if held.duplicate:
             outcomes.add(Op.DUPLICATE, held.raw)
             log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
+            if self.metrics is not None:
+                self.metrics.duplicate_skipped()
             return
         try:
-            self._runner(msg)
+            self._run(msg)
         except JobTimeout:
             self._failed(msg, f"job timeout after {self.job_timeout:g} s")
         except Exception as error:  # the handler is user code: any failure is a failed try
@@ -217,6 +230,8 @@ class Worker:
     def _failed(self, msg: Message, text: str) -> None:
         """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
         dead, delay = self.consumer.retry_or_dead(self._pipeline.outcomes, msg, text)
+        if self.metrics is not None:
+            self.metrics.failed(dead)
         if dead:
             self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
         else:
