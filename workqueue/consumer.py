@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from . import message
 from .message import MalformedMessage, Message
 from .protocol import Delivery, Op
-from .transport import Channel, Command, Key, send_together
+from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -135,6 +135,13 @@ class Consumer:
         if moved is None and self.delivery is Delivery.RELIABLE:
             return []
         return [(checked[0], checked[1] == 1)] if checked else []
+
+    def wait_seconds(self, wait_ms: int) -> float:
+        """How long block() may wait, given fetch's wait_ms (a retry due then, or -1). Short: a
+        frozen worker's wait ends long before it can be presumed dead, so it keeps no message from
+        the others for long (and woken.lua returns one that came too late)."""
+        timeout = min(BLOCK_SECONDS, self.worker_timeout / 4)
+        return timeout if wait_ms < 0 else min(timeout, max(wait_ms, 10) / 1000)
 
     def settle(self, outcomes: Outcomes) -> list[bool]:
         """Apply outcomes for messages we hold; idempotent, so safe to resend. Returns, per

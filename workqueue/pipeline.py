@@ -13,12 +13,19 @@ resending is always safe; what must never happen is n + 1 applied and then n dro
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
 from .consumer import Consumer, Outcomes, Taken, parse_fetch
+from .held import Holdings
 
 MAX_UNREAD = 8  # requests sent whose replies wait unread; bounds what an error makes us resend
+ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its outcome to be sent
+# From this batch size on (handlers at 5 ms a message or faster, and a busy queue) the next
+# batch is asked for before the current one starts, so Redis's work overlaps the handler's;
+# the worker then holds up to two batches. Slower handlers would only hoard messages.
+FETCH_AHEAD_BATCH = 10
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,13 @@ class RequestPipeline:
                 self._next += taken
         return wait_ms
 
-    def send(self, count: int, held_ids: frozenset[str]) -> None:
-        """Ask for the next batch (settling the outcomes so far) before starting the held one,
-        whose ids are `held_ids`."""
-        self._ahead_of = held_ids
-        self._send(count)
+    def fetch_ahead(self, count: int, held: Holdings) -> None:
+        """Ask for the next batch of `count` (settling the outcomes so far) before starting the
+        `held` one, when both are big enough: not for a woken worker's one message, whose start
+        the send would delay."""
+        if len(held) >= FETCH_AHEAD_BATCH and count >= FETCH_AHEAD_BATCH and not self.has_next:
+            self._ahead_of = held.ids()
+            self._send(count)
 
     def take_next(self) -> tuple[Taken, frozenset[str]]:
         """The batch fetched ahead (read first), and the ids held when it was asked for: that
@@ -90,6 +99,11 @@ class RequestPipeline:
         wait_ms = self._read_all()
         taken, self._next = self._next, []
         return taken, wait_ms
+
+    def settle_if_due(self) -> None:
+        """Settle now if the oldest outcome has waited ACK_DELAY (slow handlers)."""
+        if self.outcomes and time.monotonic() - self.outcomes.first_at >= ACK_DELAY:
+            self.settle()
 
     def settle(self) -> None:
         """Send the outcomes now (a slow batch), without waiting. Replies are read in bulk (one

@@ -30,17 +30,11 @@ from .protocol import Delivery, Op
 from .queue import Queue
 from .settings import Settings
 from .shutdown import Shutdown
-from .transport import BLOCK_SECONDS
 
 if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
     from .metrics import WorkerMetrics
 
-ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its batch to be settled
 BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
-# From this batch size on (handlers at 5 ms a message or faster, and a busy queue) the next
-# batch is asked for before the current one starts, so Redis's work overlaps the handler's;
-# the worker then holds up to two batches. Slower handlers would only hoard messages.
-FETCH_AHEAD_BATCH = 10
 PAUSE_POLL = 0.5  # how often (s) a worker asks whether its paused queue was resumed
 _DEFAULTS = Settings()  # the one home of defaults
 
@@ -176,30 +170,21 @@ class Worker:
         if not taken:
             if self.burst and wait_ms < 0:
                 return False
-            # Short waits: a frozen worker's wait ends long before it can be presumed dead, so it
-            # does not keep a message from the others (woken.lua returns one that came too late).
-            timeout = min(BLOCK_SECONDS, self.worker_timeout / 4)
-            if wait_ms >= 0:
-                timeout = min(timeout, max(wait_ms, 10) / 1000)
-            taken = self.consumer.block(timeout)
+            taken = self.consumer.block(self.consumer.wait_seconds(wait_ms))
         self._held.accept(taken)
         return True
 
     def _work(self) -> None:
         """Process what we hold, settling outcomes early if the oldest waited ACK_DELAY (slow
         handlers); then size the next batch to about BATCH_SECONDS of this pace."""
-        pipeline = self._pipeline
-        # Not for a small batch (a woken worker's one message): sending would delay its start.
-        if len(self._held) >= FETCH_AHEAD_BATCH and self._batch >= FETCH_AHEAD_BATCH and not pipeline.has_next:
-            pipeline.send(self._batch, self._held.ids())
-        held, shutdown = self._held, self.shutdown
+        pipeline, held, shutdown = self._pipeline, self._held, self.shutdown
+        pipeline.fetch_ahead(self._batch, held)
         started, count = time.perf_counter(), 0
         while held and not shutdown.requested:
             self._process(held.popleft())
             count += 1
-            # A whole batch's outcomes ride with the next fetch; settle here only for slow work.
-            if held and pipeline.outcomes and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY:
-                pipeline.settle()
+            if held:  # a whole batch's outcomes ride with the next fetch; a slow one's go sooner
+                pipeline.settle_if_due()
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
 
