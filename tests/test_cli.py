@@ -118,7 +118,7 @@ def test_dead_requeue_all_gives_dead_letters_another_round(shared_redis, client,
 
 
 def test_dead_requeue_and_purge_by_id_report_what_they_could_not_do(shared_redis, client, queue_name):
-    """Requeue by id moves only those ids; an unknown or malformed id is one error line and exit 1; purge by id, --malformed and --all --yes keep the balance."""
+    """Requeue by id moves only those ids, with attempts 0, and a worker then processes them; an unknown or malformed id is one error line and exit 1; purge by id, --malformed and --all --yes keep the balance."""
     queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
     ids = queue.push_many([{"n": i} for i in range(4)])
     queue.push_encoded([b'{"id":"bad","attempts":-1}'])
@@ -126,7 +126,12 @@ def test_dead_requeue_and_purge_by_id_report_what_they_could_not_do(shared_redis
     env = script_env(shared_redis.url, queue_name)
     done = cli("dead", "requeue", "--id", ids[0], ids[2], env=env)
     assert done.returncode == 0 and "requeued 2 " in done.stdout
-    assert sorted(json.loads(raw)["id"] for raw in client.lrange(queue_name, 0, -1)) == sorted([ids[0], ids[2]])
+    requeued = [json.loads(raw) for raw in client.lrange(queue_name, 0, -1)]
+    assert sorted(m["id"] for m in requeued) == sorted([ids[0], ids[2]])
+    assert all(m["attempts"] == 0 and "error" not in m and "dead_lettered_at" not in m for m in requeued)
+    processed: list[str] = []
+    Worker(queue, lambda m: processed.append(m.id), burst=True).run()  # a worker then processes exactly those
+    assert sorted(processed) == sorted([ids[0], ids[2]])
     refused = cli("dead", "requeue", "--id", "bad", "nope", env=env)
     assert refused.returncode == 1 and "requeued 0 " in refused.stdout
     assert sorted(refused.stderr.splitlines()) == ["error: no dead letter with id nope", "error: the dead letter bad is malformed and cannot be requeued"]
@@ -134,7 +139,7 @@ def test_dead_requeue_and_purge_by_id_report_what_they_could_not_do(shared_redis
     assert purged.returncode == 0 and "purged 1 " in purged.stdout
     assert cli("dead", "purge", "--malformed", env=env).stdout.startswith("purged 1 ")
     result = stats(shared_redis.url, queue_name)
-    assert (result["dead"], result["purged"], result["requeued"], result["dead_lettered"], result["unaccounted"]) == (1, 2, 2, 5, 0)
+    assert (result["dead"], result["purged"], result["requeued"], result["dead_lettered"], result["completed"], result["unaccounted"]) == (1, 2, 2, 5, 2, 0)
     assert cli("dead", "purge", "--all", env=env).returncode == 2
     assert cli("dead", "purge", "--all", "--yes", env=env).stdout.startswith("purged 1 ")
     result = stats(shared_redis.url, queue_name)
