@@ -107,17 +107,10 @@ class Queue:
     @classmethod
     def from_settings(cls, settings: Settings) -> Queue:
         return cls.connect(
-            settings.redis_url,
-            settings.queue_name,
-            password=settings.redis_password or None,
-            tls=settings.tls,
-            max_attempts=settings.max_attempts,
-            retry_backoff=settings.retry_backoff,
-            retry_backoff_max=settings.retry_backoff_max,
-            dedup_ttl=settings.dedup_ttl,
-            max_message_bytes=settings.max_message_bytes,
-            signing_key=settings.message_signing_key,
-            previous_signing_key=settings.message_signing_key_previous,
+            settings.redis_url, settings.queue_name, password=settings.redis_password or None, tls=settings.tls,
+            max_attempts=settings.max_attempts, retry_backoff=settings.retry_backoff, retry_backoff_max=settings.retry_backoff_max,
+            dedup_ttl=settings.dedup_ttl, max_message_bytes=settings.max_message_bytes,
+            signing_key=settings.message_signing_key, previous_signing_key=settings.message_signing_key_previous,
         )
 
     def consumer(self, worker_id: str, delivery: Delivery | str = _DEFAULTS.delivery,

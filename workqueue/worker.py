@@ -93,18 +93,9 @@ class Worker:
     @classmethod
     def from_settings(cls, settings: Settings, handler: Handler, *, burst: bool = False, queue: Queue | None = None,
                       abort: Callable[[int], None] | None = None, metrics: WorkerMetrics | None = None) -> Worker:
-        return cls(
-            queue or Queue.from_settings(settings),
-            handler,
-            delivery=settings.delivery,
-            prefetch=settings.prefetch,
-            burst=burst,
-            grace=settings.grace,
-            worker_timeout=settings.worker_timeout,
-            job_timeout=settings.job_timeout,
-            abort=abort,
-            metrics=metrics,
-        )
+        return cls(queue or Queue.from_settings(settings), handler, delivery=settings.delivery, prefetch=settings.prefetch,
+                   burst=burst, grace=settings.grace, worker_timeout=settings.worker_timeout, job_timeout=settings.job_timeout,
+                   abort=abort, metrics=metrics)
 
     def run(self, *, install_signals: bool = True) -> int:
         """Work until SIGTERM/SIGINT or shutdown.request() (or, with burst, an empty queue);
