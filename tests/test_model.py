@@ -7,7 +7,8 @@ after every step what must always hold:
 - each pushed id is in at most one place (pending, delayed, one in-flight list, dead), and in
   none only once it completed;
 - every pushed element that is not a message ends in the dead-letter list, or waits in a list;
-- no non-empty in-flight list belongs to a worker that is not registered;
+- no non-empty in-flight list belongs to a worker that is not registered, and a live worker
+  knows every element of its list (a request delayed past a rejoin is refused: fencing);
 - `stats` balances to 0.
 
 CI runs the bounded "ci" profile (tests/conftest.py); `scripts/test tests/test_model.py
@@ -19,22 +20,28 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from redis.exceptions import ResponseError
 from support import RedisServer
 
 from workqueue import Queue, message
 from workqueue.consumer import Consumer, Outcomes
 from workqueue.message import MalformedMessage, Message
+from workqueue.outages import is_fenced
 from workqueue.protocol import Op
+from workqueue.transport import send_together
 
 # Short enough that "time passes" is a short sleep; a live worker that is presumed dead by
 # chance (a slow step) only exercises recovery more: the invariants hold either way.
 WORKER_TIMEOUT = 0.05
+T = TypeVar("T")
 MAX_WORKERS = 4
 
 
@@ -140,7 +147,7 @@ class QueueModel(RuleBasedStateMachine):
     def start_worker(self) -> None:
         worker_id, queue = f"w{len(self.workers)}", self._queue()
         worker = ModelWorker(worker_id, queue, queue.consumer(worker_id, "reliable", WORKER_TIMEOUT))
-        worker.consumer.heartbeat()
+        worker.consumer.join()
         self.workers.append(worker)
 
     @precondition(some_alive)
@@ -149,8 +156,9 @@ class QueueModel(RuleBasedStateMachine):
         worker = self._worker(index)
         if worker is None:
             return
-        taken, _ = worker.consumer.fetch(count, worker.outcomes)
-        self._accept(worker, taken)
+        fetched = self._unless_fenced(worker, lambda: worker.consumer.fetch(count, worker.outcomes))
+        if fetched is not None:
+            self._accept(worker, fetched[0])
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))
@@ -158,7 +166,7 @@ class QueueModel(RuleBasedStateMachine):
         worker = self._worker(index)
         if worker is None:
             return
-        self._accept(worker, worker.consumer.block(0.01))
+        self._accept(worker, self._unless_fenced(worker, lambda: worker.consumer.block(0.01)) or [])
 
     @precondition(some_holding)
     @rule(index=st.integers(0, MAX_WORKERS), successes=st.lists(st.booleans(), min_size=1, max_size=5))
@@ -179,7 +187,51 @@ class QueueModel(RuleBasedStateMachine):
     def settle(self, index: int, worker: ModelWorker | None = None) -> None:
         worker = worker or self._worker(index)
         if worker is not None:
-            worker.consumer.settle(worker.outcomes)
+            self._unless_fenced(worker, lambda: worker.consumer.settle(worker.outcomes))
+
+    def _unless_fenced(self, worker: ModelWorker, call: Callable[[], T]) -> T | None:
+        """call(), or None after a refusal because the worker's session ended, when the worker
+        rejoins, as its loop does."""
+        try:
+            return call()
+        except ResponseError as error:
+            if not is_fenced(error):
+                raise
+        self.rejoin(0, worker)
+        return None
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS))
+    def rejoin(self, index: int, worker: ModelWorker | None = None) -> None:
+        """A connection error (or a refused request): the worker's resync, as Worker does it."""
+        worker = worker or self._worker(index)
+        if worker is None:
+            return
+        if not worker.consumer.join():  # presumed dead meanwhile: what it held is someone else's
+            worker.held, worker.outcomes = [], Outcomes(sequence=worker.outcomes.sequence + 1)
+        worker.consumer.settle(worker.outcomes)
+        in_redis = worker.consumer.in_flight()
+        known = [m for m in worker.held if m.raw in in_redis]
+        orphans = [raw for raw in in_redis if raw not in {m.raw for m in known}]
+        worker.held = known
+        flags = worker.consumer.completed([message.decode(raw).id for raw in orphans if not is_malformed(raw)])
+        flagged = iter(flags)
+        self._accept(worker, [(raw, False if is_malformed(raw) else next(flagged)) for raw in orphans])
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS), count=st.integers(1, 5), late=st.booleans())
+    def lose_a_fetch_reply(self, index: int, count: int, late: bool) -> None:
+        """A fetch whose reply is lost, the worker rejoining; with `late`, the request itself is
+        delayed in the network and reaches Redis only after the rejoin (it must be refused)."""
+        worker = self._worker(index)
+        if worker is None:
+            return
+        commands = worker.consumer.requests(count, None)
+        if not late:
+            send_together(worker.queue.client, worker.queue.keys.pending, commands)  # reply dropped
+        self.rejoin(0, worker)
+        if late:  # refused, or else the invariant finds messages in its list it never received
+            self._unless_fenced(worker, lambda: send_together(worker.queue.client, worker.queue.keys.pending, commands))
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))
@@ -214,7 +266,7 @@ class QueueModel(RuleBasedStateMachine):
         worker = self._worker(index)
         if worker is None:
             return
-        waiter = threading.Thread(target=worker.consumer.block, args=(0.5,))
+        waiter = threading.Thread(target=self._unless_fenced, args=(worker, lambda: worker.consumer.block(0.5)))
         waiter.start()
         worker.state = "frozen"
         self.time_passes(others)
@@ -230,7 +282,11 @@ class QueueModel(RuleBasedStateMachine):
         worker = self._worker(index, state="frozen")
         if worker is not None:
             worker.state = "alive"
-            worker.consumer.heartbeat()
+            try:
+                worker.consumer.heartbeat()
+            except ResponseError as error:  # refused once it was recovered; settle finds out below
+                if not is_fenced(error):
+                    raise
             self.finish_some(self.workers.index(worker), successes, worker)
             self.settle(0, worker)
 
@@ -255,7 +311,7 @@ class QueueModel(RuleBasedStateMachine):
     def _heartbeat_live_workers(self) -> None:
         for worker in self.workers:
             if worker.state == "alive":
-                worker.consumer.heartbeat()
+                self._unless_fenced(worker, worker.consumer.heartbeat)
 
     # -- what must always hold ---------------------------------------------------------------
 
@@ -273,6 +329,13 @@ class QueueModel(RuleBasedStateMachine):
             held = self.admin.lrange(key, 0, -1)
             assert not held or key[len(prefix):] in registered, f"{key!r} holds messages but its worker is not registered"
             places[key.decode()] = held
+        for key in self.admin.scan_iter(match=keys.landing("").encode() + b"*", count=1000):
+            assert self.admin.llen(key) == 0, f"{key!r} holds a message between steps"
+        for worker in self.workers:
+            if worker.state == "alive":
+                known = [m.raw for m in worker.held] + list(worker.outcomes.args[1::4])
+                unknown = [raw for raw in self.admin.lrange(keys.in_flight(worker.id), 0, -1) if raw not in known]
+                assert not unknown, f"{worker.id} holds {len(unknown)} messages it does not know of"
         copies: dict[str, int] = {}
         malformed = 0
         for elements in places.values():

@@ -83,12 +83,18 @@ class Consumer:
         self.keys = queue.keys
         self.scripts = queue.scripts
         self.in_flight_key = queue.keys.in_flight(worker_id)
+        self.landing_key = queue.keys.landing(worker_id)
+        # Every request names the session it was made in; Redis refuses one of an older session.
+        self.session = 0  # the session joined last (or being joined), 0 before the first join
+        self._joined = 0  # the last session Redis confirmed we joined
 
     def fetch(self, count: int, outcomes: Outcomes | None = None) -> tuple[Taken, int]:
         """Settle `outcomes` and take up to `count` messages, in one round trip.
 
         Returns (taken, wait_ms): when nothing was taken, wait_ms says how long until a retry is
-        due (-1: none is waiting; PAUSED: the queue is paused)."""
+        due (-1: none is waiting; PAUSED: the queue is paused). Joins first if we never did."""
+        if not self.session:
+            self.join()
         replies = send_together(self.queue.client, self.keys.pending, self.requests(count, outcomes))
         if outcomes:
             outcomes.clear()  # Redis applied them
@@ -102,8 +108,9 @@ class Consumer:
         if outcomes:
             commands.append(self.scripts.command("settle", *self._settle_call(self.worker_id, outcomes, recovering=False)))
         if count is not None:
-            keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers, k.paused]
-            commands.append(self.scripts.command("fetch", keys, [count, self.delivery, self.worker_id, _ms(self.worker_timeout)]))
+            keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers, k.paused, k.sessions]
+            args = [count, self.delivery, self.worker_id, _ms(self.worker_timeout), self.session]
+            commands.append(self.scripts.command("fetch", keys, args))
         return commands
 
     def channel(self) -> Channel:
@@ -112,28 +119,28 @@ class Consumer:
 
     def block(self, timeout: float) -> Taken:
         """Wait up to `timeout` seconds for one message; returns [] or [(message, duplicate)].
+        Joins first if we never did.
 
         Three commands go down one connection in one write, so Redis runs them back to back: the
-        heartbeat script (registering us before anything can enter our in-flight list), BLMOVE
-        into our in-flight list, and the small woken script, which checks the moved message's id
-        against completed ones (and in simple delivery pops it back out). Whatever else arrived
-        meanwhile is taken by the next fetch. The write bypasses redis-py's Pipeline, whose
-        bookkeeping would add tens of microseconds to this, the idle pickup path.
+        heartbeat script (refused if our session ended), BLMOVE into our landing list, and the
+        small woken script, which moves the message into our in-flight list (in simple delivery
+        it pops it) and checks its id against completed ones. Whatever else arrived meanwhile is
+        taken by the next fetch. The write bypasses redis-py's Pipeline, whose bookkeeping would
+        add tens of microseconds to this, the idle pickup path.
 
-        A wait can outlive our registration (we froze, and were presumed dead): the woken
-        script then puts the message back on the queue, so it never strands in a list nobody
-        recovers, whatever `timeout` is (see woken.lua).
+        A wait can outlive our session (we froze and were presumed dead, or the request was
+        delayed in the network past a rejoin): the woken script then puts the message back on
+        the queue, so it never strands in a list nobody knows of, whatever `timeout` is.
         """
+        if not self.session:
+            self.join()
         k = self.keys
-        _, moved, checked = send_together(self.queue.client, k.pending, [
+        woken_keys = [self.landing_key, self.in_flight_key, k.done, k.sessions, k.pending, k.paused]
+        _, _, checked = send_together(self.queue.client, k.pending, [
             self.scripts.command("heartbeat", *self._heartbeat_call("beat")),
-            ("BLMOVE", k.pending, self.in_flight_key, "LEFT", "RIGHT", timeout),
-            self.scripts.command("woken", [self.in_flight_key, k.done, k.workers, k.pending, k.paused], [self.delivery, self.worker_id]),
+            ("BLMOVE", k.pending, self.landing_key, "LEFT", "RIGHT", timeout),
+            self.scripts.command("woken", woken_keys, [self.delivery, self.worker_id, self.session]),
         ])
-        # After a timeout the reliable script reads an older element, if any, of our list: it was
-        # not taken now. (What the simple script pops is ours either way, so it is returned.)
-        if moved is None and self.delivery is Delivery.RELIABLE:
-            return []
         return [(checked[0], checked[1] == 1)] if checked else []
 
     def wait_seconds(self, wait_ms: int) -> float:
@@ -155,11 +162,12 @@ class Consumer:
     def _settle_call(self, worker_id: Key, outcomes: Outcomes, *, recovering: bool) -> tuple[list[Key], list[Any]]:
         """Keys and arguments of settle.lua, for our own outcomes or a dead worker's."""
         k = self.keys
-        keys = [k.in_flight(worker_id), k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers, k.settled]
+        keys = [k.in_flight(worker_id), k.pending, k.delayed, k.dead_letter, k.done, k.stats, k.workers, k.settled,
+                k.sessions, k.landing(worker_id)]
         # A recovery settles another worker's messages, always in reliable delivery (a simple
         # worker's list holds only what it adopted after a lost reply).
         delivery = Delivery.RELIABLE if recovering else self.delivery
-        mode = ("recover", 0) if recovering else ("own", outcomes.sequence)
+        mode = ("recover", 0, 0) if recovering else ("own", outcomes.sequence, self.session)
         return keys, [delivery, self.queue.dedup_ttl_ms, worker_id, *mode, *outcomes.args]
 
     def completed(self, message_ids: Sequence[str]) -> list[bool]:
@@ -188,8 +196,21 @@ class Consumer:
 
     # -- registration ------------------------------------------------------------------------
 
+    def join(self) -> bool:
+        """Start a new session: register us (for worker_timeout seconds), and from now on refuse
+        every request of our older sessions, such as one delayed in the network. Returns whether
+        our claim on what we hold survived; False when we were presumed dead meanwhile and our
+        messages recovered (they are someone else's now: drop them, and their outcomes)."""
+        # Above any session this id had: numbers from the clock in microseconds, so a worker id
+        # reused by a new process (tests do) still starts above its predecessor's.
+        self.session = max(self.session + 1, time.time_ns() // 1000)
+        kept = self.scripts.call("heartbeat", *self._heartbeat_call("join"))
+        self._joined = self.session
+        return bool(kept == 1)
+
     def heartbeat(self) -> None:
-        """Register us as alive for worker_timeout more seconds (by the Redis clock)."""
+        """Stay registered as alive for worker_timeout more seconds (by the Redis clock). Raises
+        a ResponseError, FENCED, when our session ended (outages.is_fenced)."""
         self.scripts.call("heartbeat", *self._heartbeat_call("beat"))
 
     def deregister(self) -> bool:
@@ -197,8 +218,8 @@ class Consumer:
         return bool(self.scripts.call("heartbeat", *self._heartbeat_call("leave")))
 
     def _heartbeat_call(self, action: str) -> tuple[list[Key], list[Any]]:
-        keys: list[Key] = [self.keys.workers, self.in_flight_key, self.keys.settled]
-        return keys, [self.worker_id, action, _ms(self.worker_timeout)]
+        keys: list[Key] = [self.keys.workers, self.in_flight_key, self.keys.settled, self.keys.sessions, self.landing_key]
+        return keys, [self.worker_id, action, _ms(self.worker_timeout), self.session, self._joined]
 
     def recover_dead_workers(self, limit: int = 100) -> list[Recovered]:
         """Take back what workers presumed dead were holding: each message returns to the queue

@@ -19,7 +19,7 @@ from structlog.typing import FilteringBoundLogger
 
 from .consumer import Consumer
 from .handlers import HandlerRunner
-from .outages import RedisRefused, is_outage, refusal
+from .outages import RedisRefused, is_fenced, is_outage, refusal
 from .shutdown import Shutdown
 
 if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
@@ -127,6 +127,8 @@ class Housekeeper:
                 refused = refusal(error)
                 if refused is not None:
                     self.refused = refused  # the loop stops with it
+                elif is_fenced(error):
+                    pass  # our session ended (or the loop is starting a new one): the loop rejoins
                 elif not is_outage(error):  # an outage: the loop logs it and resyncs
                     self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
             except Exception as error:  # this thread guards the heartbeat and the grace: go on

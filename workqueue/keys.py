@@ -62,6 +62,14 @@ class QueueKeys:
         return f"{{{self.queue}}}:settled"
 
     @property
+    def sessions(self) -> str:
+        """Hash of worker id -> its current session number. A worker starts a new session each
+        time it (re)joins, and every request it makes names its session: one from an older
+        session (a request delayed in the network, or a worker presumed dead and recovered
+        meanwhile, whose entry is gone) is refused, so it can change nothing."""
+        return f"{{{self.queue}}}:sessions"
+
+    @property
     def paused(self) -> str:
         """String whose existence means the queue is paused (workers take no new messages); it
         holds the Unix time (seconds) it was paused at."""
@@ -77,6 +85,15 @@ class QueueKeys:
         in `workers` has a non-empty one, so recovery and stats find them all without SCAN.
         A worker id read back from Redis may be any bytes (one written by hand need not be
         UTF-8), so bytes give a bytes key."""
+        return self._per_worker("in_flight", worker_id)
+
+    def landing(self, worker_id: str | bytes) -> str | bytes:
+        """List a waiting worker's BLMOVE moves one message into. The woken script, sent with it,
+        moves the message on at once (into the worker's in-flight list, or back to the queue
+        when the wait is stale), so it is empty but for that instant."""
+        return self._per_worker("landing", worker_id)
+
+    def _per_worker(self, what: str, worker_id: str | bytes) -> str | bytes:
         if isinstance(worker_id, bytes):
-            return f"{{{self.queue}}}:in_flight:".encode() + worker_id
-        return f"{{{self.queue}}}:in_flight:{worker_id}"
+            return f"{{{self.queue}}}:{what}:".encode() + worker_id
+        return f"{{{self.queue}}}:{what}:{worker_id}"

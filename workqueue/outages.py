@@ -92,7 +92,7 @@ def _certificate_refused(error: BaseException) -> ssl.SSLCertVerificationError |
 
 def is_outage(error: BaseException) -> bool:
     """Whether `error` is Redis being unreachable or unable for now: wait and try again."""
-    if refusal(error) is not None:
+    if refusal(error) is not None or is_fenced(error):
         return False
     return isinstance(error, REDIS_UNAVAILABLE) or (isinstance(error, ResponseError) and str(error).startswith(OUTAGE_REPLIES))
 
@@ -129,3 +129,9 @@ class Outage:
         if self.failures:
             self.log.info("redis_available", failures=self.failures)
             self.failures = 0
+
+
+def is_fenced(error: BaseException) -> bool:
+    """Whether `error` is Redis refusing a request of a worker session that ended (keys.py:
+    `sessions`): the worker rejoins and finds out whether it still holds its messages."""
+    return isinstance(error, ResponseError) and str(error).startswith("FENCED")

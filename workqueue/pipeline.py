@@ -113,6 +113,18 @@ class RequestPipeline:
             self._read_all()
         self._send(None)
 
+    def forget(self) -> tuple[list[Outcomes], Taken]:
+        """Drop every outcome not confirmed by Redis and the batch fetched ahead, returning
+        them: our session ended and what they concern is someone else's now."""
+        self._channel.drop()
+        unconfirmed = [request.outcomes for request in self._sent if request.outcomes]
+        if self.outcomes:
+            unconfirmed.append(self.outcomes)
+        self._sent.clear()
+        self.outcomes = Outcomes(sequence=self.outcomes.sequence + 1)
+        taken, self._next = self._next, []
+        return unconfirmed, taken
+
     def settle_all(self) -> None:
         """Settle every outcome not confirmed by Redis, and wait for it (after an error, or to
         stop): first those whose replies were not read, lowest number first, then the newer

@@ -196,7 +196,8 @@ class Queue:
         k = self.keys
         for _ in range(attempts):
             ids = cast(list[bytes], self.client.zrange(k.workers, 0, -1))  # bytes: any id, as stored
-            keys: list[Key] = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, k.paused, *(k.in_flight(i) for i in ids)]
+            held_keys = [key for i in ids for key in (k.in_flight(i), k.landing(i))]
+            keys: list[Key] = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, k.paused, *held_keys]
             reply = self.scripts.call("stats", keys, ids)
             if reply[0] == 1:
                 break

@@ -24,7 +24,7 @@ from .handlers import Handler, HandlerRunner, JobTimeout, LoopAbort, WorkerAbort
 from .held import Held, Holdings
 from .housekeeper import Housekeeper
 from .message import Message
-from .outages import Outage, wait_out
+from .outages import Outage, is_fenced, wait_out
 from .pipeline import RequestPipeline
 from .protocol import Delivery, Op
 from .queue import Queue
@@ -134,10 +134,12 @@ class Worker:
                     return  # burst: nothing left to do
                 self._outage.succeeded()
             except RedisError as error:
+                self._resync = True
+                if is_fenced(error):
+                    continue  # our session ended: rejoining finds out what we still hold
                 if not wait_out(error):
                     self._unexpected(error)
                     continue
-                self._resync = True
                 self._outage.failed(error, lambda: self.shutdown.requested)
             except Exception as error:
                 self._unexpected(error)
@@ -214,12 +216,15 @@ class Worker:
             self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3))
 
     def _sync_with_redis(self) -> None:
-        """After start-up or a connection error: register, resend unsettled outcomes (settling is
-        idempotent), and trust Redis, not memory, about what we hold: a fetch whose reply was lost
-        may have moved messages, and a long outage may have let another worker recover ours."""
+        """After start-up or a connection error: join in a new session, so that no request sent
+        before (one delayed in the network) can change anything now; resend unsettled outcomes
+        (settling is idempotent); and trust Redis, not memory, about what we hold: a fetch whose
+        reply was lost may have moved messages, and we may have been presumed dead meanwhile
+        (partitioned, or frozen), our messages recovered and handed to other workers."""
         self.queue.scripts.load()  # Redis may have restarted without its script cache
         self.queue.register()  # listed for `workqueue queues` (idempotent)
-        self.consumer.heartbeat()
+        if not self.consumer.join() and self.delivery is Delivery.RELIABLE:
+            self._claim_lost()
         self._pipeline.settle_all()
         self._held.accept(*self._pipeline.take_next())
         orphans = self._held.reconcile(self.consumer.in_flight(), popped=self.delivery is Delivery.SIMPLE)
@@ -227,6 +232,21 @@ class Worker:
             self.log.warning("in_flight_adopted", count=len(orphans))
             self._held.adopt(orphans, self.consumer.completed)
         self._resync = False
+
+    def _claim_lost(self) -> None:
+        """We were presumed dead and our messages recovered: each is someone else's now, so what
+        we did with it is void (a success of ours is not counted; the copy's fate decides)."""
+        unconfirmed, taken = self._pipeline.forget()
+        lost = [(raw, Op(op).value) for outcomes in unconfirmed for op, raw in zip(outcomes.args[::4], outcomes.args[1::4], strict=True)]
+        lost += [(h.raw, "not started") for h in self._held] + [(raw, "not started") for raw, _ in taken]
+        self._held.clear()
+        for raw, outcome in lost:
+            try:
+                msg: Message | None = message.decode(raw)
+            except message.MalformedMessage:
+                msg = None
+            self.log.warning("message_claim_lost", id=msg and msg.id, attempts=msg and msg.attempts, outcome=outcome)
+        self.log.warning("worker_rejoined", claims_lost=len(lost))
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -251,6 +271,10 @@ class Worker:
                     self._sync_with_redis()  # something is still held: find out what, put it back
                     released += self._held.release(self._pipeline.outcomes)
             except RedisError as error:
+                if is_fenced(error):  # our session ended: rejoin, then put back what is still ours
+                    self._sync_with_redis()
+                    released += self._held.release(self._pipeline.outcomes)
+                    continue
                 if not wait_out(error):
                     raise
                 if self._pipeline.settled and not self._held:

@@ -6,15 +6,22 @@
 -- KEYS[4] done         sorted set of completed ids
 -- KEYS[5] workers      sorted set of worker ids scored by heartbeat deadline (ms)
 -- KEYS[6] paused       exists while the queue is paused: nothing is taken then
+-- KEYS[7] sessions     hash of worker id -> its current session number
 -- ARGV[1] count        how many messages to take from the queue at most
 -- ARGV[2] delivery     'reliable' (move them into KEYS[2]) or 'simple' (pop them: at most once)
 -- ARGV[3] worker id    whose in-flight list KEYS[2] is
 -- ARGV[4] timeout_ms   its heartbeat timeout: registering in the same step as taking messages
 --                      keeps every non-empty in-flight list listed in KEYS[5], for recovery
+-- ARGV[5] session      the worker's session: a fetch of an older one (delayed in the network,
+--                      or from a worker presumed dead) is refused with FENCED and takes nothing,
+--                      so nothing enters a live worker's list unknown to it
 -- Returns {wait_ms, message, duplicate, message, duplicate, ...}. duplicate is 1 when the message's id was
 -- completed already or appears earlier in this batch. wait_ms is 0 when something was taken;
 -- otherwise the ms until the next retry is due, or -1 when none is waiting; -2 when the queue
 -- is paused (due retries still return to the queue, to wait there).
+if redis.call('HGET', KEYS[7], ARGV[3]) ~= ARGV[5] then
+  return redis.error_reply('FENCED this worker session ended')
+end
 local now = now_ms()
 local reliable = ARGV[2] == 'reliable'
 redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[3])

@@ -1,19 +1,48 @@
--- heartbeat: register a worker as alive, or deregister it on a clean exit.
+-- heartbeat: join (start a new session), stay registered, or leave on a clean exit.
 -- KEYS[1] workers      sorted set of worker ids scored by heartbeat deadline (ms, Redis clock)
 -- KEYS[2] in_flight    the worker's in-flight list
 -- KEYS[3] settled      hash of worker id -> last applied settle sequence number
+-- KEYS[4] sessions     hash of worker id -> its current session number
+-- KEYS[5] landing      the worker's landing list (see woken.lua)
 -- ARGV[1] worker id
--- ARGV[2] action       'beat': alive for ARGV[3] more ms; 'leave': deregister, which succeeds
---                      only if the worker holds nothing (else recovery could not find its list)
--- ARGV[3] timeout_ms   with 'beat': how long the worker may stay silent before it is presumed dead
--- Returns 1 when done, 0 when leaving was refused because messages are still held.
-if ARGV[2] == 'beat' then
-  redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), ARGV[1])
+-- ARGV[2] action       'join': start session ARGV[4], registered for ARGV[3] ms; 'beat': alive
+--                      for ARGV[3] more ms; 'leave': deregister, which succeeds only if the
+--                      worker holds nothing (else recovery could not find its list)
+-- ARGV[3] timeout_ms   how long the worker may stay silent before it is presumed dead
+-- ARGV[4] session      with 'join' the new session's number, else the worker's current one
+-- ARGV[5] previous     with 'join': the last session the worker knows it joined (0: none)
+-- Returns, for 'join', 1 when the worker's claim on what it holds survived (its session was
+-- still ARGV[5] or one it tried to join since), 0 when it was presumed dead meanwhile and
+-- recovered: what it held is someone else's now. For 'beat' 1; for 'leave' 1 when done, 0 when
+-- refused because messages are held. A request of an older session is refused with FENCED.
+local worker, action = ARGV[1], ARGV[2]
+local current = redis.call('HGET', KEYS[4], worker)
+if action == 'join' then
+  local session = tonumber(ARGV[4])
+  current = tonumber(current or '0')
+  -- A join delayed in the network, arriving after a newer one, must not undo it.
+  if current >= session then return redis.error_reply('FENCED a newer session of this worker joined') end
+  local previous = tonumber(ARGV[5])
+  local kept = previous == 0 or current >= previous
+  -- A message a wait moved whose woken script never ran is ours: hand it over with the list.
+  while redis.call('LMOVE', KEYS[5], KEYS[2], 'LEFT', 'RIGHT') do end
+  redis.call('HSET', KEYS[4], worker, ARGV[4])  -- as sent: the other scripts compare strings
+  redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), worker)
+  return kept and 1 or 0
+end
+if current ~= ARGV[4] then
+  if action == 'leave' then return 1 end  -- not registered as this session: nothing to leave
+  return redis.error_reply('FENCED this worker session ended')
+end
+if action == 'beat' then
+  redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), worker)
   return 1
 end
+while redis.call('LMOVE', KEYS[5], KEYS[2], 'LEFT', 'RIGHT') do end
 if redis.call('LLEN', KEYS[2]) > 0 then
   return 0
 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[1], worker)
+redis.call('HDEL', KEYS[3], worker)
+redis.call('HDEL', KEYS[4], worker)
 return 1

@@ -7,6 +7,8 @@
 -- KEYS[6] stats        hash of counters
 -- KEYS[7] workers      sorted set of worker ids scored by heartbeat deadline (ms)
 -- KEYS[8] settled      hash of worker id -> sequence number of its last applied settle
+-- KEYS[9] sessions     hash of worker id -> its current session number
+-- KEYS[10] landing     that worker's landing list (see woken.lua)
 -- ARGV[1] delivery     'reliable': an outcome applies only if its message is still in KEYS[1]
 --                      (else another worker recovered it and owns it now); 'simple': always
 -- ARGV[2] dedup_ttl_ms how long a completed id is remembered
@@ -17,7 +19,12 @@
 --                      one presumed dead; nothing happens while its heartbeat is alive, and it
 --                      is deregistered once its list is empty
 -- ARGV[5] sequence     with 'own': the number of this settle call, counting up from 1
--- ARGV[6..] outcomes, four values each: op, raw, new_raw, arg
+-- ARGV[6] session      with 'own': the worker's session. In reliable delivery a call of an
+--                      older session is refused with FENCED and changes nothing: the worker was
+--                      presumed dead meanwhile and its messages recovered (they are someone
+--                      else's now), or the call was delayed in the network past a rejoin (the
+--                      worker resends its outcomes in the new session)
+-- ARGV[7..] outcomes, four values each: op, raw, new_raw, arg
 --   done     completed; arg = message id (remembered for de-duplication)
 --   dup      skipped as already completed
 --   retry    new_raw waits in delayed for arg ms
@@ -31,7 +38,7 @@ local reliable = ARGV[1] == 'reliable'
 local worker = ARGV[3]
 local own = ARGV[4] == 'own'
 local sequence = tonumber(ARGV[5])
-local first = 6
+local first = 7
 local n = (#ARGV - first + 1) / 4
 
 -- Every check comes before the first write: a script that fails half-way keeps its writes.
@@ -41,6 +48,9 @@ for j = 0, n - 1 do
   if not known[op] then return redis.error_reply('settle: unknown op ' .. tostring(op)) end
 end
 if own then
+  if reliable and redis.call('HGET', KEYS[9], worker) ~= ARGV[6] then
+    return redis.error_reply('FENCED this worker session ended')
+  end
   if tonumber(redis.call('HGET', KEYS[8], worker) or '0') >= sequence then
     return {}
   end
@@ -128,8 +138,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
 
 if own then
   redis.call('HSET', KEYS[8], worker, sequence)
-elseif redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[7], worker)
-  redis.call('HDEL', KEYS[8], worker)
+else
+  -- A message a wait of the dead worker moved, whose woken script never ran: never started.
+  while redis.call('LMOVE', KEYS[10], KEYS[2], 'RIGHT', 'LEFT') do end
+  if redis.call('LLEN', KEYS[1]) == 0 then
+    redis.call('ZREM', KEYS[7], worker)
+    redis.call('HDEL', KEYS[8], worker)
+    redis.call('HDEL', KEYS[9], worker)  -- its session ends: whatever it sends now is refused
+  end
 end
 return applied

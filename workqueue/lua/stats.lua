@@ -2,7 +2,8 @@
 -- the age of the oldest pending message, the pause flag, and the counters.
 -- KEYS[1] pending, KEYS[2] delayed, KEYS[3] dead_letter, KEYS[4] stats, KEYS[5] workers,
 -- KEYS[6] paused
--- KEYS[7..] the in-flight list of each worker named in ARGV, in the same order
+-- KEYS[7..] the in-flight list and the landing list of each worker named in ARGV, in the
+--           same order (two keys a worker); a message in a landing list counts as held
 -- ARGV[1..] the ids of the registered workers, as the caller read them just before
 -- Returns {0} when the registered workers changed meanwhile (read them again and retry), else
 -- {1, {pending, delayed, dead, paused, oldest_ms}, {held, alive, held, alive, ...}, {counter_name, value, ...}}:
@@ -41,11 +42,13 @@ end
 
 local workers = {}
 -- A key that is not a list (written by hand) holds nothing of ours; recovery drops its worker.
-for i = 7, #KEYS do
-  local held = 0
-  if redis.call('TYPE', KEYS[i]).ok == 'list' then held = redis.call('LLEN', KEYS[i]) end
-  workers[#workers + 1] = held
-  workers[#workers + 1] = deadline[ARGV[i - 6]] > now and 1 or 0
+local function length(key)
+  if redis.call('TYPE', key).ok == 'list' then return redis.call('LLEN', key) end
+  return 0
+end
+for j, id in ipairs(ARGV) do
+  workers[#workers + 1] = length(KEYS[5 + 2 * j]) + length(KEYS[6 + 2 * j])
+  workers[#workers + 1] = deadline[id] > now and 1 or 0
 end
 local paused = redis.call('EXISTS', KEYS[6])
 local counts = {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('LLEN', KEYS[3]), paused, oldest_ms}
