@@ -7,11 +7,12 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from faultproxy import FaultProxy
-from support import Process, RedisServer, script_env, stats, wait_until
+from support import Process, RedisServer, run, script_env, stats, wait_until
 
 from workqueue import Queue
 from workqueue.transport import SOCKET_TIMEOUT
@@ -35,7 +36,7 @@ def first_index(process: Process, name: str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 5])
 def test_producer_partitioned_mid_push_loses_nothing(
-    shared_redis: RedisServer, client: redis.Redis, queue_name: str, processes, proxy: FaultProxy, batch: int
+    shared_redis: RedisServer, client: redis.Redis, queue_name: str, processes: Any, proxy: FaultProxy, batch: int
 ) -> None:
     """A producer partitioned from Redis for longer than its socket timeout exits 0 with every message stored, one push twice."""
     count = 80
@@ -65,6 +66,13 @@ def test_producer_partitioned_mid_push_loses_nothing(
     assert max(copies.values()) == 2 and len(twice) == batch and twice == list(range(twice[0], twice[0] + batch))
     assert first_index(producer, "redis_unavailable") < first_index(producer, "redis_available")
     assert producer.named("producer_stopped")[0]["pushed"] == count
+    # A worker (straight to Redis) processes each message once and skips the late copy by id.
+    code, events, stderr = run("worker/main.py", "--burst", env=script_env(shared_redis.url, queue_name))
+    assert code == 0, stderr
+    assert sorted(e["id"] for e in events if e["event"] == "message_processed") == sorted(pushed)
+    assert len([e for e in events if e["event"] == "message_duplicate_skipped"]) == batch
+    result = stats(shared_redis.url, queue_name)
+    assert result["completed"] == count and result["duplicates_skipped"] == batch and result["unaccounted"] == 0
 
 
 # -- an idle worker whose blocked connection dies (issue 12, item 4) ----------------------------------
@@ -76,8 +84,8 @@ def blocked_through(proxy: FaultProxy, client: redis.Redis) -> bool:
     return any(c["cmd"] == "blmove" and "b" in c["flags"] and int(c["addr"].rsplit(":", 1)[1]) in ports for c in client.client_list())
 
 
-def idle_worker(proxy: FaultProxy, client: redis.Redis, queue_name: str, processes) -> Process:
-    worker = processes.start("worker/main.py", env=script_env(proxy.url, queue_name))
+def idle_worker(proxy: FaultProxy, client: redis.Redis, queue_name: str, processes: Any) -> Process:
+    worker: Process = processes.start("worker/main.py", env=script_env(proxy.url, queue_name))
     worker.wait_for("worker_started", timeout=15)
     wait_until(lambda: blocked_through(proxy, client), timeout=15)
     return worker
@@ -97,7 +105,7 @@ def carries_on(worker: Process, shared_redis: RedisServer, queue_name: str) -> N
 
 @pytest.mark.slow
 def test_idle_worker_notices_its_blocked_connection_silently_dying(
-    shared_redis: RedisServer, client: redis.Redis, queue_name: str, processes, proxy: FaultProxy
+    shared_redis: RedisServer, client: redis.Redis, queue_name: str, processes: Any, proxy: FaultProxy
 ) -> None:
     """A worker blocked in BLMOVE whose connection turns into a blackhole notices within SOCKET_TIMEOUT, and works on once it forwards."""
     worker = idle_worker(proxy, client, queue_name, processes)
@@ -111,7 +119,7 @@ def test_idle_worker_notices_its_blocked_connection_silently_dying(
 
 
 def test_idle_worker_reconnects_after_its_connection_is_reset(
-    shared_redis: RedisServer, client: redis.Redis, queue_name: str, processes, proxy: FaultProxy
+    shared_redis: RedisServer, client: redis.Redis, queue_name: str, processes: Any, proxy: FaultProxy
 ) -> None:
     """A worker blocked in BLMOVE whose connection is reset (RST) notices at once, reconnects and works on."""
     worker = idle_worker(proxy, client, queue_name, processes)
