@@ -91,8 +91,8 @@ def idle_worker(proxy: FaultProxy, client: redis.Redis, queue_name: str, process
     return worker
 
 
-def carries_on(worker: Process, shared_redis: RedisServer, queue_name: str) -> None:
-    """A message pushed now (directly) is processed by the worker, which then stops cleanly."""
+def carries_on(worker: Process, shared_redis: RedisServer, queue_name: str, completed: int = 1) -> None:
+    """A message pushed now (directly) is processed by the worker, which then stops cleanly, `completed` in all."""
     message_id = Queue.connect(shared_redis.url, queue_name).push({"after": "fault"})
     # The worker may be in a retry whose request went into the fault: it times out first.
     wait_until(lambda: any(e["id"] == message_id for e in worker.named("message_processed")), timeout=SOCKET_TIMEOUT + 2 * SLACK)
@@ -100,7 +100,7 @@ def carries_on(worker: Process, shared_redis: RedisServer, queue_name: str) -> N
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     result = stats(shared_redis.url, queue_name)
-    assert result["completed"] == 1 and result["unaccounted"] == 0 and result["workers"] == 0
+    assert result["completed"] == completed and result["unaccounted"] == 0 and result["workers"] == 0
 
 
 @pytest.mark.slow
@@ -111,11 +111,19 @@ def test_idle_worker_notices_its_blocked_connection_silently_dying(
     worker = idle_worker(proxy, client, queue_name, processes)
     proxy.blackhole()
     died_at = time.monotonic()
+    # Redis still holds the worker's BLMOVE (it blocks up to BLOCK_SECONDS): a message pushed
+    # now is moved into the worker's in-flight list, and the reply that says so is lost.
+    assert blocked_through(proxy, client)
+    lost_reply = Queue.connect(shared_redis.url, queue_name).push({"during": "blackhole"})
+    assert client.llen(queue_name) == 0 and stats(shared_redis.url, queue_name)["in_flight"] == 1
     worker.wait_for("redis_unavailable", timeout=SOCKET_TIMEOUT + SLACK)
     assert time.monotonic() - died_at <= SOCKET_TIMEOUT + SLACK
     assert worker.popen.poll() is None
     proxy.forward()
-    carries_on(worker, shared_redis, queue_name)
+    # On reconnecting, the worker re-reads its in-flight list and finds the message.
+    wait_until(lambda: any(e["id"] == lost_reply for e in worker.named("message_processed")), timeout=SOCKET_TIMEOUT + 2 * SLACK)
+    assert [e["count"] for e in worker.named("in_flight_adopted")] == [1]
+    carries_on(worker, shared_redis, queue_name, completed=2)
 
 
 def test_idle_worker_reconnects_after_its_connection_is_reset(
