@@ -12,11 +12,15 @@ Modes (each takes effect for every open and later connection before the call ret
   buffered request delivered upstream on heal, after which the upstream socket is closed (so
   Redis runs a request late, after its client gave up on it). New connections are accepted,
   and their upstream connection opened, but pass nothing either.
-- blackhole(): as partition, but what arrives is discarded: none of it is ever delivered. Only
-  a close is kept (as TCP retransmits a FIN) and passed on once forwarding resumes.
+- blackhole(): as partition, but what arrives is discarded (and what a partition held too):
+  none of it is ever delivered. Only a close is kept (as TCP retransmits a FIN) and passed on
+  once forwarding resumes, so no upstream connection is left open for good.
 - reset(): every open connection is aborted with a TCP RST (SO_LINGER 0) on both sides; the
   mode becomes forward for new connections.
-Counters: `accepted` (connections), `bytes_upstream` (bytes delivered to the server).
+Counters: `accepted` (connections), `bytes_upstream` (bytes delivered to the server); also
+`open_connections` and upstream_ports() (the ports Redis's CLIENT LIST shows as `addr`).
+A connection's client side is accepted by the kernel whatever the mode, so a client that
+connects during a fault waits out its read timeout, not its connect timeout.
 One background thread does everything (select on non-blocking sockets); close() ends it.
 """
 
