@@ -143,6 +143,15 @@ def test_cross_slot_calls_fail_loudly(cluster, queue_name):
     assert not wait_out(crossed.value)
 
 
+def test_worker_metrics_read_the_depths_of_a_queue_on_another_node(cluster, queue_name):
+    """The metrics' depth reads (a pipeline) go to the node that owns the queue, whichever node the URL names."""
+    from workqueue.metrics import WorkerMetrics
+
+    queue = Queue.connect(elsewhere(cluster, queue_name), queue_name)
+    queue.push_many([{"n": 1}, {"n": 2}])
+    assert WorkerMetrics(queue)._depths() == {"pending": 2, "in_flight": 0, "delayed": 0, "dead": 0}
+
+
 def test_a_database_other_than_0_on_a_cluster_is_refused_in_one_line(cluster, queue_name):
     """REDIS_URL with /1 on a cluster node: the producer exits 2 with one line naming the database, no traceback."""
     code, stderr = run_raw("app/main.py", "--count", "1", env=script_env(cluster.nodes[0].url[:-2] + "/1", queue_name), timeout=30)

@@ -105,6 +105,11 @@ class ClusterAware(redis.Redis):
         except RedisClusterException as error:
             reraise(error)
 
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        """A pipeline: on a cluster, the cluster client's (which sends each command to its node)."""
+        cluster = self.cluster_client()
+        return super().pipeline(transaction, shard_hint) if cluster is None else cast(Any, cluster).pipeline(transaction=transaction)
+
     def close(self) -> None:
         super().close()
         if self._cluster is not None:
