@@ -69,9 +69,6 @@ class Cluster:
     def _slot_map(node: RedisServer) -> list[tuple[int, int, int]]:
         return sorted((int(start), int(end), int(master[1])) for start, end, master, *_ in node.client().execute_command("CLUSTER", "SLOTS"))
 
-    def url(self, node: RedisServer) -> str:
-        return node.url
-
     def node_id(self, node: RedisServer) -> str:
         return node.client().execute_command("CLUSTER", "MYID").decode()
 
