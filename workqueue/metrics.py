@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from structlog.typing import FilteringBoundLogger
 
 from .message import Message
@@ -168,7 +168,7 @@ class WorkerMetrics(Collector):
             for worker_id in workers:
                 pipe.llen(keys.in_flight(worker_id))
             held = pipe.execute(raise_on_error=False)  # a key that is not a list holds nothing of ours
-        except (RedisError, OSError):
+        except (RedisError, RedisClusterException, OSError):  # the cluster client's own are no RedisError
             return None
         in_flight = sum(count for count in held if isinstance(count, int))
         return {"pending": int(pending), "in_flight": in_flight, "delayed": int(delayed), "dead": int(dead)}

@@ -5,6 +5,13 @@ replica after failover, a script running long) are retried with a growing wait. 
 wrong password, a missing permission, an unknown database, a key of the wrong type) are
 configuration: the entry scripts print one line and exit. So is a TLS server certificate that fails
 verification (the wrong CA file, a host name the certificate does not name).
+
+Redis Cluster: redis-py's cluster client follows MOVED and ASK itself (the command was not run)
+and raises ClusterDownError, TryAgainError or "TTL exhausted." for a cluster between states,
+all outages here. Its own RedisClusterException is no RedisError; cluster.py raises the outages
+and refusals among them again as ClusterClientError (a RedisError), so every loop that catches
+RedisError waits them out, and this module classifies one by the original. A cross-slot error
+is a bug in the caller: neither outage nor refusal, it fails loudly wherever it is met.
 """
 
 from __future__ import annotations
@@ -20,14 +27,17 @@ from redis.exceptions import (
     AuthorizationError,
     ClusterCrossSlotError,
     ClusterDownError,
+    ClusterError,
     ConnectionError,
     MovedError,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TimeoutError,
     TryAgainError,
 )
@@ -41,10 +51,21 @@ from structlog.typing import FilteringBoundLogger
 REDIS_UNAVAILABLE = (
     ConnectionError, TimeoutError, NoScriptError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError,
     AskError,  # a slot being migrated: the same command goes through once it has moved
+    ClusterError,  # the cluster client's "TTL exhausted.": redirections that did not settle (resharding)
+    SlotNotCoveredError,  # the cluster client's map of slots has a gap, until it reads the map again
 )
 # Replies redis-py leaves as a plain ResponseError that are outages too: a script running too
 # long, a failed snapshot stopping writes, too few replicas, a dataset still loading.
 OUTAGE_REPLIES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "LOADING ")
+# What redis-py's cluster client says (as a RedisClusterException) while no node answers or
+# while its map of slots is incomplete: it reads the map again on its next command.
+CLUSTER_OUTAGES = ("TTL exhausted", "Redis Cluster cannot be connected", "All slots are not covered", "is not covered by the cluster")
+
+
+class ClusterClientError(RedisError):
+    """A RedisClusterException of redis-py's cluster client (which is no RedisError) that is an
+    outage or a refusal, raised again as a RedisError (by cluster.py) so that every loop catching
+    RedisError meets it. It is classified by the original, its __cause__."""
 
 
 class RedisRefused(Exception):
@@ -55,14 +76,25 @@ class RedisRefused(Exception):
 
 def refusal(error: BaseException) -> RedisRefused | None:
     """The configuration problem `error` shows, or None (an outage, or an error of another kind)."""
+    cause = error.__cause__ or error.__context__
+    if isinstance(error, (ClusterClientError, RedisClusterException)) and cause is not None:
+        refused = refusal(cause)  # the cluster client could not connect: why
+        if refused is not None:
+            return refused
     text = str(error)
+    if isinstance(error, RedisClusterException) and ("``db``" in text or "'db'" in text):
+        return RedisRefused(f"REDIS_URL names a database number other than 0, which a cluster does not have ({text})")
     if isinstance(error, (AuthenticationError, AuthorizationError)):
         return RedisRefused(f"authentication failed, check the user and password in REDIS_URL ({text})")
     # Inside a script, Redis 7.0 reports a missing ACL permission as a plain error.
     if isinstance(error, NoPermissionError) or (isinstance(error, ResponseError) and "user executing the script can't run" in text):
         return RedisRefused(f"the Redis user lacks a permission workqueue needs ({text})")
-    if isinstance(error, (MovedError, ClusterCrossSlotError)):
-        return RedisRefused(f"this Redis node does not serve the queue's keys ({text})")
+    # Only a client that is not the cluster client meets MOVED (the cluster client follows it,
+    # and cluster.py turns one read on a Channel into an outage): a cluster node whose user may
+    # not run INFO, so that the cluster was not recognized.
+    if isinstance(error, MovedError):
+        return RedisRefused(f"this Redis node does not serve the queue's keys; a cluster node is recognized by INFO, "
+                            f"which the Redis user must be allowed to run ({text})")
     unverified = _certificate_refused(error)
     if unverified is not None:
         return RedisRefused(
@@ -70,7 +102,7 @@ def refusal(error: BaseException) -> RedisRefused | None:
         )
     if not isinstance(error, ResponseError):
         return None
-    if "DB index is out of range" in text or "invalid DB index" in text:
+    if "DB index is out of range" in text or "invalid DB index" in text or "SELECT is not allowed in cluster mode" in text:
         return RedisRefused(f"REDIS_URL names a database number the server does not have ({text})")
     if "WRONGTYPE" in text:  # from a script, Redis 6.2 wraps it in "Error running script"
         return RedisRefused(f"a key of this queue holds another type of value; is the name used by something else? ({text})")
@@ -91,13 +123,18 @@ def _certificate_refused(error: BaseException) -> ssl.SSLCertVerificationError |
 
 
 def is_outage(error: BaseException) -> bool:
-    """Whether `error` is Redis being unreachable or unable for now: wait and try again."""
-    if refusal(error) is not None or is_fenced(error):
+    """Whether `error` is Redis being unreachable or unable for now: wait and try again. A
+    cross-slot error (ClusterCrossSlotError, or the cluster client's "all keys must map to the
+    same key slot") is a bug, never an outage; nor is a request refused as of an ended session."""
+    if refusal(error) is not None or isinstance(error, ClusterCrossSlotError) or is_fenced(error):
         return False
+    if isinstance(error, (ClusterClientError, RedisClusterException)) and not isinstance(error, SlotNotCoveredError):
+        cause = error.__cause__ or error.__context__
+        return (cause is not None and is_outage(cause)) or any(words in str(error) for words in CLUSTER_OUTAGES)
     return isinstance(error, REDIS_UNAVAILABLE) or (isinstance(error, ResponseError) and str(error).startswith(OUTAGE_REPLIES))
 
 
-def wait_out(error: RedisError) -> bool:
+def wait_out(error: Exception) -> bool:
     """Whether to wait `error` out (an outage). A refusal raises RedisRefused instead (from
     None: a traceback of redis-py's would say nothing more); anything else returns False."""
     refused = refusal(error)

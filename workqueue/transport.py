@@ -3,8 +3,9 @@
 We turn redis-py's own retries off: a retried BLMOVE or script whose first reply was lost may run
 twice on the server, so the worker must see every connection error and re-read its in-flight
 list itself. Blocking calls stay well below the socket timeout so a quiet queue is not an error.
-Every command that changes state goes through here; this is where Redis Cluster will go (a
-send is addressed by the key it touches, and all of a queue's keys share one slot).
+Every command that changes state goes through here. A send is addressed by the key it touches,
+and all of a queue's keys share one slot, so on a Redis Cluster (cluster.py) it goes to the node
+that owns that slot.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 
 import hiredis
 import redis
-from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.connection import ConnectionPool
 from redis.exceptions import ConnectionError, NoScriptError
-from redis.retry import Retry
 
+from .cluster import ClusterAware, cluster_location, cluster_of, node_connection, redirected
 from .settings import TlsFiles
 
 Key = str | bytes
@@ -39,29 +40,32 @@ def connect(url: str, *, password: str | None = None, tls: TlsFiles | None = Non
     """Open a client for `url` with explicit timeouts and no hidden retries (connections are
     made lazily, on first use). `password` is used when the URL holds none; `tls` names the CA,
     certificate and key files of a rediss:// URL. A rediss:// server's certificate is always
-    verified, host name included: with `tls.ca_file`, or else the system's CA certificates."""
-    options: dict[str, Any] = {}
+    verified, host name included: with `tls.ca_file`, or else the system's CA certificates.
+    On a Redis Cluster node the client sends every command through redis-py's cluster client,
+    with the same options for every node (cluster.py)."""
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": 0,
+        "decode_responses": False,
+    }
     if password is not None:
         options["password"] = password  # a password in the URL wins (redis-py's rule)
     if tls is not None:
         if not url.startswith("rediss://"):
             raise ValueError("TLS files are for a rediss:// URL")
         options.update(ssl_ca_certs=tls.ca_file, ssl_certfile=tls.cert_file, ssl_keyfile=tls.key_file)
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        decode_responses=False,
-        **options,
-    )
+    return ClusterAware.open(url, options)  # without retries (cluster.no_retries)
 
 
-def location(client: redis.Redis) -> str:
-    """host:port/db (or the socket path) of a client, for log lines: never the password."""
+def location(client: redis.Redis | RedisCluster) -> str:
+    """host:port/db (or the socket path) of a client, for log lines: never the password. For a
+    cluster, the node the client was pointed at (or one it knows), and "(cluster)"."""
+    if isinstance(client, RedisCluster):
+        return cluster_location(client)
     kw = client.connection_pool.connection_kwargs
-    return f"{kw.get('host', kw.get('path'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
+    where = f"{kw.get('host', kw.get('path'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
+    return where if cluster_of(client, ask=False) is None else f"{where} (cluster)"
 
 
 def _connection_for(client: redis.Redis, key: Key) -> tuple[ConnectionPool, Any]:
@@ -69,10 +73,13 @@ def _connection_for(client: redis.Redis, key: Key) -> tuple[ConnectionPool, Any]
 
     Below redis-py's public API, on purpose and only here: the worker's hot paths write several
     commands in one write and read the replies later, and redis-py's Pipeline bookkeeping would
-    cost tens of microseconds a call. With one Redis any pooled connection will do; a cluster
-    client would pick the node that owns the key's slot. pyproject.toml bounds redis-py to the
+    cost tens of microseconds a call. With one Redis any pooled connection will do; on a cluster
+    it is one of the node that owns the key's slot. pyproject.toml bounds redis-py to the
     versions this was tested with.
     """
+    cluster = cluster_of(client)
+    if cluster is not None:
+        return node_connection(cluster, key)
     pool = client.connection_pool
     return pool, pool.get_connection()
 
@@ -116,8 +123,11 @@ class Channel:
         count = self._unread.popleft()
         try:
             return [self._conn.read_response() for _ in range(count)]
-        except BaseException:
+        except BaseException as error:
             self.drop()
+            moved = redirected(self.client, error)  # on a cluster, MOVED or ASK: an outage
+            if moved is not None:
+                raise moved from error
             raise
 
     def release(self) -> None:
