@@ -15,6 +15,9 @@ Modes (each takes effect for every open and later connection before the call ret
 - blackhole(): as partition, but what arrives is discarded (and what a partition held too):
   none of it is ever delivered. Only a close is kept (as TCP retransmits a FIN) and passed on
   once forwarding resumes, so no upstream connection is left open for good.
+- stall(): the connections open now pass nothing (buffered, as in a partition) while new ones
+  pass: a flow stuck in the network while the client reconnects around it. forward() delivers
+  what the stalled ones held, late.
 - reset(): every open connection is aborted with a TCP RST (SO_LINGER 0) on both sides; the
   mode becomes forward for new connections.
 Counters: `accepted` (connections), `bytes_upstream` (bytes delivered to the server); also
@@ -50,6 +53,7 @@ class _Link:
     def __init__(self, client: socket.socket, server: socket.socket) -> None:
         self.sockets = (client, server)
         self.ways = (_Direction(client, server, upstream=True), _Direction(server, client, upstream=False))
+        self.stalled = False  # passes nothing until forward(), whatever the mode
 
     def close(self, rst: bool = False) -> None:
         for sock in self.sockets:
@@ -92,6 +96,8 @@ class FaultProxy:
     def forward(self) -> None:
         with self._lock:
             self._mode = "forward"
+            for link in self._links:
+                link.stalled = False
             self._pump()
 
     heal = forward
@@ -99,6 +105,11 @@ class FaultProxy:
     def partition(self) -> None:
         with self._lock:
             self._mode = "partition"
+
+    def stall(self) -> None:
+        with self._lock:
+            for link in self._links:
+                link.stalled = True
 
     def blackhole(self) -> None:
         with self._lock:
@@ -134,7 +145,7 @@ class FaultProxy:
             while not self._stop.is_set():  # bounded by close()
                 with self._lock:
                     readers = [self._listener] + [w.src for link in self._links for w in link.ways if not w.eof]
-                    writers = [w.dst for link in self._links for w in link.ways if w.buffer and self._mode == "forward"]
+                    writers = [w.dst for link in self._links for w in link.ways if w.buffer and self._mode == "forward" and not link.stalled]
                 try:
                     readable, _, _ = select.select(readers, writers, [], TICK)
                 except (OSError, ValueError):  # reset() closed a socket meanwhile: look again
@@ -188,6 +199,8 @@ class FaultProxy:
         if self._mode != "forward":
             return
         for link in list(self._links):
+            if link.stalled:
+                continue
             try:
                 for way in link.ways:
                     if way.buffer:
