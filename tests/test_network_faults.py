@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from faultproxy import FaultProxy
 from support import Process, RedisServer, run, script_env, stats, wait_until
 
 from workqueue import Queue
-from workqueue.transport import SOCKET_TIMEOUT
+from workqueue.transport import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, SOCKET_TIMEOUT, connect
 
 SLACK = 3.0  # seconds on top of a client timeout for a loaded machine: process start-up, log lines, polling
 
@@ -136,3 +137,19 @@ def test_idle_worker_reconnects_after_its_connection_is_reset(
     worker.wait_for("redis_unavailable", timeout=SLACK)
     assert time.monotonic() - reset_at < SLACK  # an RST is seen at once, not after SOCKET_TIMEOUT
     carries_on(worker, shared_redis, queue_name)
+
+
+def test_connections_set_their_timeouts_and_keepalive_explicitly(shared_redis: RedisServer) -> None:
+    """Every connection the library opens has the socket timeout and the TCP keepalive timings the README states."""
+    client = connect(shared_redis.url)
+    assert client.ping()
+    connection = client.connection_pool.get_connection()
+    try:
+        sock = connection._sock
+        assert sock.gettimeout() == SOCKET_TIMEOUT
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_COUNT
+    finally:
+        client.connection_pool.release(connection)

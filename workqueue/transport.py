@@ -11,6 +11,7 @@ that owns that slot.
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections import deque
 from collections.abc import Sequence
 from importlib.resources import files
@@ -32,6 +33,10 @@ Command = tuple[Any, ...]
 BLOCK_SECONDS = 2.0
 SOCKET_TIMEOUT = 2 * BLOCK_SECONDS + 5.0
 CONNECT_TIMEOUT = 5.0
+# TCP keepalive: an idle connection whose peer vanished (a host gone, a partition) is found dead
+# after KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL = 25 s, not the kernel's 2 hours.
+# A connection waiting for a reply is bounded sooner, by SOCKET_TIMEOUT.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 
 SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue", "purge", "pause", "register")
 
@@ -46,6 +51,8 @@ def connect(url: str, *, password: str | None = None, tls: TlsFiles | None = Non
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
         "health_check_interval": 0,
         "decode_responses": False,
     }
@@ -56,6 +63,12 @@ def connect(url: str, *, password: str | None = None, tls: TlsFiles | None = Non
             raise ValueError("TLS files are for a rediss:// URL")
         options.update(ssl_ca_certs=tls.ca_file, ssl_certfile=tls.cert_file, ssl_keyfile=tls.key_file)
     return ClusterAware.open(url, options)  # without retries (cluster.no_retries)
+
+
+def keepalive_options() -> dict[int, int]:
+    """The TCP keepalive timings, for the platforms that let a socket set them (Linux does)."""
+    wanted = {"TCP_KEEPIDLE": KEEPALIVE_IDLE, "TCP_KEEPINTVL": KEEPALIVE_INTERVAL, "TCP_KEEPCNT": KEEPALIVE_COUNT}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
 def location(client: redis.Redis | RedisCluster) -> str:
