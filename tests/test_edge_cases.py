@@ -10,8 +10,8 @@ from structlog.testing import capture_logs
 from support import free_port, wait_until
 
 from workqueue import Queue, RedisRefused, Worker, message
-from workqueue.consumer import Consumer, Outcomes
-from workqueue.protocol import Op
+from workqueue.consumer import Consumer
+from workqueue.protocol import Op, Outcomes
 from workqueue.transport import Channel
 
 

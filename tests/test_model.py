@@ -32,10 +32,10 @@ from redis.exceptions import ResponseError
 from support import RedisServer
 
 from workqueue import Queue, message
-from workqueue.consumer import Consumer, Outcomes
+from workqueue.consumer import Consumer
 from workqueue.message import MalformedMessage, Message
 from workqueue.outages import is_fenced
-from workqueue.protocol import Op
+from workqueue.protocol import Op, Outcomes
 from workqueue.transport import send_together
 
 # Short enough that "time passes" is a short sleep; a live worker that is presumed dead by

@@ -18,8 +18,7 @@ from faultproxy import FaultProxy
 from support import Process, RedisServer, script_env, stats, wait_until
 
 from workqueue import Queue
-from workqueue.consumer import Outcomes
-from workqueue.protocol import Op
+from workqueue.protocol import Op, Outcomes
 from workqueue.transport import SOCKET_TIMEOUT
 
 WORKER_TIMEOUT = 2  # seconds: recovery of a cut-off worker starts after this

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import ResponseError
 
 from . import message
 from .message import MalformedMessage, Message
-from .protocol import Delivery, Op
+from .protocol import Delivery, Op, Outcomes, Recovered
 from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
 
 if TYPE_CHECKING:
@@ -25,40 +24,6 @@ if TYPE_CHECKING:
 
 PAUSED = -2  # fetch's wait_ms when the queue is paused
 Taken = list[tuple[bytes, bool]]  # (element, duplicate): duplicate when its id was completed already
-
-
-@dataclass
-class Outcomes:
-    """Settlements waiting to be sent to Redis in one `settle` call."""
-
-    args: list[Any] = field(default_factory=list)
-    first_at: float = 0.0  # time.monotonic() of the oldest one, to bound how long acks wait
-    sequence: int = 1  # numbers each settle call; a resend of an applied one changes nothing
-
-    def __bool__(self) -> bool:
-        return bool(self.args)
-
-    def add(self, op: Op, raw: bytes, new_raw: bytes = b"", arg: Any = "") -> None:
-        if not self.args:
-            self.first_at = time.monotonic()
-        self.args += (op, raw, new_raw, arg)
-
-    def clear(self) -> None:
-        """Forget the outcomes once Redis confirmed them; the next batch gets a new number."""
-        self.args = []
-        self.sequence += 1
-
-
-@dataclass(frozen=True)
-class Recovered:
-    """One message taken back from a worker presumed dead (or, with `dropped`, a registration
-    that held nothing of ours, dropped so that it stops nothing else)."""
-
-    worker_id: str
-    message_id: str | None
-    attempts: int
-    dead_lettered: bool
-    dropped: str = ""
 
 
 def _ms(seconds: float) -> int:

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import message
-from .consumer import Outcomes, Taken
+from .consumer import Taken
 from .message import MalformedMessage, Message
-from .protocol import Op
+from .protocol import Op, Outcomes
 from .signing import MessagePolicy
 
 
@@ -96,3 +96,20 @@ class Holdings(deque[Held]):
         released = len(self)
         self.clear()
         return released
+
+    def forfeit(self, unconfirmed: list[Outcomes], taken: Taken) -> list[tuple[str | None, int | None, str]]:
+        """Give up every message held, every one of `unconfirmed` outcomes and of a batch
+        `taken` ahead (our claim on them was lost); returns (id, attempts, outcome) of each,
+        outcome being the op or "not started"."""
+        lost = [(raw, Op(op).value) for outcomes in unconfirmed for op, raw in zip(outcomes.args[::4], outcomes.args[1::4], strict=True)]
+        lost += [(h.raw, "not started") for h in self] + [(raw, "not started") for raw, _ in taken]
+        self.clear()
+        forfeited: list[tuple[str | None, int | None, str]] = []
+        for raw, outcome in lost:
+            try:
+                msg = message.decode(raw)
+            except MalformedMessage:
+                forfeited.append((None, None, outcome))
+            else:
+                forfeited.append((msg.id, msg.attempts, outcome))
+        return forfeited

@@ -17,8 +17,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from .consumer import Consumer, Outcomes, Taken, parse_fetch
+from .consumer import Consumer, Taken, parse_fetch
 from .held import Holdings
+from .protocol import Outcomes
 
 MAX_UNREAD = 8  # requests sent whose replies wait unread; bounds what an error makes us resend
 ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its outcome to be sent

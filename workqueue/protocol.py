@@ -1,10 +1,13 @@
-"""The vocabulary of the worker protocol: delivery modes, outcome kinds, the retry policy."""
+"""The vocabulary of the worker protocol: delivery modes, outcome kinds, the batches of outcomes
+settled in one call, what recovery found, the retry policy."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class Delivery(str, Enum):
@@ -23,6 +26,40 @@ class Op(str, Enum):
     DEAD = "dead"  # goes to the dead-letter list
     REQUEUE = "requeue"  # taken back from a dead worker: to the queue's tail
     RELEASE = "release"  # never started: back to the queue's head, untouched
+
+
+@dataclass
+class Outcomes:
+    """Settlements waiting to be sent to Redis in one `settle` call."""
+
+    args: list[Any] = field(default_factory=list)
+    first_at: float = 0.0  # time.monotonic() of the oldest one, to bound how long acks wait
+    sequence: int = 1  # numbers each settle call; a resend of an applied one changes nothing
+
+    def __bool__(self) -> bool:
+        return bool(self.args)
+
+    def add(self, op: Op, raw: bytes, new_raw: bytes = b"", arg: Any = "") -> None:
+        if not self.args:
+            self.first_at = time.monotonic()
+        self.args += (op, raw, new_raw, arg)
+
+    def clear(self) -> None:
+        """Forget the outcomes once Redis confirmed them; the next batch gets a new number."""
+        self.args = []
+        self.sequence += 1
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """One message taken back from a worker presumed dead (or, with `dropped`, a registration
+    that held nothing of ours, dropped so that it stops nothing else)."""
+
+    worker_id: str
+    message_id: str | None
+    attempts: int
+    dead_lettered: bool
+    dropped: str = ""
 
 
 @dataclass(frozen=True)

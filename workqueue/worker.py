@@ -236,16 +236,9 @@ class Worker:
     def _claim_lost(self) -> None:
         """We were presumed dead and our messages recovered: each is someone else's now, so what
         we did with it is void (a success of ours is not counted; the copy's fate decides)."""
-        unconfirmed, taken = self._pipeline.forget()
-        lost = [(raw, Op(op).value) for outcomes in unconfirmed for op, raw in zip(outcomes.args[::4], outcomes.args[1::4], strict=True)]
-        lost += [(h.raw, "not started") for h in self._held] + [(raw, "not started") for raw, _ in taken]
-        self._held.clear()
-        for raw, outcome in lost:
-            try:
-                msg: Message | None = message.decode(raw)
-            except message.MalformedMessage:
-                msg = None
-            self.log.warning("message_claim_lost", id=msg and msg.id, attempts=msg and msg.attempts, outcome=outcome)
+        lost = self._held.forfeit(*self._pipeline.forget())
+        for message_id, attempts, outcome in lost:
+            self.log.warning("message_claim_lost", id=message_id, attempts=attempts, outcome=outcome)
         self.log.warning("worker_rejoined", claims_lost=len(lost))
 
     # -- stopping ----------------------------------------------------------------------------
