@@ -157,7 +157,7 @@ SETTING_NAMES = (
     "REDIS_URL", "QUEUE_NAME", "MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "DELIVERY", "PREFETCH",
     "WORKER_TIMEOUT", "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "DEDUP_TTL", "GRACE", "JOB_TIMEOUT", "METRICS_PORT",
     "REDIS_PASSWORD", "REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE",
-    "MESSAGE_SIGNING_KEY", "MESSAGE_SIGNING_KEY_PREVIOUS", "MAX_MESSAGE_BYTES",
+    "MESSAGE_SIGNING_KEY", "MESSAGE_SIGNING_KEY_PREVIOUS", "MAX_MESSAGE_BYTES", "PUSH_MIN_REPLICAS", "PUSH_REPLICA_TIMEOUT",
 )
 
 
@@ -172,6 +172,7 @@ def script_env(redis_url: str, queue: str, **overrides: Any) -> dict[str, str]:
         # Set and empty: unset for the settings, and a .env cannot fill them in.
         REDIS_PASSWORD="", REDIS_TLS_CA_FILE="", REDIS_TLS_CERT_FILE="", REDIS_TLS_KEY_FILE="",
         MESSAGE_SIGNING_KEY="", MESSAGE_SIGNING_KEY_PREVIOUS="", MAX_MESSAGE_BYTES="1048576",
+        PUSH_MIN_REPLICAS="0", PUSH_REPLICA_TIMEOUT="1",
     )
     env.update({k: str(v) for k, v in overrides.items()})
     return env

@@ -141,6 +141,23 @@ class DeadLetters:
 
         return self._walk(ids, lambda entry: entry.msg is not None, move)
 
+    def requeue_oldest(self, limit: int = 100) -> tuple[int, int]:
+        """Give the oldest `limit` dead letters another round: back to the queue with attempts 0
+        and no error. Malformed entries stay (there is no message to retry). Returns (moved,
+        left as malformed)."""
+        k = self.queue.keys
+        pairs: list[bytes] = []
+        malformed = 0
+        for raw in self.queue.dead_letters(limit):
+            try:
+                pairs += (raw, requeued(message.decode(raw)))
+            except MalformedMessage:
+                malformed += 1
+        moved = 0
+        for start in range(0, len(pairs), 2 * PAGE):
+            moved += self.queue.scripts.call("requeue", [k.dead_letter, k.pending, k.stats], pairs[start : start + 2 * PAGE])
+        return moved, malformed
+
     def purge(self, ids: Collection[str] | None = None, *, malformed_only: bool = False) -> Outcome:
         """Remove the entries with these ids, or the malformed ones, for good."""
         def remove(chosen: list[DeadLetter]) -> int:

@@ -1,10 +1,11 @@
 """What a Redis error means: an outage to wait out, or a refusal that waiting will not change.
 
 Outages (a lost connection, a timeout, a restart without the script cache, a full memory, a
-replica after failover, a script running long) are retried with a growing wait. Refusals (a
-wrong password, a missing permission, an unknown database, a key of the wrong type) are
-configuration: the entry scripts print one line and exit. So is a TLS server certificate that fails
-verification (the wrong CA file, a host name the certificate does not name).
+replica after failover, a script running long, a push too few replicas confirmed) are retried
+with a growing wait. Refusals (a wrong password, a missing permission, an unknown database, a
+key of the wrong type) are configuration: the entry scripts print one line and exit. So is a
+TLS server certificate that fails verification (the wrong CA file, a host name the certificate
+does not name).
 
 Redis Cluster: redis-py's cluster client follows MOVED and ASK itself (the command was not run)
 and raises ClusterDownError, TryAgainError or "TTL exhausted." for a cluster between states,
@@ -43,6 +44,18 @@ from redis.exceptions import (
 )
 from structlog.typing import FilteringBoundLogger
 
+
+class ReplicasShortfall(RedisError):
+    """A push that Redis stored but fewer replicas than PUSH_MIN_REPLICAS confirmed (WAIT) in
+    time: a failover now could lose it, so it counts as failed and is pushed again (the copy
+    that adds is skipped by id). An outage: it passes once the replicas catch up."""
+
+    def __init__(self, confirmed: int, wanted: int, timeout: float) -> None:
+        super().__init__(f"pushed, but only {confirmed} of {wanted} replicas confirmed within {timeout} s")
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+
 # Errors that mean "Redis cannot take our writes right now": back off and try again.
 # NoScriptError means Redis restarted without its script cache: reload and re-read our state.
 # OutOfMemoryError (maxmemory reached), ReadOnlyError (a replica after failover) and a cluster
@@ -53,6 +66,7 @@ REDIS_UNAVAILABLE = (
     AskError,  # a slot being migrated: the same command goes through once it has moved
     ClusterError,  # the cluster client's "TTL exhausted.": redirections that did not settle (resharding)
     SlotNotCoveredError,  # the cluster client's map of slots has a gap, until it reads the map again
+    ReplicasShortfall,  # a push too few replicas confirmed: pushed again until they do
 )
 # Replies redis-py leaves as a plain ResponseError that are outages too: a script running too
 # long, a failed snapshot stopping writes, too few replicas, a dataset still loading.

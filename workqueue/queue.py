@@ -15,9 +15,9 @@ import redis
 
 from . import message
 from .consumer import Consumer
-from .dead import DeadLetters, requeued
+from .dead import DeadLetters
 from .keys import QueueKeys
-from .message import MalformedMessage
+from .outages import ReplicasShortfall
 from .protocol import Delivery, RetryPolicy
 from .settings import Settings, TlsFiles
 from .signing import MessagePolicy, Signing
@@ -83,9 +83,12 @@ class Queue:
         max_message_bytes: int = _DEFAULTS.max_message_bytes,
         signing_key: str = _DEFAULTS.message_signing_key,
         previous_signing_key: str = _DEFAULTS.message_signing_key_previous,
+        push_min_replicas: int = _DEFAULTS.push_min_replicas,
+        push_replica_timeout: float = _DEFAULTS.push_replica_timeout,
     ) -> None:
         """With `signing_key`, pushes are signed and workers take only messages signed with it
-        or `previous_signing_key` (signing.py); larger than `max_message_bytes`, none."""
+        or `previous_signing_key` (signing.py); larger than `max_message_bytes`, none. With
+        `push_min_replicas`, a push succeeds once that many replicas hold it (push_encoded)."""
         self.name = name
         self.client = client
         self.keys = QueueKeys(name)
@@ -95,6 +98,8 @@ class Queue:
         self.dedup_ttl_ms = int(dedup_ttl * 1000)
         signing = Signing(signing_key, previous_signing_key) if signing_key or previous_signing_key else None
         self.policy = MessagePolicy(max_message_bytes, signing)  # what workers accept; never logged
+        self.push_min_replicas = push_min_replicas
+        self.push_replica_timeout = push_replica_timeout
         self._registered = False  # in the registry of queues: done once, on the first push
 
     @classmethod
@@ -111,6 +116,7 @@ class Queue:
             max_attempts=settings.max_attempts, retry_backoff=settings.retry_backoff, retry_backoff_max=settings.retry_backoff_max,
             dedup_ttl=settings.dedup_ttl, max_message_bytes=settings.max_message_bytes,
             signing_key=settings.message_signing_key, previous_signing_key=settings.message_signing_key_previous,
+            push_min_replicas=settings.push_min_replicas, push_replica_timeout=settings.push_replica_timeout,
         )
 
     def consumer(self, worker_id: str, delivery: Delivery | str = _DEFAULTS.delivery,
@@ -122,14 +128,16 @@ class Queue:
 
     def push(self, body: Any, *, message_id: str | None = None) -> str:
         """Append one message to the queue; returns its id. Raises MessageTooLarge (a
-        ValueError) when it is over MAX_MESSAGE_BYTES encoded."""
+        ValueError) when it is over MAX_MESSAGE_BYTES encoded, and ReplicasShortfall as
+        push_encoded() does."""
         message_id, raw = self.build(body, message_id)
         self.push_encoded([raw])
         return message_id
 
     def push_many(self, bodies: Iterable[Any]) -> list[str]:
         """Append many messages, pipelined in chunks; returns their ids in order. All are built
-        and checked before any is pushed: one that cannot be raises, and none is pushed."""
+        and checked before any is pushed: one that cannot be raises, and none is pushed. Raises
+        ReplicasShortfall as push_encoded() does."""
         built = [self.build(body) for body in bodies]
         self.push_encoded([raw for _, raw in built])
         return [message_id for message_id, _ in built]
@@ -147,14 +155,23 @@ class Queue:
         is one script call that also counts them. Raises MessageTooLarge, pushing none, when any
         is over the limit.
 
-        After a connection error the caller may push the same messages again: a chunk that did
-        reach Redis is then delivered twice, and the second copy is skipped by id.
+        With push_min_replicas, a WAIT follows each chunk in its round trip; ReplicasShortfall
+        (an outage) is raised when fewer replicas confirmed it within push_replica_timeout.
+        After that or a connection error the caller may push the same messages again: a chunk
+        that did reach Redis is then delivered twice, and the second copy is skipped by id.
         """
         self.policy.check_sizes(raws)
         if not self._registered:
             self.register()
+        keys, wanted = [self.keys.pending, self.keys.stats], self.push_min_replicas
         for start in range(0, len(raws), PUSH_CHUNK):
-            self.scripts.call("push", [self.keys.pending, self.keys.stats], raws[start : start + PUSH_CHUNK])
+            chunk = raws[start : start + PUSH_CHUNK]
+            if not wanted:
+                self.scripts.call("push", keys, chunk)
+                continue
+            _, confirmed = self.scripts.call_confirmed("push", keys, chunk, wanted, self.push_replica_timeout)
+            if confirmed < wanted:
+                raise ReplicasShortfall(confirmed, wanted, self.push_replica_timeout)
 
     def register(self) -> None:
         """List this queue in the registry of queues on its Redis (idempotent). Pushing does
@@ -235,17 +252,5 @@ class Queue:
         return DeadLetters(self)
 
     def requeue_dead(self, limit: int = 100) -> tuple[int, int]:
-        """Give the oldest `limit` dead letters another round: back to the queue with attempts 0
-        and no error. Malformed entries stay (there is no message to retry). Returns (moved,
-        left as malformed)."""
-        pairs: list[bytes] = []
-        malformed = 0
-        for raw in self.dead_letters(limit):
-            try:
-                pairs += (raw, requeued(message.decode(raw)))
-            except MalformedMessage:
-                malformed += 1
-        moved = 0
-        for start in range(0, len(pairs), 2 * PUSH_CHUNK):
-            moved += self.scripts.call("requeue", [self.keys.dead_letter, self.keys.pending, self.keys.stats], pairs[start : start + 2 * PUSH_CHUNK])
-        return moved, malformed
+        """Give the oldest `limit` dead letters another round (DeadLetters.requeue_oldest)."""
+        return self.dead.requeue_oldest(limit)

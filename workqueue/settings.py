@@ -52,6 +52,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "message_signing_key": str,
     "message_signing_key_previous": str,
     "max_message_bytes": number(int, 1, 512 * 1024 * 1024),  # Redis takes no larger string
+    "push_min_replicas": number(int, 0, 100),
+    # WAIT's timeout is in ms and 0 would block forever; kept below transport.SOCKET_TIMEOUT.
+    "push_replica_timeout": number(float, 0.001, 5),
 }
 # The command-line flag of a setting, where it is not the name with dashes.
 _FLAGS = {"queue_name": "--queue"}
@@ -99,6 +102,8 @@ class Settings:
     # A key workers also accept while keys are rotated (never used for signing).
     message_signing_key_previous: str = dataclasses.field(default="", repr=False)
     max_message_bytes: int = 1024 * 1024  # larger messages are refused by push, dead-lettered by workers
+    push_min_replicas: int = 0  # replicas that must confirm each push (Redis WAIT); 0: no wait
+    push_replica_timeout: float = 1.0  # seconds a push waits for them; then it failed and is retried
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:

@@ -196,6 +196,18 @@ class Scripts:
             self.load()
             return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
 
+    def call_confirmed(self, name: str, keys: Sequence[Key], args: Sequence[Any], replicas: int, timeout: float) -> tuple[Any, int]:
+        """Run a script, then WAIT up to `timeout` seconds for `replicas` replicas to hold its
+        writes; returns its reply and how many replicas confirmed. Both go in one write on one
+        connection (to the node owning keys[0]), as WAIT counts that connection's writes."""
+        commands = [self.command(name, keys, args), ("WAIT", replicas, max(1, round(timeout * 1000)))]
+        try:
+            reply, confirmed = send_together(self.client, keys[0], commands)
+        except NoScriptError:  # the script's reply: it did not run, so running it after loading is safe
+            self.load()
+            reply, confirmed = send_together(self.client, keys[0], commands)
+        return reply, int(confirmed)
+
     def command(self, name: str, keys: Sequence[Key], args: Sequence[Any]) -> Command:
         """The EVALSHA command running a script, for a Channel (a NOSCRIPT reply is raised there)."""
         return ("EVALSHA", self.sha[name], len(keys), *keys, *args)
