@@ -17,7 +17,7 @@ import redis
 from faultproxy import FaultProxy
 from support import Process, RedisServer, script_env, stats, wait_until
 
-from workqueue import Queue
+from workqueue import Queue, message
 from workqueue.protocol import Op, Outcomes
 from workqueue.transport import SOCKET_TIMEOUT
 
@@ -146,3 +146,26 @@ def test_an_acknowledgement_whose_reply_is_lost_counts_once(
     counts = Queue(queue_name, client).stats()
     assert (counts["completed"], counts["duplicates_skipped"], counts["in_flight"], counts["unaccounted"]) == (1, 0, 0, 0)
     assert refused_requests(client) == fenced + 1
+
+
+def test_a_wait_delayed_in_the_network_past_a_rejoin_puts_its_message_back(
+    shared_redis: RedisServer, client: redis.Redis, queue_name: str, proxy: FaultProxy
+) -> None:
+    """A wait for work (BLMOVE) that reaches Redis after its worker rejoined moves a message, and puts it straight back at the head of the queue."""
+    consumer = Queue.connect(proxy.url, queue_name).consumer("w-late-wait")
+    consumer.join()
+    channel = consumer.channel()
+    channel.send([("PING",)])
+    assert channel.read() == [b"PONG"]
+    proxy.stall()
+    channel.send(consumer.wait_requests(5.0))
+    channel.drop()
+    assert consumer.join()
+    queue = Queue(queue_name, client)
+    first, second = queue.push({"n": 1}), queue.push({"n": 2})
+    links = proxy.open_connections
+    proxy.forward()  # the wait arrives late: its BLMOVE takes the first message at once
+    wait_until(lambda: proxy.open_connections < links, timeout=SLACK)
+    assert [m.id for m in map(message.decode, client.lrange(queue_name, 0, -1))] == [first, second]
+    assert consumer.in_flight() == [] and client.llen(queue.keys.landing("w-late-wait")) == 0
+    assert queue.stats()["unaccounted"] == 0

@@ -99,14 +99,18 @@ class Consumer:
         """
         if not self.session:
             self.join()
+        _, _, checked = send_together(self.queue.client, self.keys.pending, self.wait_requests(timeout))
+        return [(checked[0], checked[1] == 1)] if checked else []
+
+    def wait_requests(self, timeout: float) -> list[Command]:
+        """The three commands of block(), in our current session."""
         k = self.keys
         woken_keys = [self.landing_key, self.in_flight_key, k.done, k.sessions, k.pending, k.paused]
-        _, _, checked = send_together(self.queue.client, k.pending, [
+        return [
             self.scripts.command("heartbeat", *self._heartbeat_call("beat")),
             ("BLMOVE", k.pending, self.landing_key, "LEFT", "RIGHT", timeout),
             self.scripts.command("woken", woken_keys, [self.delivery, self.worker_id, self.session]),
-        ])
-        return [(checked[0], checked[1] == 1)] if checked else []
+        ]
 
     def wait_seconds(self, wait_ms: int) -> float:
         """How long block() may wait, given fetch's wait_ms (a retry due then, or -1). Short: a
