@@ -169,3 +169,16 @@ def test_a_wait_delayed_in_the_network_past_a_rejoin_puts_its_message_back(
     assert [m.id for m in map(message.decode, client.lrange(queue_name, 0, -1))] == [first, second]
     assert consumer.in_flight() == [] and client.llen(queue.keys.landing("w-late-wait")) == 0
     assert queue.stats()["unaccounted"] == 0
+
+
+def test_a_worker_id_reused_with_a_clock_behind_joins_above_the_recorded_session(client: redis.Redis, queue_name: str) -> None:
+    """A consumer whose worker id has a recorded session ahead of its clock (an earlier process's) joins above it, and its requests pass."""
+    queue = Queue(queue_name, client)
+    ahead = 9_000_000_000_000_000  # microseconds: far beyond this clock
+    client.hset(queue.keys.sessions, "w-reused", ahead)
+    consumer = queue.consumer("w-reused")
+    assert consumer.join()
+    assert consumer.session == ahead + 1 and client.hget(queue.keys.sessions, "w-reused") == str(ahead + 1).encode()
+    queue.push({"n": 1})
+    [(raw, duplicate)], _ = consumer.fetch(1)
+    assert not duplicate and consumer.in_flight() == [raw]

@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 
 from . import message
 from .message import MalformedMessage, Message
+from .outages import is_fenced
 from .protocol import Delivery, Op, Outcomes, Recovered
 from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
 
@@ -173,7 +174,14 @@ class Consumer:
         # Above any session this id had: numbers from the clock in microseconds, so a worker id
         # reused by a new process (tests do) still starts above its predecessor's.
         self.session = max(self.session + 1, time.time_ns() // 1000)
-        kept = self.scripts.call("heartbeat", *self._heartbeat_call("join"))
+        try:
+            kept = self.scripts.call("heartbeat", *self._heartbeat_call("join"))
+        except ResponseError as error:  # a newer session of this id (a process before us, its
+            newer = str(error).rpartition(": ")[2]  # clock ahead of ours): join above it, once
+            if not (is_fenced(error) and newer.isdigit()):
+                raise
+            self.session = int(newer) + 1
+            kept = self.scripts.call("heartbeat", *self._heartbeat_call("join"))
         self._joined = self.session
         return bool(kept == 1)
 

@@ -84,6 +84,7 @@ class Worker:
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
         self._resync = True  # (re)register and re-read our in-flight list before taking messages
+        self._fenced = False  # the last request was refused as of an ended session
         self._loop_abort = LoopAbort(self._runner)
         self._housekeeper = Housekeeper(
             self.consumer, self.log, self.shutdown, self._runner,
@@ -133,11 +134,16 @@ class Worker:
                 elif not self._take():
                     return  # burst: nothing left to do
                 self._outage.succeeded()
+                self._fenced = False
             except RedisError as error:
                 self._resync = True
                 if is_fenced(error):
-                    continue  # our session ended: rejoining finds out what we still hold
-                if not wait_out(error):
+                    # Our session ended: rejoining finds out what we still hold. Refused again
+                    # at once (another process with our worker id?): back off as in an outage.
+                    if not self._fenced:
+                        self._fenced = True
+                        continue
+                elif not wait_out(error):
                     self._unexpected(error)
                     continue
                 self._outage.failed(error, lambda: self.shutdown.requested)

@@ -16,12 +16,12 @@
 -- recovered: what it held is someone else's now. For 'beat' 1; for 'leave' 1 when done, 0 when
 -- refused because messages are held. A request of an older session is refused with FENCED.
 local worker, action = ARGV[1], ARGV[2]
-local current = redis.call('HGET', KEYS[4], worker)
+local stored = redis.call('HGET', KEYS[4], worker)
 if action == 'join' then
-  local session = tonumber(ARGV[4])
-  current = tonumber(current or '0')
-  -- A join delayed in the network, arriving after a newer one, must not undo it.
-  if current >= session then return redis.error_reply('FENCED a newer session of this worker joined') end
+  local session, current = tonumber(ARGV[4]), tonumber(stored or '0')
+  -- A join delayed in the network, arriving after a newer one, must not undo it. The number
+  -- is in the reply for a new process reusing a worker id, to join above it.
+  if current >= session then return redis.error_reply('FENCED a newer session of this worker joined: ' .. stored) end
   local previous = tonumber(ARGV[5])
   local kept = previous == 0 or current >= previous
   -- A message a wait moved whose woken script never ran is ours: hand it over with the list.
@@ -30,7 +30,7 @@ if action == 'join' then
   redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), worker)
   return kept and 1 or 0
 end
-if current ~= ARGV[4] then
+if stored ~= ARGV[4] then
   if action == 'leave' then return 1 end  -- not registered as this session: nothing to leave
   return redis.error_reply('FENCED this worker session ended')
 end
