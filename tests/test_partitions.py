@@ -182,3 +182,28 @@ def test_a_worker_id_reused_with_a_clock_behind_joins_above_the_recorded_session
     queue.push({"n": 1})
     [(raw, duplicate)], _ = consumer.fetch(1)
     assert not duplicate and consumer.in_flight() == [raw]
+
+
+@pytest.mark.slow
+def test_a_frozen_workers_late_success_does_not_turn_the_waiting_copy_into_a_duplicate(
+    shared_redis: RedisServer, client: redis.Redis, queue_name: str, processes: Any
+) -> None:
+    """A frozen worker thawed while the recovered copy still waits in the queue: its success is dropped, and the copy runs and counts once in `completed`."""
+    worker, _, message_id = holding_worker(shared_redis.url, client, queue_name, processes)
+    queue = Queue(queue_name, client)
+    worker.signal(signal.SIGSTOP)
+    try:
+        queue.pause()  # so the recovered copy waits in the queue while the frozen worker thaws
+        rescuer = processes.start("worker/main.py", env=script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=WORKER_TIMEOUT))
+        rescuer.wait_for("message_recovered", timeout=WORKER_TIMEOUT + SLACK)
+    finally:
+        worker.signal(signal.SIGCONT)
+    [lost] = worker.wait_for("message_claim_lost", timeout=3 + SLACK)
+    assert (lost["id"], lost["outcome"]) == (message_id, "done")
+    assert [m.id for m in map(message.decode, queue.peek())] == [message_id]  # the copy waits, untouched
+    queue.resume()
+    wait_until(lambda: queue.stats()["completed"] == 1 and queue.stats()["pending"] == 0, timeout=3 + SLACK)
+    processed = [e for p in (worker, rescuer) for e in p.named("message_processed") if e["attempts"] == 1]
+    assert [e["id"] for e in processed] == [message_id]  # the copy (one attempt more) ran once
+    counts = stats(shared_redis.url, queue_name)
+    assert (counts["completed"], counts["duplicates_skipped"], counts["unaccounted"]) == (1, 0, 0)
