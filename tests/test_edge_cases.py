@@ -224,3 +224,17 @@ def test_a_simple_workers_adopted_message_is_adopted_once_however_often_it_resyn
     assert seen == [message_id]
     result = queue.stats()
     assert result["completed"] == 1 and result["in_flight"] == 0 and result["unaccounted"] == 0
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id":"x","body":123456789012345678901234567890}',
+    b'{"id":"x","body":-9223372036854775809}',
+    b'{"id":"x","body":18446744073709551615}',
+    b'{"id":"x","body":[1e400,-1e400,1.5e-400]}',
+    b'{"id":"x","body":"\\ud800 \\u0000 \xc3\xa9"}',
+    b' {"id":"x","body":{"a":1,"a":2}} ',
+    b'{"id":"x","created_at":1796218040.931641,"body":0.1234567890123456789012}',
+])
+def test_decode_reads_every_element_as_the_standard_library_does(raw: bytes) -> None:
+    """The fast decoder's reading of an element equals the standard library's: no big integer turns into a float, no float changes."""
+    assert repr(message.decode(raw).fields) == repr(json.loads(raw))

@@ -14,6 +14,8 @@ import secrets
 import time
 from typing import Any, NamedTuple
 
+import orjson
+
 # Deeper documents are malformed: far below Python's recursion limit (about 1000 frames, which
 # json's C code counts too), so a message that decodes can always be encoded again from inside
 # a handler's failure path, and below Lua cjson's own limit of 1000 used by the scripts.
@@ -33,6 +35,14 @@ def _not_json(constant: str) -> Any:
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _loads = json.JSONDecoder(parse_constant=_not_json).decode
 _raw_decode = json.JSONDecoder(parse_constant=_not_json).raw_decode  # without decode()'s two whitespace regexes
+# orjson decodes a message in a fifth of the time, and refuses whatever the standard library
+# refuses too (NaN, lone surrogates, trailing data), so its refusals go to the standard library,
+# which decides, and says why. One thing it reads differently: an integer beyond 64 bits becomes
+# a float. Any run of 19 digits sends an element to the standard library, which keeps it exact
+# (found by turning every digit into 0, in C: a regular expression costs four times as much).
+_fast_loads = orjson.loads
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
 
 
 class MalformedMessage(ValueError):
@@ -107,21 +117,15 @@ def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
 def decode(raw: bytes) -> Message:
     """Decode one list element, or raise MalformedMessage saying why it is not a message."""
     try:
-        text = raw.decode()
-        fields, end = _raw_decode(text)
-        if end != len(text):
-            raise ValueError("not one JSON value alone")
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
-        try:  # the full decoder allows surrounding whitespace, and says why it refuses
-            fields = _loads(raw.decode())
-        except RecursionError:
-            raise MalformedMessage(f"not valid JSON: nested deeper than {MAX_NESTING} levels") from None
-        except ValueError as error:
-            raise MalformedMessage(f"not valid JSON: {error}") from None
+        if _LONG_NUMBER in raw.translate(_DIGITS_TO_ZERO):
+            raise ValueError("for the standard library")
+        fields = _fast_loads(raw)
+    except ValueError:  # orjson.JSONDecodeError is one
+        fields = _loads_exactly(raw)
     # type() rather than isinstance(): this runs for every message, and bool is not an int here.
     if type(fields) is not dict:
         raise MalformedMessage(f"not a JSON object but {type(fields).__name__}")
-    if _too_deep(raw, fields):
+    if len(raw) > MAX_NESTING and _too_deep(raw, fields):  # fewer bytes cannot nest that deep
         raise MalformedMessage(f"not valid JSON: nested deeper than {MAX_NESTING} levels")
     message_id = fields.get("id")
     if type(message_id) is not str or not message_id:
@@ -135,6 +139,23 @@ def decode(raw: bytes) -> Message:
     if type(attempts) is not int or attempts < 0:
         raise MalformedMessage("'attempts' must be a whole number of at least 0")
     return Message(raw, fields)
+
+
+def _loads_exactly(raw: bytes) -> Any:
+    """The standard library's reading of an element, or MalformedMessage saying why it has none."""
+    try:
+        text = raw.decode()
+        fields, end = _raw_decode(text)
+        if end != len(text):
+            raise ValueError("not one JSON value alone")
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
+        try:  # the full decoder allows surrounding whitespace, and says why it refuses
+            fields = _loads(raw.decode())
+        except RecursionError:
+            raise MalformedMessage(f"not valid JSON: nested deeper than {MAX_NESTING} levels") from None
+        except ValueError as error:
+            raise MalformedMessage(f"not valid JSON: {error}") from None
+    return fields
 
 
 def _too_deep(raw: bytes, value: Any) -> bool:

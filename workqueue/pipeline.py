@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from .consumer import Consumer, Taken, parse_fetch
-from .held import Holdings
 from .protocol import Outcomes
 
 MAX_UNREAD = 8  # requests sent whose replies wait unread; bounds what an error makes us resend
@@ -78,13 +77,19 @@ class RequestPipeline:
                 self._next += taken
         return wait_ms
 
-    def fetch_ahead(self, count: int, held: Holdings) -> None:
-        """Ask for the next batch of `count` (settling the outcomes so far) before starting the
-        `held` one, when both are big enough: not for a woken worker's one message, whose start
-        the send would delay."""
-        if len(held) >= FETCH_AHEAD_BATCH and count >= FETCH_AHEAD_BATCH and not self.has_next:
-            self._ahead_of = held.ids()
+    def fetch_ahead(self, count: int, taken: Taken) -> bool:
+        """Ask for the next batch of `count` (settling the outcomes so far) as soon as the
+        `taken` one is read, before it is even decoded, when both are big enough: not for a
+        woken worker's one message, whose start the send would delay. Returns whether it did;
+        then say holding() what was held meanwhile."""
+        if len(taken) >= FETCH_AHEAD_BATCH and count >= FETCH_AHEAD_BATCH and not self.has_next:
             self._send(count)
+            return True
+        return False
+
+    def holding(self, ids: frozenset[str]) -> None:
+        """The ids of the batch held while the batch fetched ahead was asked for."""
+        self._ahead_of = ids
 
     def take_next(self) -> tuple[Taken, frozenset[str]]:
         """The batch fetched ahead (read first), and the ids held when it was asked for: that
@@ -103,7 +108,8 @@ class RequestPipeline:
 
     def settle_if_due(self) -> None:
         """Settle now if the oldest outcome has waited ACK_DELAY (slow handlers)."""
-        if self.outcomes and time.monotonic() - self.outcomes.first_at >= ACK_DELAY:
+        outcomes = self.outcomes  # the clock first: while a batch runs there are outcomes
+        if time.monotonic() - outcomes.first_at >= ACK_DELAY and outcomes:
             self.settle()
 
     def settle(self) -> None:

@@ -8,6 +8,7 @@ raises RedisRefused; ending the process is the entry script's business.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -75,6 +76,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.shutdown = shutdown or Shutdown()
         self.log = structlog.get_logger().bind(queue=queue.name, worker=self.id)
+        self._log_processed = getattr(self.log, "is_enabled_for", lambda level: True)(logging.INFO)
         self.consumer = queue.consumer(self.id, self.delivery, worker_timeout)
         self._runner = HandlerRunner(handler, job_timeout)
         self.metrics = metrics
@@ -159,25 +161,29 @@ class Worker:
     def _take(self) -> bool:
         """Settle what is done and take the next batch, blocking briefly when the queue is empty.
         Returns False when a burst worker has nothing left to wait for."""
-        if self._pipeline.has_next:
-            self._held.accept(*self._pipeline.take_next())
-            return True
-        taken, wait_ms = self._pipeline.fetch(self._batch)
-        if not taken and wait_ms == PAUSED:  # ask again soon; the heartbeat goes on meanwhile
-            self.shutdown.wait(PAUSE_POLL)
-            return True
-        if not taken:
-            if self.burst and wait_ms < 0:
-                return False
-            taken = self.consumer.block(self.consumer.wait_seconds(wait_ms))
-        self._held.accept(taken)
+        pipeline, earlier = self._pipeline, frozenset[str]()
+        if pipeline.has_next:
+            taken, earlier = pipeline.take_next()
+        else:
+            taken, wait_ms = pipeline.fetch(self._batch)
+            if not taken and wait_ms == PAUSED:  # ask again soon; the heartbeat goes on meanwhile
+                self.shutdown.wait(PAUSE_POLL)
+                return True
+            if not taken:
+                if self.burst and wait_ms < 0:
+                    return False
+                taken = self.consumer.block(self.consumer.wait_seconds(wait_ms))
+        # Redis works on the next batch while this one is decoded and run.
+        ahead = pipeline.fetch_ahead(self._batch, taken)
+        self._held.accept(taken, earlier)
+        if ahead:
+            pipeline.holding(self._held.ids())
         return True
 
     def _work(self) -> None:
         """Process what we hold, settling outcomes early if the oldest waited ACK_DELAY (slow
         handlers); then size the next batch to about BATCH_SECONDS of this pace."""
         pipeline, held, shutdown = self._pipeline, self._held, self.shutdown
-        pipeline.fetch_ahead(self._batch, held)
         started, count = time.perf_counter(), 0
         while held and not shutdown.requested:
             self._process(held.popleft())
@@ -209,7 +215,8 @@ class Worker:
             self._failed(msg, f"{type(error).__name__}: {error}")
         else:
             outcomes.add(Op.DONE, held.raw, b"", msg.id)
-            log.info("message_processed", id=msg.id, attempts=msg.attempts)
+            if self._log_processed:  # below INFO, not even the arguments are built
+                log.info("message_processed", id=msg.id, attempts=msg.attempts)
 
     def _failed(self, msg: Message, text: str) -> None:
         """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
