@@ -48,7 +48,7 @@ class Holdings(deque[Held]):
             except MalformedMessage as error:
                 self.append(Held(raw, None, str(error)))
             else:
-                self.append(Held(raw, msg, duplicate=duplicate or msg.id in earlier))
+                self.append(Held(raw, msg, "", duplicate or msg.id in earlier))
 
     def ids(self) -> frozenset[str]:
         return frozenset(h.message.id for h in self if h.message is not None)

@@ -125,7 +125,7 @@ def decode(raw: bytes) -> Message:
     # type() rather than isinstance(): this runs for every message, and bool is not an int here.
     if type(fields) is not dict:
         raise MalformedMessage(f"not a JSON object but {type(fields).__name__}")
-    if len(raw) > MAX_NESTING and _too_deep(raw, fields):  # fewer bytes cannot nest that deep
+    if len(raw) > 2 * MAX_NESTING and _too_deep(raw, fields):  # each level takes two brackets
         raise MalformedMessage(f"not valid JSON: nested deeper than {MAX_NESTING} levels")
     message_id = fields.get("id")
     if type(message_id) is not str or not message_id:
