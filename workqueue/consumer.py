@@ -53,6 +53,7 @@ class Consumer:
         # Every request names the session it was made in; Redis refuses one of an older session.
         self.session = 0  # the session joined last (or being joined), 0 before the first join
         self._joined = 0  # the last session Redis confirmed we joined
+        self._waits: Channel | None = None  # block()'s own connection
 
     def fetch(self, count: int, outcomes: Outcomes | None = None) -> tuple[Taken, int]:
         """Settle `outcomes` and take up to `count` messages, in one round trip.
@@ -92,7 +93,8 @@ class Consumer:
         small woken script, which moves the message into our in-flight list (in simple delivery
         it pops it) and checks its id against completed ones. Whatever else arrived meanwhile is
         taken by the next fetch. The write bypasses redis-py's Pipeline, whose bookkeeping would
-        add tens of microseconds to this, the idle pickup path.
+        add tens of microseconds to this, the idle pickup path; and the connection is ours until
+        close(), since taking one from redis-py's pool and giving it back costs as much again.
 
         A wait can outlive our session (we froze and were presumed dead, or the request was
         delayed in the network past a rejoin): the woken script then puts the message back on
@@ -100,8 +102,16 @@ class Consumer:
         """
         if not self.session:
             self.join()
-        _, _, checked = send_together(self.queue.client, self.keys.pending, self.wait_requests(timeout))
+        if self._waits is None:
+            self._waits = self.channel()
+        self._waits.send(self.wait_requests(timeout))
+        _, _, checked = self._waits.read()  # an error drops the connection; the next wait opens one
         return [(checked[0], checked[1] == 1)] if checked else []
+
+    def close(self) -> None:
+        """Give back the connection block() keeps (a later block() takes one again)."""
+        if self._waits is not None:
+            self._waits.release()
 
     def wait_requests(self, timeout: float) -> list[Command]:
         """The three commands of block(), in our current session."""

@@ -120,6 +120,7 @@ class Worker:
             self._loop_abort.close()
             self._housekeeper.stop()
             self._runner.close()
+            self.consumer.close()
         return code if self._loop_abort.code is None else self._loop_abort.code
 
     # -- main loop ---------------------------------------------------------------------------
