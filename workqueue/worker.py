@@ -173,7 +173,9 @@ class Worker:
             if not taken:
                 if self.burst and wait_ms < 0:
                     return False
-                taken = self.consumer.block(self.consumer.wait_seconds(wait_ms))
+                # One message at most, and nothing fetched ahead: the shortest path to its start.
+                self._held.accept(self.consumer.block(self.consumer.wait_seconds(wait_ms)))
+                return True
         # Redis works on the next batch while this one is decoded and run.
         ahead = pipeline.fetch_ahead(self._batch, taken)
         self._held.accept(taken, earlier)
