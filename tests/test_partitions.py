@@ -18,8 +18,9 @@ from faultproxy import FaultProxy
 from support import Process, RedisServer, script_env, stats, wait_until
 
 from workqueue import Queue, message
+from workqueue.consumer import Consumer
 from workqueue.protocol import Op, Outcomes
-from workqueue.transport import SOCKET_TIMEOUT
+from workqueue.transport import SOCKET_TIMEOUT, Command
 
 WORKER_TIMEOUT = 2  # seconds: recovery of a cut-off worker starts after this
 SLACK = 5.0
@@ -43,6 +44,17 @@ def holding_worker(url: str, client: redis.Redis, queue_name: str, processes: An
     message_id = Queue(queue_name, client).push({"job": 1})
     wait_until(lambda: client.llen(Queue(queue_name, client).keys.in_flight(worker_id)) == 1, timeout=SLACK)
     return worker, worker_id, message_id
+
+
+def held_up(consumer: Consumer, proxy: FaultProxy, commands: list[Command]) -> None:
+    """Send `commands` on a connection of `consumer`'s whose bytes the network then holds up
+    (until proxy.forward()), and give up on their replies, as a worker does at its socket timeout."""
+    channel = consumer.channel()
+    channel.send([("PING",)])
+    assert channel.read() == [b"PONG"]
+    proxy.stall()  # this connection's bytes are held up from now on; new connections pass
+    channel.send(commands)
+    channel.drop()
 
 
 def claim_lost_then_counted_once(worker: Process, rescuer: Process, message_id: str, shared_redis: RedisServer, queue_name: str) -> None:
@@ -107,12 +119,7 @@ def test_a_fetch_delayed_in_the_network_past_a_rejoin_takes_nothing(
     Queue(queue_name, client).push_many({"n": i} for i in range(5))
     consumer = Queue.connect(proxy.url, queue_name).consumer("w-late")
     consumer.join()
-    channel = consumer.channel()
-    channel.send([("PING",)])
-    assert channel.read() == [b"PONG"]
-    proxy.stall()  # this connection's bytes are held up from now on; new connections pass
-    channel.send(consumer.requests(10, None))
-    channel.drop()  # the worker gives up on the reply (its socket timeout), and rejoins
+    held_up(consumer, proxy, consumer.requests(10, None))
     assert consumer.join()
     fenced, links = refused_requests(client), proxy.open_connections
     proxy.forward()  # the fetch arrives, late; Redis answers it, then sees the close
@@ -132,12 +139,7 @@ def test_an_acknowledgement_whose_reply_is_lost_counts_once(
     [(raw, _)], _ = consumer.fetch(1)
     outcomes = Outcomes()
     outcomes.add(Op.DONE, raw, b"", message_id)
-    channel = consumer.channel()
-    channel.send([("PING",)])
-    assert channel.read() == [b"PONG"]
-    proxy.stall()
-    channel.send(consumer.requests(None, outcomes))
-    channel.drop()
+    held_up(consumer, proxy, consumer.requests(None, outcomes))
     assert consumer.join()  # what Worker does after the error: rejoin, then resend
     assert consumer.settle(outcomes) == [True]
     fenced, links = refused_requests(client), proxy.open_connections
@@ -154,12 +156,7 @@ def test_a_wait_delayed_in_the_network_past_a_rejoin_puts_its_message_back(
     """A wait for work (BLMOVE) that reaches Redis after its worker rejoined moves a message, and puts it straight back at the head of the queue."""
     consumer = Queue.connect(proxy.url, queue_name).consumer("w-late-wait")
     consumer.join()
-    channel = consumer.channel()
-    channel.send([("PING",)])
-    assert channel.read() == [b"PONG"]
-    proxy.stall()
-    channel.send(consumer.wait_requests(5.0))
-    channel.drop()
+    held_up(consumer, proxy, consumer.wait_requests(5.0))
     assert consumer.join()
     queue = Queue(queue_name, client)
     first, second = queue.push({"n": 1}), queue.push({"n": 2})
