@@ -227,8 +227,12 @@ class QueueModel(RuleBasedStateMachine):
         if worker is None:
             return
         commands = worker.consumer.requests(count, None)
-        if not late:
-            send_together(worker.queue.client, worker.queue.keys.pending, commands)  # reply dropped
+        if not late:  # its reply is dropped (a refusal too: the worker rejoins below either way)
+            try:
+                send_together(worker.queue.client, worker.queue.keys.pending, commands)
+            except ResponseError as error:
+                if not is_fenced(error):
+                    raise
         self.rejoin(0, worker)
         if late:  # refused, or else the invariant finds messages in its list it never received
             self._unless_fenced(worker, lambda: send_together(worker.queue.client, worker.queue.keys.pending, commands))
