@@ -223,3 +223,33 @@ def test_a_hand_written_registration_whose_list_is_not_a_list_is_dropped(shared_
     [dropped] = [e for e in logs if e["event"] == "registration_dropped"]
     assert dropped["dead_worker"] == "ghost" and dropped["log_level"] == "error"
     assert client.zscore(queue.keys.workers, "ghost") is None
+
+
+def test_recovery_goes_on_past_a_landing_key_that_is_no_list(shared_redis, client, queue_name):
+    """A dead worker whose landing key was written by hand as a string: its message is recovered and processed, and no worker stops."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    good = queue.push({"n": 1})
+    queue.consumer("dead-landing", worker_timeout=0.001).fetch(10)  # registered for 1 ms, then silent
+    client.set(queue.keys.landing("dead-landing"), "not a list")
+    seen = []
+    worker = Worker(queue, lambda m: seen.append(m.id), worker_timeout=5)
+    with capture_logs() as logs:
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        wait_until(lambda: seen == [good], timeout=15)
+        worker.shutdown.request()
+        thread.join(timeout=10)
+    assert [(e["dead_worker"], e["id"]) for e in logs if e["event"] == "message_recovered"] == [("dead-landing", good)]
+    assert not [e for e in logs if e["event"] in ("worker_error", "housekeeping_failed")]
+    assert client.zscore(queue.keys.workers, "dead-landing") is None and queue.stats()["unaccounted"] == 0
+
+
+def test_a_session_written_by_hand_does_not_stop_a_worker_joining(client, queue_name):
+    """A worker id whose recorded session is not a number (written by hand) still joins, and its requests pass."""
+    queue = Queue(queue_name, client)
+    client.hset(queue.keys.sessions, "w-garbage", "not a number")
+    consumer = queue.consumer("w-garbage")
+    assert consumer.join()
+    queue.push({"n": 1})
+    [(raw, _)], _ = consumer.fetch(1)
+    assert consumer.in_flight() == [raw]

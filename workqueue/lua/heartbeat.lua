@@ -18,7 +18,7 @@
 local worker, action = ARGV[1], ARGV[2]
 local stored = redis.call('HGET', KEYS[4], worker)
 if action == 'join' then
-  local session, current = tonumber(ARGV[4]), tonumber(stored or '0')
+  local session, current = tonumber(ARGV[4]), tonumber(stored or '0') or 0  -- any text: none
   -- A join delayed in the network, arriving after a newer one, must not undo it. The number
   -- is in the reply for a new process reusing a worker id, to join above it.
   if current >= session then return redis.error_reply('FENCED a newer session of this worker joined: ' .. stored) end

@@ -140,7 +140,10 @@ if own then
   redis.call('HSET', KEYS[8], worker, sequence)
 else
   -- A message a wait of the dead worker moved, whose woken script never ran: never started.
-  while redis.call('LMOVE', KEYS[10], KEYS[2], 'RIGHT', 'LEFT') do end
+  -- (A landing key written by hand as another type holds nothing of ours: it must not stop this.)
+  if redis.call('TYPE', KEYS[10]).ok == 'list' then
+    while redis.call('LMOVE', KEYS[10], KEYS[2], 'RIGHT', 'LEFT') do end
+  end
   if redis.call('LLEN', KEYS[1]) == 0 then
     redis.call('ZREM', KEYS[7], worker)
     redis.call('HDEL', KEYS[8], worker)
