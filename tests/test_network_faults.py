@@ -113,7 +113,8 @@ def test_idle_worker_notices_its_blocked_connection_silently_dying(
     proxy.blackhole()
     died_at = time.monotonic()
     # Redis still holds the worker's BLMOVE (it blocks up to BLOCK_SECONDS): a message pushed
-    # now is moved into the worker's in-flight list, and the reply that says so is lost.
+    # now is moved (through its landing list, by woken.lua) into the worker's in-flight list,
+    # and the reply that says so is lost.
     assert blocked_through(proxy, client)
     lost_reply = Queue.connect(shared_redis.url, queue_name).push({"during": "blackhole"})
     assert client.llen(queue_name) == 0 and stats(shared_redis.url, queue_name)["in_flight"] == 1

@@ -83,18 +83,16 @@ class LineWriter:
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Send structured events to stderr at `level` and above, rendered as `fmt`."""
-    processors: list[Any] = [structlog.processors.add_log_level, IsoTimestamp(), structlog.processors.format_exc_info]
     binary = getattr(sys.stderr, "buffer", None)  # a StringIO put in its place (embedding) has none
+    processors: list[Any] = [structlog.processors.add_log_level, IsoTimestamp(), structlog.processors.format_exc_info]
+    factory: Any = structlog.WriteLoggerFactory(file=sys.stderr)
     if fmt == "json" and binary is not None:
-        processors = [JsonLine()]
         writer = LineWriter(binary)
-        factory: Any = lambda *args: writer  # structlog asks its factory for each logger
+        processors, factory = [JsonLine()], lambda *args: writer  # structlog asks its factory for each logger
     elif fmt == "json":
         processors.append(structlog.processors.JSONRenderer())
-        factory = structlog.WriteLoggerFactory(file=sys.stderr)
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
-        factory = structlog.WriteLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
