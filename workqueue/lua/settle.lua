@@ -140,10 +140,9 @@ if own then
   redis.call('HSET', KEYS[8], worker, sequence)
 else
   -- A message a wait of the dead worker moved, whose woken script never ran: never started.
-  -- (A landing key written by hand as another type holds nothing of ours: it must not stop this.)
-  if redis.call('TYPE', KEYS[10]).ok == 'list' then
-    while redis.call('LMOVE', KEYS[10], KEYS[2], 'RIGHT', 'LEFT') do end
-  end
+  -- A landing key written by hand as another type holds nothing of ours and must not stop this:
+  -- pcall turns its WRONGTYPE into a value that ends the loop (TYPE would need an ACL grant).
+  while type(redis.pcall('LMOVE', KEYS[10], KEYS[2], 'RIGHT', 'LEFT')) == 'string' do end
   if redis.call('LLEN', KEYS[1]) == 0 then
     redis.call('ZREM', KEYS[7], worker)
     redis.call('HDEL', KEYS[8], worker)
