@@ -33,9 +33,15 @@ def _ms(seconds: float) -> int:
 
 
 def parse_fetch(reply: list[Any]) -> tuple[Taken, int]:
-    """The fetch script's reply [wait_ms, message, duplicate, message, duplicate, ...] as
-    (taken, wait_ms)."""
-    return [(reply[i], reply[i + 1] == 1) for i in range(1, len(reply), 2)], int(reply[0])
+    """The fetch script's reply [wait_ms, messages, positions of duplicates (from 1)] as
+    (taken, wait_ms); a reply without messages is [wait_ms]."""
+    if len(reply) == 1:
+        return [], int(reply[0])
+    messages, duplicates = reply[1], reply[2]
+    if not duplicates:  # the usual case
+        return [(raw, False) for raw in messages], 0
+    flagged = set(duplicates)
+    return [(raw, i in flagged) for i, raw in enumerate(messages, 1)], 0
 
 
 class Consumer:

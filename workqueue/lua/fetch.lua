@@ -15,9 +15,9 @@
 -- ARGV[5] session      the worker's session: a fetch of an older one (delayed in the network,
 --                      or from a worker presumed dead) is refused with FENCED and takes nothing,
 --                      so nothing enters a live worker's list unknown to it
--- Returns {wait_ms, message, duplicate, message, duplicate, ...}. duplicate is 1 when the message's id was
--- completed already or appears earlier in this batch. wait_ms is 0 when something was taken;
--- otherwise the ms until the next retry is due, or -1 when none is waiting; -2 when the queue
+-- Returns {wait_ms, messages, duplicates}: duplicates lists the positions (from 1) in messages
+-- of those whose id was completed already or appears earlier in this batch. wait_ms is 0 when
+-- something was taken; otherwise the ms until the next retry is due, or -1 when none is waiting; -2 when the queue
 -- is paused (due retries still return to the queue, to wait there).
 if redis.call('HGET', KEYS[7], ARGV[3]) ~= ARGV[5] then
   return redis.error_reply('FENCED this worker session ended')
@@ -54,26 +54,28 @@ if #taken == 0 then
 end
 
 -- One ZMSCORE for the whole batch: a redis.call per message would cost more than the check.
-local ids, positions = {}, {}
-for i, message in ipairs(taken) do
-  local id = message_id(message)
+-- This loop runs for every message a worker takes: counters rather than #t (a search in Lua
+-- 5.1), and the taken table itself goes back as the reply rather than a copy of it.
+local ids, positions, found = {}, {}, 0
+for i = 1, #taken do
+  local id = message_id(taken[i])
   if id then
-    ids[#ids + 1] = id
-    positions[#ids] = i
+    found = found + 1
+    ids[found] = id
+    positions[found] = i
   end
 end
-local duplicate = {}
-if #ids > 0 then
+local duplicates, count_duplicates = {}, 0
+if found > 0 then
   local scores = redis.call('ZMSCORE', KEYS[4], unpack(ids))
   local seen = {}
-  for j, id in ipairs(ids) do
-    if scores[j] or seen[id] then duplicate[positions[j]] = 1 end
+  for j = 1, found do
+    local id = ids[j]
+    if scores[j] or seen[id] then
+      count_duplicates = count_duplicates + 1
+      duplicates[count_duplicates] = positions[j]
+    end
     seen[id] = true
   end
 end
-local reply = {0}
-for i, message in ipairs(taken) do
-  reply[#reply + 1] = message
-  reply[#reply + 1] = duplicate[i] or 0
-end
-return reply
+return {0, taken, duplicates}

@@ -34,21 +34,16 @@
 -- Returns one flag per outcome: 1 if it applied, 0 if its message was no longer held; an empty
 -- array when nothing was done (a resend, or the worker being recovered turned out alive).
 local now = now_ms()
-local reliable = ARGV[1] == 'reliable'
-local worker = ARGV[3]
-local own = ARGV[4] == 'own'
-local sequence = tonumber(ARGV[5])
+local argv = ARGV  -- a local: this script's loops run once per message settled
+local reliable = argv[1] == 'reliable'
+local worker = argv[3]
+local own = argv[4] == 'own'
+local sequence = tonumber(argv[5])
 local first = 7
-local n = (#ARGV - first + 1) / 4
+local n = (#argv - first + 1) / 4
 
--- Every check comes before the first write: a script that fails half-way keeps its writes.
-local known = {done = true, dup = true, retry = true, dead = true, requeue = true, release = true}
-for j = 0, n - 1 do
-  local op = ARGV[first + j * 4]
-  if not known[op] then return redis.error_reply('settle: unknown op ' .. tostring(op)) end
-end
 if own then
-  if reliable and redis.call('HGET', KEYS[9], worker) ~= ARGV[6] then
+  if reliable and redis.call('HGET', KEYS[9], worker) ~= argv[6] then
     return redis.error_reply('FENCED this worker session ended')
   end
   if tonumber(redis.call('HGET', KEYS[8], worker) or '0') >= sequence then
@@ -64,72 +59,76 @@ end
 -- Which messages are still held. Fast path: outcomes usually come in the order the messages
 -- were taken, so they are the head of the in-flight list and one LTRIM removes them all. In
 -- simple delivery the list is normally empty (it holds only messages adopted after a lost
--- reply), and an outcome always applies.
-local held = {}
+-- reply), and an outcome always applies. The same pass checks every op: every check comes
+-- before the first write, since a script that fails half-way keeps its writes.
+local known = {done = true, dup = true, retry = true, dead = true, requeue = true, release = true}
 local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
 local in_order = #head == n
-if in_order then
-  for j = 1, n do
-    if head[j] ~= ARGV[first + (j - 1) * 4 + 1] then in_order = false break end
-  end
+for j = 1, n do
+  local i = first + (j - 1) * 4
+  local op = argv[i]
+  if not known[op] then return redis.error_reply('settle: unknown op ' .. tostring(op)) end
+  if in_order and head[j] ~= argv[i + 1] then in_order = false end
 end
+local all_held = in_order or (#head == 0 and not reliable)
 if in_order then
   redis.call('LTRIM', KEYS[1], n, -1)
 end
-for j = 1, n do
-  if in_order or (#head == 0 and not reliable) then
-    held[j] = true
-  else
-    held[j] = redis.call('LREM', KEYS[1], 1, ARGV[first + (j - 1) * 4 + 1]) == 1 or not reliable
-  end
-end
 
-local counts = {completed = 0, duplicates_skipped = 0, retried = 0, dead_lettered = 0, recovered = 0}
-local done_args = {}
-local forget_at = now + tonumber(ARGV[2])
+local completed, duplicates_skipped, retried, dead_lettered, recovered = 0, 0, 0, 0, 0
+local done_args, done_count = {}, 0
+local forget_at = now + tonumber(argv[2])
 local applied = {}
 for j = 1, n do
   local i = first + (j - 1) * 4
-  local op, raw, new_raw, arg = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local op, held = argv[i], all_held
+  if not held then
+    held = redis.call('LREM', KEYS[1], 1, argv[i + 1]) == 1 or not reliable
+  end
   if op == 'done' then
-    if held[j] then
-      counts.completed = counts.completed + 1
-      done_args[#done_args + 1] = forget_at
-      done_args[#done_args + 1] = arg
-    elseif not redis.call('ZSCORE', KEYS[5], arg) then
+    if held then
+      completed = completed + 1
+      done_args[done_count + 1] = forget_at
+      done_args[done_count + 2] = argv[i + 3]
+      done_count = done_count + 2
+    elseif not redis.call('ZSCORE', KEYS[5], argv[i + 3]) then
       -- Recovered away while we worked: remember the id so the copy back in circulation is
       -- skipped (and counted there as a duplicate), but do not count a completion twice.
-      done_args[#done_args + 1] = forget_at
-      done_args[#done_args + 1] = arg
+      done_args[done_count + 1] = forget_at
+      done_args[done_count + 2] = argv[i + 3]
+      done_count = done_count + 2
     end
-  elseif held[j] then
+  elseif held then
+    local new_raw, arg = argv[i + 2], argv[i + 3]
     if op == 'dup' then
-      counts.duplicates_skipped = counts.duplicates_skipped + 1
+      duplicates_skipped = duplicates_skipped + 1
     elseif op == 'retry' then
       -- An identical copy already waiting collapses into one member: count it as a duplicate.
       if redis.call('ZADD', KEYS[3], now + tonumber(arg), new_raw) == 1 then
-        counts.retried = counts.retried + 1
+        retried = retried + 1
       else
-        counts.duplicates_skipped = counts.duplicates_skipped + 1
+        duplicates_skipped = duplicates_skipped + 1
       end
     elseif op == 'dead' then
       redis.call('RPUSH', KEYS[4], new_raw)
-      counts.dead_lettered = counts.dead_lettered + 1
-      if arg == '1' then counts.recovered = counts.recovered + 1 end
+      dead_lettered = dead_lettered + 1
+      if arg == '1' then recovered = recovered + 1 end
     elseif op == 'requeue' then
       redis.call('RPUSH', KEYS[2], new_raw)
-      counts.recovered = counts.recovered + 1
+      recovered = recovered + 1
     elseif op == 'release' then
-      redis.call('LPUSH', KEYS[2], raw)
+      redis.call('LPUSH', KEYS[2], argv[i + 1])
     end
   end
-  applied[j] = held[j] and 1 or 0
+  applied[j] = held and 1 or 0
 end
 
 -- In slices: unpack() of more than a few thousand values overflows Lua's stack.
-for i = 1, #done_args, 1000 do
-  redis.call('ZADD', KEYS[5], unpack(done_args, i, math.min(i + 999, #done_args)))
+for i = 1, done_count, 1000 do
+  redis.call('ZADD', KEYS[5], unpack(done_args, i, math.min(i + 999, done_count)))
 end
+local counts = {completed = completed, duplicates_skipped = duplicates_skipped, retried = retried,
+                dead_lettered = dead_lettered, recovered = recovered}
 for name, count in pairs(counts) do
   if count > 0 then redis.call('HINCRBY', KEYS[6], name, count) end
 end
