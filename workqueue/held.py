@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import message
 from .consumer import Taken
@@ -17,14 +17,16 @@ from .protocol import Op, Outcomes
 from .signing import MessagePolicy
 
 
-@dataclass(slots=True)
-class Held:
+class Held(NamedTuple):
     """A message taken from Redis and not started yet."""
 
     raw: bytes
     message: Message | None  # None when malformed, too large or not signed
     problem: str = ""  # why it is not a message the worker may handle
     duplicate: bool = False
+
+
+_new_tuple = tuple.__new__  # builds a Held without the Python-level __new__ NamedTuple generates
 
 
 class Holdings(deque[Held]):
@@ -34,21 +36,26 @@ class Holdings(deque[Held]):
         super().__init__()
         self.policy = policy or MessagePolicy()  # the queue's size limit and signing keys
 
-    def accept(self, taken: Taken, earlier: frozenset[str] = frozenset()) -> None:
+    def accept(self, taken: Taken, earlier: frozenset[str] = frozenset()) -> frozenset[str]:
         """Decode new messages; `duplicate` comes from the fetch script's check of completed ids,
         or from `earlier`, the ids of a batch taken before this one but not yet settled. An
         element over the size limit (unread), not a message, or, with signing on, not signed
-        by a key of ours is held as malformed, with the reason: the worker dead-letters it."""
+        by a key of ours is held as malformed, with the reason: the worker dead-letters it.
+        Returns the ids of the messages accepted (the next batch's `earlier`)."""
         policy = self.policy
         # Signing off and within the limit (the usual case): decode() alone, no call between.
         decode, limit = message.decode if policy.signing is None else policy.admit, policy.max_bytes
+        ids: set[str] = set()
         for raw, duplicate in taken:
             try:
                 msg = decode(raw) if len(raw) <= limit else policy.admit(raw)
             except MalformedMessage as error:
                 self.append(Held(raw, None, str(error)))
             else:
-                self.append(Held(raw, msg, "", duplicate or msg.id in earlier))
+                message_id = msg.fields["id"]  # decode() checked it is a string
+                self.append(_new_tuple(Held, (raw, msg, "", duplicate or message_id in earlier)))
+                ids.add(message_id)
+        return frozenset(ids)
 
     def ids(self) -> frozenset[str]:
         return frozenset(h.message.id for h in self if h.message is not None)

@@ -43,6 +43,7 @@ _raw_decode = json.JSONDecoder(parse_constant=_not_json).raw_decode  # without d
 _fast_loads = orjson.loads
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
+_new_tuple = tuple.__new__  # builds a Message without the Python-level __new__ NamedTuple generates
 
 
 class MalformedMessage(ValueError):
@@ -117,7 +118,7 @@ def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
 def decode(raw: bytes) -> Message:
     """Decode one list element, or raise MalformedMessage saying why it is not a message."""
     try:
-        if _LONG_NUMBER in raw.translate(_DIGITS_TO_ZERO):
+        if raw.translate(_DIGITS_TO_ZERO).find(_LONG_NUMBER) >= 0:  # not `in`: it tries an int first, and raises
             raise ValueError("for the standard library")
         fields = _fast_loads(raw)
     except ValueError:  # orjson.JSONDecodeError is one
@@ -138,7 +139,7 @@ def decode(raw: bytes) -> Message:
     attempts = fields.get("attempts", 0)
     if type(attempts) is not int or attempts < 0:
         raise MalformedMessage("'attempts' must be a whole number of at least 0")
-    return Message(raw, fields)
+    return _new_tuple(Message, (raw, fields))  # type: ignore[no-any-return]
 
 
 def _loads_exactly(raw: bytes) -> Any:

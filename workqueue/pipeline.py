@@ -13,7 +13,6 @@ resending is always safe; what must never happen is n + 1 applied and then n dro
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -105,12 +104,6 @@ class RequestPipeline:
         wait_ms = self._read_all()
         taken, self._next = self._next, []
         return taken, wait_ms
-
-    def settle_if_due(self) -> None:
-        """Settle now if the oldest outcome has waited ACK_DELAY (slow handlers)."""
-        outcomes = self.outcomes  # the clock first: while a batch runs there are outcomes
-        if time.monotonic() - outcomes.first_at >= ACK_DELAY and outcomes:
-            self.settle()
 
     def settle(self) -> None:
         """Send the outcomes now (a slow batch), without waiting. Replies are read in bulk (one

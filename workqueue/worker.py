@@ -26,7 +26,7 @@ from .held import Held, Holdings
 from .housekeeper import Housekeeper
 from .message import Message
 from .outages import Outage, is_fenced, wait_out
-from .pipeline import RequestPipeline
+from .pipeline import ACK_DELAY, RequestPipeline
 from .protocol import Delivery, Op
 from .queue import Queue
 from .settings import Settings
@@ -178,9 +178,9 @@ class Worker:
                 return True
         # Redis works on the next batch while this one is decoded and run.
         ahead = pipeline.fetch_ahead(self._batch, taken)
-        self._held.accept(taken, earlier)
+        accepted = self._held.accept(taken, earlier)  # we held nothing before: these are all we hold
         if ahead:
-            pipeline.holding(self._held.ids())
+            pipeline.holding(accepted)
         return True
 
     def _work(self) -> None:
@@ -191,8 +191,10 @@ class Worker:
         while held and not shutdown.requested:
             self._process(held.popleft())
             count += 1
-            if held:  # a whole batch's outcomes ride with the next fetch; a slow one's go sooner
-                pipeline.settle_if_due()
+            # A whole batch's outcomes ride with the next fetch; a slow one's go once the oldest
+            # waited ACK_DELAY (the clock first: while a batch runs there are outcomes).
+            if held and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY and pipeline.outcomes:
+                pipeline.settle()
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
 
@@ -217,7 +219,7 @@ class Worker:
         except Exception as error:  # the handler is user code: any failure is a failed try
             self._failed(msg, f"{type(error).__name__}: {error}")
         else:
-            outcomes.add(Op.DONE, held.raw, b"", msg.id)
+            outcomes.add(Op.DONE, held.raw, b"", msg.fields["id"])  # not .id: a call, per message
             if self._log_processed:  # below INFO, not even the arguments are built
                 log.info("message_processed", id=msg.id, attempts=msg.attempts)
 
