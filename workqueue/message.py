@@ -139,7 +139,7 @@ def decode(raw: bytes) -> Message:
     attempts = fields.get("attempts", 0)
     if type(attempts) is not int or attempts < 0:
         raise MalformedMessage("'attempts' must be a whole number of at least 0")
-    return _new_tuple(Message, (raw, fields))  # type: ignore[no-any-return]
+    return _new_tuple(Message, (raw, fields))
 
 
 def _loads_exactly(raw: bytes) -> Any:
