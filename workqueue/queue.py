@@ -167,7 +167,7 @@ class Queue:
         for start in range(0, len(raws), PUSH_CHUNK):
             chunk = raws[start : start + PUSH_CHUNK]
             if not wanted:
-                self.scripts.call("push", keys, chunk)
+                self.scripts.call_kept("push", keys, chunk)
                 continue
             _, confirmed = self.scripts.call_confirmed("push", keys, chunk, wanted, self.push_replica_timeout)
             if confirmed < wanted:
