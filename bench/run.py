@@ -170,7 +170,8 @@ def measure(url: str, quick: bool, messages: int) -> dict:
     paired = paired_drains(OURS, ("raw-batched", "workqueue"), messages, url)
     r["raw_batched"], r["reliable"], r["versus_batched"] = paired["raw-batched"], paired["workqueue"], paired["ratios"]
     r["simple"] = median_drain(OURS, "workqueue-simple", messages, url)
-    r["reliable_info_logs"] = systems(OURS, "drain", "workqueue-info", str(messages // 2), url=url)
+    info = paired_drains(OURS, ("workqueue", "workqueue-info"), messages // 2, url, pairs=3)
+    r["reliable_info_logs"], r["info_ratios"] = info["workqueue-info"], info["ratios"]
     r["push_single"] = ours_push(url, 20_000, batched=False)
     r["push_batched"] = ours_push(url, 200_000, batched=True)
     r["script"] = scale("script", str(messages), "3", url=url)
@@ -246,7 +247,8 @@ def figures(r: dict) -> list[str]:
         ("raw redis-py: LPOP count 100", r["raw_lpop_100"], "msg/s"),
         ("workqueue reliable drain (1 worker)", r["reliable"]["drain"], "msg/s"),
         ("workqueue simple drain (1 worker)", r["simple"]["drain"], "msg/s"),
-        ("workqueue reliable drain, INFO log per message (JSON)", r["reliable_info_logs"]["drain"], "msg/s"),
+        ("workqueue reliable drain, INFO log per message (JSON; median of three, each paired with a warning-level one)",
+         r["reliable_info_logs"]["drain"], "msg/s"),
         ("`python worker/main.py --burst` (demo handler, LOG_LEVEL=warning), timed from `completed`", script["script"], "msg/s"),
         ("the library's no-op worker, timed the same way, runs alternating with the script's", script["library"], "msg/s"),
         ("workqueue push, one at a time", r["push_single"], "msg/s"),
@@ -350,7 +352,7 @@ def targets(r: dict) -> list[tuple[str, str, bool]]:
     wq = r["efficiency"]["workqueue"]
     at_100us, at_1ms = at_spin(wq, 0.000_1)["efficiency"] * 100, at_spin(wq, 0.001)["efficiency"] * 100
     script = r["script"]["script"] / r["script"]["library"] * 100
-    info = r["reliable_info_logs"]["drain"] / r["reliable"]["drain"] * 100
+    info = r["info_ratios"][len(r["info_ratios"]) // 2] * 100  # INFO beside warning, in back-to-back pairs
     scaling = many_at(r, "sleep", 8)["drain"] / many_at(r, "sleep", 1)["drain"]
     load, raw_load = r["load"]["workqueue"]["p99_ms"], r["load"]["raw"]["p99_ms"]
     pickup, raw_pickup = r["pickup"], r["raw_pickup"]
@@ -364,7 +366,8 @@ def targets(r: dict) -> list[tuple[str, str, bool]]:
         ("handler efficiency at 100 µs ≥ 90% (workqueue)", f"{at_100us:.1f}%", at_100us >= 90),
         ("handler efficiency at 1 ms ≥ 97% (workqueue)", f"{at_1ms:.1f}%", at_1ms >= 97),
         ("`worker/main.py --burst` drain within 10% of the library's no-op worker", f"{script:.1f}%", script >= 90),
-        ("INFO-level drain ≥ 75% of warning-level drain", f"{info:.1f}%", info >= 75),
+        ("INFO-level drain ≥ 75% of warning-level drain (median of paired runs' ratios)",
+         f"{info:.1f}% (pairs: {', '.join(f'{ratio:.0%}' for ratio in r['info_ratios'])})", info >= 75),
         ("8 workers, 1 ms sleeping handler ≥ 7× one worker's drain", f"{scaling:.2f}×", scaling >= 7),
         (f"p99 push-to-start at {LOAD_RATE:,} msg/s ≤ raw loop's p99 + 1 ms (raw: {raw_load:.2f} ms)", f"{load:.2f} ms", load <= raw_load + 1),
         ("idle pickup: median overhead over the raw loop ≤ 0.1 ms", f"{pickup['median_overhead_ms']:.3f} ms", pickup["median_overhead_ms"] <= 0.1),

@@ -26,12 +26,12 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def _dumps(event: EventDict, default: Callable[[Any], Any] | None = None) -> bytes:
-    """orjson, or the standard library for what orjson refuses (a lone surrogate in an error
-    text, an integer beyond 64 bits), so that no event is ever lost to its own content."""
+    """One line: orjson, or the standard library for what orjson refuses (a lone surrogate in an
+    error text, an integer beyond 64 bits), so that no event is ever lost to its own content."""
     try:
-        return orjson.dumps(event, default=default)
+        return orjson.dumps(event, default=default, option=orjson.OPT_APPEND_NEWLINE)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(event, default=default).encode()
+        return json.dumps(event, default=default).encode() + b"\n"
 
 
 class IsoTimestamp:
@@ -43,17 +43,19 @@ class IsoTimestamp:
         self._cached: tuple[int, str] = (-1, "")
 
     def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
-        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        micros = time.time_ns() // 1000
+        second = micros // 1_000_000
         cached = self._cached
         if cached[0] != second:
-            cached = self._cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        event["timestamp"] = f"{cached[1]}.{micros:06d}Z"
+            cached = self._cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)))
+        event["timestamp"] = f"{cached[1]}{micros - second * 1_000_000:06d}Z"
         return event
 
 
 class JsonLine:
     """The JSON path's one processor: structlog's add_log_level, IsoTimestamp, format_exc_info
-    (only for an event that carries exc_info) and JSONRenderer with orjson, in one call."""
+    (only for an event that carries exc_info) and JSONRenderer with orjson, in one call; the
+    line comes with its newline (orjson appends it as it writes)."""
 
     def __init__(self) -> None:
         self._timestamp = IsoTimestamp()
@@ -75,7 +77,7 @@ class LineWriter:
         self._write, self._flush = file.write, file.flush
 
     def msg(self, line: bytes) -> None:
-        self._write(line + b"\n")
+        self._write(line)  # JsonLine ends it with a newline
         self._flush()
 
     log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg

@@ -219,9 +219,10 @@ class Worker:
         except Exception as error:  # the handler is user code: any failure is a failed try
             self._failed(msg, f"{type(error).__name__}: {error}")
         else:
-            outcomes.add(Op.DONE, held.raw, b"", msg.fields["id"])  # not .id: a call, per message
+            fields = msg.fields  # not msg.id and msg.attempts: each is a call, and this runs per message
+            outcomes.add(Op.DONE, held.raw, b"", fields["id"])
             if self._log_processed:  # below INFO, not even the arguments are built
-                log.info("message_processed", id=msg.id, attempts=msg.attempts)
+                log.info("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
 
     def _failed(self, msg: Message, text: str) -> None:
         """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
