@@ -34,6 +34,9 @@ def _dumps(event: EventDict, default: Callable[[Any], Any] | None = None) -> byt
         return json.dumps(event, default=default).encode() + b"\n"
 
 
+_DIGITS3 = [f"{n:03d}" for n in range(1000)]
+
+
 class IsoTimestamp:
     """`timestamp` as ISO 8601 UTC with microseconds, as structlog's TimeStamper(fmt="iso",
     utc=True) writes it, with the formatted second cached (datetime formatting per event costs
@@ -48,7 +51,9 @@ class IsoTimestamp:
         cached = self._cached
         if cached[0] != second:
             cached = self._cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)))
-        event["timestamp"] = f"{cached[1]}{micros - second * 1_000_000:06d}Z"
+        fraction = micros - second * 1_000_000
+        # Joined from cached three-digit strings: an f-string's "06d" costs twice as much, per line.
+        event["timestamp"] = "".join((cached[1], _DIGITS3[fraction // 1000], _DIGITS3[fraction % 1000], "Z"))
         return event
 
 
