@@ -77,7 +77,7 @@ end
 
 local completed, duplicates_skipped, retried, dead_lettered, recovered = 0, 0, 0, 0, 0
 local done_args, done_count = {}, 0
-local forget_at = now + tonumber(argv[2])
+local forget_at = tostring(now + tonumber(argv[2]))  -- once: a number would be converted to text again for every id
 local applied = {}
 for j = 1, n do
   local i = first + (j - 1) * 4
