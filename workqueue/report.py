@@ -10,7 +10,8 @@ from typing import Any
 from . import message
 from .dead import DeadLetter
 from .message import MalformedMessage
-from .queue import STATS_FIELDS, Queue, StatValue
+from .queue import Queue
+from .stats import STATS_FIELDS, StatValue
 
 CUT = 100  # characters of a body or a raw element shown on one line of a table
 
