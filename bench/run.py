@@ -65,27 +65,33 @@ def scale(*args: str, url: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def median_run(results: list[dict]) -> dict:
+    """The run with the median drain rate, with every run's rate (in the order they ran)."""
+    ordered = sorted(results, key=lambda r: r["drain"])
+    return ordered[len(ordered) // 2] | {"runs": [round(r["drain"]) for r in results]}
+
+
 def median_drain(python: str, system: str, n: int, url: str, runs: int = 3) -> dict:
-    """The run with the median drain rate of `runs`: one noisy run must not decide a ratio."""
-    results = sorted((systems(python, "drain", system, str(n), url=url) for _ in range(runs)), key=lambda r: r["drain"])
-    return results[len(results) // 2] | {"runs": [round(r["drain"]) for r in results]}
+    """The median of `runs` drains: one noisy run must not decide a ratio."""
+    return median_run([systems(python, "drain", system, str(n), url=url) for _ in range(runs)])
 
 
 def paired_drains(python: str, systems_: tuple[str, str], n: int, url: str, pairs: int = 5) -> dict:
     """Drains of two systems in pairs, run back to back in ABBA order: this machine's speed drifts
     by a third within minutes, so a ratio is taken within each pair, where both saw the same
-    machine, and the median of those ratios reported. Each system's figure is its median run."""
+    machine (`ratios`, sorted: the target takes the middle one). Each system's figure is its median run."""
     first, second = systems_
     runs: dict[str, list[dict]] = {first: [], second: []}
     for i in range(pairs):
         for name in systems_ if i % 2 == 0 else systems_[::-1]:
             runs[name].append(systems(python, "drain", name, str(n), url=url))
     ratios = sorted(b["drain"] / a["drain"] for a, b in zip(runs[first], runs[second], strict=True))
-    result = {}
-    for name, results in runs.items():
-        ordered = sorted(results, key=lambda r: r["drain"])
-        result[name] = ordered[len(ordered) // 2] | {"runs": [round(r["drain"]) for r in results]}
-    return result | {"ratios": [round(ratio, 3) for ratio in ratios]}
+    return {name: median_run(results) for name, results in runs.items()} | {"ratios": [round(ratio, 3) for ratio in ratios]}
+
+
+def middle(values: list[float]) -> float:
+    """The median of sorted `values` (an odd count)."""
+    return values[len(values) // 2]
 
 
 def raw_pipelined_rpush(client: redis.Redis, n: int) -> float:
@@ -352,12 +358,12 @@ def targets(r: dict) -> list[tuple[str, str, bool]]:
     wq = r["efficiency"]["workqueue"]
     at_100us, at_1ms = at_spin(wq, 0.000_1)["efficiency"] * 100, at_spin(wq, 0.001)["efficiency"] * 100
     script = r["script"]["script"] / r["script"]["library"] * 100
-    info = r["info_ratios"][len(r["info_ratios"]) // 2] * 100  # INFO beside warning, in back-to-back pairs
+    info = middle(r["info_ratios"]) * 100  # INFO beside warning, in back-to-back pairs
     scaling = many_at(r, "sleep", 8)["drain"] / many_at(r, "sleep", 1)["drain"]
     load, raw_load = r["load"]["workqueue"]["p99_ms"], r["load"]["raw"]["p99_ms"]
     pickup, raw_pickup = r["pickup"], r["raw_pickup"]
     ratios = r["versus_batched"]  # taken within each pair of back-to-back drains
-    versus_batched = ratios[len(ratios) // 2]
+    versus_batched = middle(ratios)
     versus_raw, simple = r["reliable"]["drain"] / r["raw_loop"], r["simple"]["drain"] / r["raw_loop"]
     push = r["push_batched"] / r["raw_rpush_pipelined"] * 100
     rss = r["rss"]
