@@ -24,6 +24,7 @@ from .consumer import PAUSED
 from .handlers import Handler, HandlerRunner, JobTimeout, LoopAbort, WorkerAborted
 from .held import Held, Holdings
 from .housekeeper import Housekeeper
+from .logs import held_lines
 from .message import Message
 from .outages import Outage, is_fenced, wait_out
 from .pipeline import ACK_DELAY, RequestPipeline
@@ -188,13 +189,15 @@ class Worker:
         handlers); then size the next batch to about BATCH_SECONDS of this pace."""
         pipeline, held, shutdown = self._pipeline, self._held, self.shutdown
         started, count = time.perf_counter(), 0
-        while held and not shutdown.requested:
-            self._process(held.popleft())
-            count += 1
-            # A whole batch's outcomes ride with the next fetch; a slow one's go once the oldest
-            # waited ACK_DELAY (the clock first: while a batch runs there are outcomes).
-            if held and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY and pipeline.outcomes:
-                pipeline.settle()
+        with held_lines() as write_lines:  # each message's line is written before its outcome is sent
+            while held and not shutdown.requested:
+                self._process(held.popleft())
+                count += 1
+                # A whole batch's outcomes ride with the next fetch; a slow one's go once the oldest
+                # waited ACK_DELAY (the clock first: while a batch runs there are outcomes).
+                if held and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY and pipeline.outcomes:
+                    write_lines()
+                    pipeline.settle()
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
 
