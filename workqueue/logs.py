@@ -5,20 +5,21 @@ once, so a quiet worker spends nothing formatting INFO events. At INFO a worker 
 per message, so the JSON path is structlog's documented fast one, made leaner where measurement
 showed it paid: a filtering bound logger written as one static class (FilteringLogger), one
 processor (level, timestamp, a traceback when there is one, orjson rendering), and bytes
-straight to stderr's buffer. During a batch a worker holds its INFO lines in that buffer and
-writes them before Redis hears the batch's outcomes (held_lines): a flush per line was a third
-of the line's cost, and a message that Redis counts as processed still has its line written.
+to a buffer of our own on stderr. A worker's message_processed lines wait in that buffer
+(info_held) until the next line written or until the worker sends outcomes to Redis
+(write_held_lines): a flush per line was a third of the line's cost, and a message that Redis
+counts as processed still has its line written.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import select
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import orjson
 import structlog
@@ -117,6 +118,13 @@ class FilteringLogger(structlog.BoundLoggerBase):
 
     msg = info
 
+    def info_held(self, event: str, **kw: Any) -> None:
+        """info(), whose line may wait in stderr's buffer until write_held_lines() or the next
+        line written: a worker's line per message, which a flush each would make a third
+        dearer. With a logger that cannot hold a line (other formats), it is written at once."""
+        if self.min_level <= INFO and (line := self._line("info", event, kw)) is not None:
+            getattr(self._logger, "hold", self._logger.info)(line)
+
     def log(self, level: int, event: str, **kw: Any) -> None:
         if level >= self.min_level:
             name = _NAMES[level]
@@ -152,65 +160,58 @@ class FilteringLogger(structlog.BoundLoggerBase):
 
 
 class LineWriter:
-    """A structlog logger writing each rendered line (bytes) whole to a binary file: BytesLogger
-    without its lock, which a buffered file's own lock makes redundant. WARNING and above are
-    flushed at once (with every line before them); INFO and DEBUG lines too, unless `holding`."""
+    """A structlog logger writing each rendered line (bytes) whole to a binary file and flushing
+    it: BytesLogger without its lock, which a buffered file's own lock makes redundant. A line
+    given to hold() waits in the buffer until the next line written by any thread, a full
+    buffer or write_held_lines()."""
 
     def __init__(self, file: Any) -> None:
         self._write, self._flush = file.write, file.flush
-        self.holding = False
 
     def msg(self, line: bytes) -> None:
         self._write(line)  # JsonLine ends it with a newline
         self._flush()
 
-    def lesser(self, line: bytes) -> None:
+    def hold(self, line: bytes) -> None:
         self._write(line)
-        if not self.holding:
-            self._flush()
 
     def flush(self) -> None:
         self._flush()
 
-    debug = info = lesser
-    log = warn = warning = err = error = critical = exception = failure = fatal = msg
+    log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg
 
 
-_writer: LineWriter | None = None  # configure_logging's, when it writes JSON to stderr's buffer
+_writer: LineWriter | None = None  # configure_logging's, when it writes JSON lines to stderr
 
 
-@contextmanager
-def held_lines() -> Iterator[Callable[[], None]]:
-    """Hold INFO and DEBUG lines in stderr's buffer for the block (a worker's batch), writing
-    them when it ends, when the buffer fills, with any WARNING or worse, or when the function
-    it yields is called: the worker calls it before sending outcomes to Redis, so no message is
-    settled before its line is written. A worker killed mid-batch loses the lines of messages
-    not yet settled; those run again and are logged where they do. Holding is one flag for the
-    process: a second worker thread's batch may end it early, which costs only flushes."""
-    writer = _writer
-    if writer is None:  # not configured, or not our writer: nothing is held
-        yield _nothing
-        return
-    writer.holding = True
+def write_held_lines() -> None:
+    """Write the lines that info_held() left waiting (none unless configure_logging writes JSON
+    lines). A worker calls it when a batch ends and before it sends outcomes mid-batch, so no
+    message is settled before its line is written."""
+    if _writer is not None:
+        _writer.flush()
+
+
+def _stderr_file() -> BinaryIO | None:
+    """A buffered binary file of our own on stderr's descriptor (never closing it), or None
+    when stderr has none (a StringIO put in its place). Our own, because with PYTHONUNBUFFERED
+    (as our Dockerfile sets) sys.stderr's binary layer is unbuffered: every write a system
+    call, and no line could be held. Its buffer is PIPE_BUF bytes and it writes whole lines, so
+    each write reaches a pipe whole: lines of processes sharing one never interleave."""
     try:
-        yield writer.flush
-    finally:
-        writer.holding = False
-        writer.flush()
-
-
-def _nothing() -> None:
-    pass
+        descriptor = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return None
+    return io.BufferedWriter(io.FileIO(descriptor, "wb", closefd=False), buffer_size=select.PIPE_BUF)
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Send structured events to stderr at `level` and above, rendered as `fmt`."""
     global _writer
-    binary = getattr(sys.stderr, "buffer", None)  # a StringIO put in its place (embedding) has none
     processors: list[Any] = [structlog.processors.add_log_level, IsoTimestamp(), structlog.processors.format_exc_info]
     factory: Any = structlog.WriteLoggerFactory(file=sys.stderr)
     _writer = None
-    if fmt == "json" and binary is not None:
+    if fmt == "json" and (binary := _stderr_file()) is not None:
         writer = _writer = LineWriter(binary)
         processors, factory = [JsonLine()], lambda *args: writer  # structlog asks its factory for each logger
     elif fmt == "json":
@@ -224,4 +225,3 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-

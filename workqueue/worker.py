@@ -24,7 +24,7 @@ from .consumer import PAUSED
 from .handlers import Handler, HandlerRunner, JobTimeout, LoopAbort, WorkerAborted
 from .held import Held, Holdings
 from .housekeeper import Housekeeper
-from .logs import held_lines
+from .logs import write_held_lines
 from .message import Message
 from .outages import Outage, is_fenced, wait_out
 from .pipeline import ACK_DELAY, RequestPipeline
@@ -78,6 +78,7 @@ class Worker:
         self.shutdown = shutdown or Shutdown()
         self.log = structlog.get_logger().bind(queue=queue.name, worker=self.id)
         self._log_processed = getattr(self.log, "is_enabled_for", lambda level: True)(logging.INFO)
+        self._processed_line = getattr(self.log, "info_held", self.log.info)  # held: see write_held_lines
         self.consumer = queue.consumer(self.id, self.delivery, worker_timeout)
         self._runner = HandlerRunner(handler, job_timeout)
         self.metrics = metrics
@@ -189,15 +190,17 @@ class Worker:
         handlers); then size the next batch to about BATCH_SECONDS of this pace."""
         pipeline, held, shutdown = self._pipeline, self._held, self.shutdown
         started, count = time.perf_counter(), 0
-        with held_lines() as write_lines:  # each message's line is written before its outcome is sent
+        try:
             while held and not shutdown.requested:
                 self._process(held.popleft())
                 count += 1
                 # A whole batch's outcomes ride with the next fetch; a slow one's go once the oldest
                 # waited ACK_DELAY (the clock first: while a batch runs there are outcomes).
                 if held and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY and pipeline.outcomes:
-                    write_lines()
+                    write_held_lines()  # a message's line is written before Redis hears its outcome
                     pipeline.settle()
+        finally:
+            write_held_lines()
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
 
@@ -225,7 +228,7 @@ class Worker:
             fields = msg.fields  # not msg.id and msg.attempts: each is a call, and this runs per message
             outcomes.add(Op.DONE, held.raw, b"", fields["id"])
             if self._log_processed:  # below INFO, not even the arguments are built
-                log.info("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
+                self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
 
     def _failed(self, msg: Message, text: str) -> None:
         """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""

@@ -1,0 +1,162 @@
+"""Logging: the filtering logger's levels, held INFO lines, and lines in step with what Redis settled."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+from support import PYTHON, ROOT, script_env, wait_until
+
+from workqueue import Queue, logs
+from workqueue.keys import QueueKeys
+
+
+class LogFile:
+    """A file standing in for stderr, which configure_logging writes to."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.file = open(path, "w")  # noqa: SIM115 - closed by the fixture: the logger writes to it all test long
+
+    def configure(self, level: str, fmt: str = "json") -> None:
+        """configure_logging with sys.stderr this file (pytest puts its own back in each test
+        phase, so the swap is done here, around the call that reads it)."""
+        saved, sys.stderr = sys.stderr, self.file
+        try:
+            logs.configure_logging(level, fmt)
+        finally:
+            sys.stderr = saved
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+    def names(self) -> list[str]:
+        return [event["event"] for event in self.events()]
+
+
+@pytest.fixture
+def log_file(tmp_path):
+    """A LogFile; structlog's defaults come back afterwards."""
+    log_file = LogFile(tmp_path / "stderr")
+    yield log_file
+    structlog.reset_defaults()
+    logs._writer = None
+    logs.FilteringLogger.min_level = logging.INFO
+    log_file.file.close()
+
+
+def test_each_call_at_or_above_the_configured_level_is_one_json_line(log_file):
+    """At WARNING, debug and info write nothing; every other method writes its level, the bound context and a traceback for exception()."""
+    log_file.configure("warning", "json")
+    log = structlog.get_logger().bind(queue="q")
+    log.debug("quiet")
+    log.info("quiet")
+    log.warning("w", n=1)
+    log.warn("w2")
+    log.error("e")
+    log.critical("c")
+    log.log(logging.ERROR, "by_number")
+    log.log(logging.INFO, "quiet")
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        log.exception("failed")
+    events = log_file.events()
+    assert [(e["event"], e["level"]) for e in events] == [
+        ("w", "warning"), ("w2", "warning"), ("e", "error"), ("c", "critical"), ("by_number", "error"), ("failed", "error"),
+    ]
+    assert all(e["queue"] == "q" and e["timestamp"].endswith("Z") for e in events) and events[0]["n"] == 1
+    assert "ZeroDivisionError" in events[-1]["exception"]
+    assert not log.is_enabled_for(logging.INFO) and log.is_enabled_for(logging.WARNING)
+    assert log.get_effective_level() == logging.WARNING
+
+
+def test_capture_logs_sees_the_events_at_the_configured_level(log_file):
+    """structlog's capture_logs works through the filtering logger: a processor that drops the event (DropEvent) writes nothing."""
+    log_file.configure("info", "json")
+    log = structlog.get_logger().bind(queue="q")
+    with capture_logs() as captured:
+        log.debug("hidden")
+        log.info("shown", n=2)
+    assert captured == [{"queue": "q", "n": 2, "event": "shown", "log_level": "info"}]
+    assert log_file.events() == []
+
+
+def test_a_held_line_waits_for_the_next_line_written_or_write_held_lines(log_file):
+    """An info_held() line is written by write_held_lines(), or before the next line any thread writes, in order."""
+    log_file.configure("info", "json")
+    log = structlog.get_logger()
+    log.info_held("a")
+    assert log_file.events() == []
+    logs.write_held_lines()
+    assert log_file.names() == ["a"]
+    log.info_held("b")
+    log.debug("hidden")
+    assert log_file.names() == ["a"]
+    log.info("c")
+    assert log_file.names() == ["a", "b", "c"]
+    log.info_held("d")
+    other = threading.Thread(target=lambda: structlog.get_logger().warning("e"))
+    other.start()
+    other.join()
+    assert log_file.names() == ["a", "b", "c", "d", "e"]
+
+
+def test_other_formats_write_a_held_line_at_once(log_file):
+    """With the console format info_held() writes its line as it is logged."""
+    log_file.configure("info", "console")
+    structlog.get_logger().info_held("at_once")
+    assert "at_once" in log_file.path.read_text()
+
+
+def test_a_value_json_cannot_hold_is_written_as_its_repr(log_file):
+    """An event carrying a set or an exception object is still written, with those values as their repr."""
+    log_file.configure("info", "json")
+    structlog.get_logger().info("odd", tags={1}, error=ValueError("x"))
+    [event] = log_file.events()
+    assert event["tags"] == "{1}" and event["error"] == "ValueError('x')"
+
+
+@pytest.mark.parametrize("work_seconds", ["0", "0.002"])
+def test_a_killed_worker_wrote_the_line_of_every_message_redis_counts_done(shared_redis, client, queue_name, processes, work_seconds):
+    """A worker at INFO SIGKILLed mid-drain (batches of quick messages, or slower ones settled mid-batch) has written a message_processed line for every id Redis marked done."""
+    count = 100_000 if work_seconds == "0" else 2_000
+    Queue.connect(shared_redis.url, queue_name).push_many({"i": i} for i in range(count))
+    worker = processes.start("worker/main.py", "--work-seconds", work_seconds, env=script_env(shared_redis.url, queue_name))
+    done = QueueKeys(queue_name).done
+    wait_until(lambda: client.zcard(done) >= 300, timeout=30, interval=0.01)
+    worker.kill()  # SIGKILL: nothing runs on the way out
+    settled = {member.decode() for member in client.zrange(done, 0, -1)}
+    logged = {e["id"] for e in worker.named("message_processed")}
+    assert 300 <= len(settled) < count
+    assert settled <= logged, f"{len(settled - logged)} settled messages have no line"
+
+
+def test_lines_of_processes_sharing_a_pipe_stay_whole(tmp_path):
+    """Four processes writing held INFO lines into one pipe, read slowly: every line read is one whole JSON object."""
+    script = tmp_path / "lines.py"
+    script.write_text(
+        "import structlog\n"
+        "from workqueue.logs import configure_logging, write_held_lines\n"
+        "configure_logging('info', 'json'); log = structlog.get_logger()\n"
+        "for batch in range(100):\n"
+        "    for i in range(100):\n"
+        "        log.info_held('message_processed', id='x' * (i % 40 * 7), batch=batch)\n"
+        "    write_held_lines()\n"
+    )
+    read_end, write_end = os.pipe()
+    writers = [subprocess.Popen([PYTHON, str(script)], cwd=ROOT, stderr=write_end) for _ in range(4)]
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read1(1000):  # small reads: the writers find the pipe full and block mid-write
+            chunks.append(chunk)
+    assert [writer.wait(timeout=60) for writer in writers] == [0, 0, 0, 0]
+    lines = b"".join(chunks).splitlines()
+    assert len(lines) == 4 * 100 * 100
+    assert all(json.loads(line)["event"] == "message_processed" for line in lines)
