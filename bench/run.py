@@ -176,7 +176,7 @@ def measure(url: str, quick: bool, messages: int) -> dict:
     paired = paired_drains(OURS, ("raw-batched", "workqueue"), messages, url)
     r["raw_batched"], r["reliable"], r["versus_batched"] = paired["raw-batched"], paired["workqueue"], paired["ratios"]
     r["simple"] = median_drain(OURS, "workqueue-simple", messages, url)
-    info = paired_drains(OURS, ("workqueue", "workqueue-info"), messages // 2, url, pairs=3)
+    info = paired_drains(OURS, ("workqueue", "workqueue-info"), messages // 2, url)
     r["reliable_info_logs"], r["info_ratios"] = info["workqueue-info"], info["ratios"]
     r["push_single"] = ours_push(url, 20_000, batched=False)
     r["push_batched"] = ours_push(url, 200_000, batched=True)
@@ -253,7 +253,7 @@ def figures(r: dict) -> list[str]:
         ("raw redis-py: LPOP count 100", r["raw_lpop_100"], "msg/s"),
         ("workqueue reliable drain (1 worker)", r["reliable"]["drain"], "msg/s"),
         ("workqueue simple drain (1 worker)", r["simple"]["drain"], "msg/s"),
-        ("workqueue reliable drain, INFO log per message (JSON; median of three, each paired with a warning-level one)",
+        ("workqueue reliable drain, INFO log per message (JSON; median of five, each paired with a warning-level one)",
          r["reliable_info_logs"]["drain"], "msg/s"),
         ("`python worker/main.py --burst` (demo handler, LOG_LEVEL=warning), timed from `completed`", script["script"], "msg/s"),
         ("the library's no-op worker, timed the same way, runs alternating with the script's", script["library"], "msg/s"),

@@ -123,7 +123,11 @@ class FilteringLogger(structlog.BoundLoggerBase):
         line written: a worker's line per message, which a flush each would make a third
         dearer. With a logger that cannot hold a line (other formats), it is written at once."""
         if self.min_level <= INFO and (line := self._line("info", event, kw)) is not None:
-            getattr(self._logger, "hold", self._logger.info)(line)
+            try:  # not getattr with a default, which would be built on every call
+                hold = self._logger.hold
+            except AttributeError:
+                hold = self._logger.info
+            hold(line)
 
     def log(self, level: int, event: str, **kw: Any) -> None:
         if level >= self.min_level:
