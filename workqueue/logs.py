@@ -112,7 +112,7 @@ class FilteringLogger(structlog.BoundLoggerBase):
         return event_dict
 
     def info(self, event: str, **kw: Any) -> None:
-        """Written out, not through log(): the per-message line's call."""
+        """Written out, not through log(): the level most lines are written at."""
         if self.min_level <= INFO and (line := self._line("info", event, kw)) is not None:
             self._logger.info(line)
 
