@@ -46,7 +46,6 @@ def log_file(tmp_path):
     yield log_file
     structlog.reset_defaults()
     logs._writer = None
-    logs.FilteringLogger.min_level = logging.INFO
     log_file.file.close()
 
 
@@ -74,6 +73,25 @@ def test_each_call_at_or_above_the_configured_level_is_one_json_line(log_file):
     assert "ZeroDivisionError" in events[-1]["exception"]
     assert not log.is_enabled_for(logging.INFO) and log.is_enabled_for(logging.WARNING)
     assert log.get_effective_level() == logging.WARNING
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
+def test_each_level_writes_exactly_the_levels_at_or_above_it(log_file, level):
+    """Configured at each level, every method (info_held and log() too) writes only if its level is at or above it."""
+    log_file.configure(level, "json")
+    log = structlog.get_logger()
+    for method in ("debug", "info", "info_held", "msg", "warning", "warn", "error", "exception", "critical", "fatal"):
+        getattr(log, method)(method)
+    for number in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+        log.log(number, f"log_{number}")
+    logs.write_held_lines()
+    written = {(e["event"], e["level"]) for e in log_file.events()}
+    rank = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+    expected = {("debug", "debug"), ("info", "info"), ("info_held", "info"), ("msg", "info"), ("warning", "warning"),
+                ("warn", "warning"), ("error", "error"), ("exception", "error"), ("critical", "critical"), ("fatal", "critical")}
+    expected |= {(f"log_{number}", name) for name, number in rank.items()}
+    assert written == {(event, name) for event, name in expected if rank[name] >= rank[level]}
+    assert log.get_effective_level() == rank[level]
 
 
 def test_capture_logs_sees_the_events_at_the_configured_level(log_file):

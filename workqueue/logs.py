@@ -85,18 +85,19 @@ _NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error", CRIT
 
 
 class FilteringLogger(structlog.BoundLoggerBase):
-    """structlog's filtering bound logger, as one static class that does less per call.
+    """structlog's filtering bound logger, as static classes that do less per call.
 
-    Below `min_level` a call returns at once, as in make_filtering_bound_logger's classes. At or
-    above it, the bound context, the keywords and the event go through the processors and the
-    line to the logger in one frame; structlog's generated methods pack the keywords three times
-    over three calls, then check what the last processor returned, which was a third of an INFO
-    line's cost (and a worker at INFO writes a line per message). Custom wrapper classes are a
-    documented structlog extension point; a processor may still drop an event (DropEvent), as
-    structlog.testing.capture_logs does. Not provided: the async methods and %-style positional
-    arguments, which workqueue does not use. configure_logging sets `min_level`."""
+    This one writes every level; each subclass below drops the levels under its own, whose
+    methods then return at once, as in make_filtering_bound_logger's classes (which structlog
+    makes at run time). A call that writes passes the bound context, the keywords and the event
+    through the processors and the line to the logger in one frame; structlog's methods pack
+    the keywords three times over three calls, then check what the last processor returned,
+    which was a third of an INFO line's cost (a worker at INFO writes a line per message).
+    Custom wrapper classes are a documented structlog extension point; a processor may still
+    drop an event (DropEvent), as structlog.testing.capture_logs does. Not provided: the async
+    methods and %-style positional arguments, which workqueue does not use."""
 
-    min_level: ClassVar[int] = INFO
+    min_level: ClassVar[int] = DEBUG
 
     def _line(self, name: str, event: str, kw: dict[str, Any]) -> Any:
         """The event as the processors render it (for configure_logging's chains, a line), or
@@ -111,9 +112,13 @@ class FilteringLogger(structlog.BoundLoggerBase):
             return None
         return event_dict
 
+    def _write(self, name: str, event: str, kw: dict[str, Any]) -> None:
+        if (line := self._line(name, event, kw)) is not None:
+            getattr(self._logger, name)(line)
+
     def info(self, event: str, **kw: Any) -> None:
-        """Written out, not through log(): the level most lines are written at."""
-        if self.min_level <= INFO and (line := self._line("info", event, kw)) is not None:
+        """Written out, not through _write(): the level most lines are written at."""
+        if (line := self._line("info", event, kw)) is not None:
             self._logger.info(line)
 
     msg = info
@@ -122,45 +127,67 @@ class FilteringLogger(structlog.BoundLoggerBase):
         """info(), whose line may wait in stderr's buffer until write_held_lines() or the next
         line written: a worker's line per message, which a flush each would make a third
         dearer. With a logger that cannot hold a line (other formats), it is written at once."""
-        if self.min_level <= INFO and (line := self._line("info", event, kw)) is not None:
+        if (line := self._line("info", event, kw)) is not None:
             try:  # not getattr with a default, which would be built on every call
                 hold = self._logger.hold
             except AttributeError:
                 hold = self._logger.info
             hold(line)
 
-    def log(self, level: int, event: str, **kw: Any) -> None:
-        if level >= self.min_level:
-            name = _NAMES[level]
-            if (line := self._line(name, event, kw)) is not None:
-                getattr(self._logger, name)(line)
-
     def debug(self, event: str, **kw: Any) -> None:
-        self.log(DEBUG, event, **kw)
+        self._write("debug", event, kw)
 
     def warning(self, event: str, **kw: Any) -> None:
-        self.log(WARNING, event, **kw)
+        self._write("warning", event, kw)
 
     warn = warning
 
     def error(self, event: str, **kw: Any) -> None:
-        self.log(ERROR, event, **kw)
+        self._write("error", event, kw)
 
     def exception(self, event: str, **kw: Any) -> None:
         """An error with the traceback being handled, as structlog's exception()."""
         kw.setdefault("exc_info", True)
-        self.log(ERROR, event, **kw)
+        self._write("error", event, kw)
 
     def critical(self, event: str, **kw: Any) -> None:
-        self.log(CRITICAL, event, **kw)
+        self._write("critical", event, kw)
 
     fatal = critical
+
+    def log(self, level: int, event: str, **kw: Any) -> None:
+        if level >= self.min_level:
+            self._write(_NAMES[level], event, kw)
 
     def is_enabled_for(self, level: int) -> bool:
         return level >= self.min_level
 
     def get_effective_level(self) -> int:
         return self.min_level
+
+
+def _below_level(self: Any, event: str, **kw: Any) -> None:
+    """A call below the configured level: nothing to do."""
+
+
+class FilteringFromInfo(FilteringLogger):
+    min_level = INFO
+    debug = _below_level
+
+
+class FilteringFromWarning(FilteringFromInfo):
+    min_level = WARNING
+    info = msg = info_held = _below_level
+
+
+class FilteringFromError(FilteringFromWarning):
+    min_level = ERROR
+    warning = warn = _below_level
+
+
+FILTERING_LOGGERS: dict[int, type[FilteringLogger]] = {
+    DEBUG: FilteringLogger, INFO: FilteringFromInfo, WARNING: FilteringFromWarning, ERROR: FilteringFromError,
+}
 
 
 class LineWriter:
@@ -222,10 +249,9 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         processors.append(structlog.processors.JSONRenderer())
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
-    FilteringLogger.min_level = LEVELS[level]
     structlog.configure(
         processors=processors,
-        wrapper_class=FilteringLogger,
+        wrapper_class=FILTERING_LOGGERS[LEVELS[level]],
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
