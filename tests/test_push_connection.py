@@ -51,19 +51,21 @@ def _push_in_child(url: str, queue_name: str, pushed: multiprocessing.Queue, rel
 _QUEUE: Queue  # set before forking: the child inherits it, kept connection and all
 
 
-def test_a_forked_child_pushes_on_a_connection_of_its_own(shared_redis, client, queue_name):
+def test_a_forked_child_pushes_on_a_connection_of_its_own(own_redis, queue_name):
     """A Queue used before a fork: the child's push opens its own connection rather than writing on the parent's socket, and both land."""
     global _QUEUE
-    _QUEUE = Queue.connect(shared_redis.url, queue_name)
+    client = own_redis.client()  # a server of its own: no other test's connection opens or closes meanwhile
+    _QUEUE = Queue.connect(own_redis.url, queue_name)
     before = _QUEUE.push({"from": "parent"})  # the parent's kept connection exists now
-    clients_before = len(client.client_list())
+    clients_before = {entry["id"] for entry in client.client_list()}
     context = multiprocessing.get_context("fork")
     pushed, release = context.Queue(), context.Event()
-    child = context.Process(target=_push_in_child, args=(shared_redis.url, queue_name, pushed, release))
+    child = context.Process(target=_push_in_child, args=(own_redis.url, queue_name, pushed, release))
     child.start()
     try:
         from_child = pushed.get(timeout=30)
-        assert len(client.client_list()) == clients_before + 1  # the child's own connection
+        opened = {entry["id"] for entry in client.client_list()} - clients_before
+        assert len(opened) == 1  # the child's own connection
     finally:
         release.set()
         child.join(timeout=30)
