@@ -218,8 +218,8 @@ def test_a_simple_workers_adopted_message_is_adopted_once_however_often_it_resyn
     client.lmove(queue.keys.pending, queue.keys.in_flight("w-simple"), "LEFT", "RIGHT")  # BLMOVE ran, the pop did not
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id), delivery="simple", worker_id="w-simple", burst=True)
-    worker._sync_with_redis()
-    worker._sync_with_redis()  # as after a second connection error before the message was settled
+    worker._session.sync()
+    worker._session.sync()  # as after a second connection error before the message was settled
     worker.run()
     assert seen == [message_id]
     result = queue.stats()

@@ -2,7 +2,8 @@
 
 The loop runs in the calling thread; a Housekeeper thread keeps the heartbeat alive (so a long
 handler keeps its messages), recovers dead workers' messages, and watches the time limits.
-RequestPipeline keeps the requests that overlap the work in order. The loop returns an exit code or
+RequestPipeline keeps the requests that overlap the work in order; Session joins Redis at start-up
+and after every error, and leaves at the end. The loop returns an exit code or
 raises RedisRefused; ending the process is the entry script's business.
 """
 
@@ -30,6 +31,7 @@ from .outages import Outage, is_fenced, wait_out
 from .pipeline import ACK_DELAY, RequestPipeline
 from .protocol import Delivery, Op
 from .queue import Queue
+from .session import Session
 from .settings import Settings
 from .shutdown import Shutdown
 
@@ -87,12 +89,12 @@ class Worker:
         self._held = Holdings(queue.policy)  # the queue's size limit and signing keys
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
-        self._resync = True  # (re)register and re-read our in-flight list before taking messages
+        self._session = Session(queue, self.consumer, self._pipeline, self._held, self._outage, self.log)
         self._fenced = False  # the last request was refused as of an ended session
         self._loop_abort = LoopAbort(self._runner)
         self._housekeeper = Housekeeper(
             self.consumer, self.log, self.shutdown, self._runner,
-            grace=grace, abort=abort or self._loop_abort, resyncing=lambda: self._resync, metrics=metrics,
+            grace=grace, abort=abort or self._loop_abort, resyncing=lambda: self._session.needed, metrics=metrics,
         )
 
     @classmethod
@@ -115,7 +117,8 @@ class Worker:
         code = 1
         try:
             self._loop()
-            code = self._stop()
+            self._session.leave(self._housekeeper.stop_heartbeats)
+            code = 0
         except WorkerAborted:
             pass
         finally:
@@ -132,8 +135,8 @@ class Worker:
             if self._housekeeper.refused is not None:
                 raise self._housekeeper.refused
             try:
-                if self._resync:
-                    self._sync_with_redis()
+                if self._session.needed:
+                    self._session.sync()
                 if self._held:
                     self._work()
                 elif not self._take():
@@ -141,7 +144,7 @@ class Worker:
                 self._outage.succeeded()
                 self._fenced = False
             except RedisError as error:
-                self._resync = True
+                self._session.needed = True
                 if is_fenced(error):
                     # Our session ended: rejoining finds out what we still hold. Refused again
                     # at once (another process with our worker id?): back off as in an outage.
@@ -158,7 +161,7 @@ class Worker:
     def _unexpected(self, error: Exception) -> None:
         """A bug or an unexpected reply: log it whole, pause, and re-read our state from Redis."""
         self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
-        self._resync = True
+        self._session.needed = True
         time.sleep(1)
 
     def _take(self) -> bool:
@@ -239,64 +242,3 @@ class Worker:
             self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
         else:
             self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3))
-
-    def _sync_with_redis(self) -> None:
-        """After start-up or a connection error: join in a new session, so that no request sent
-        before (one delayed in the network) can change anything now; resend unsettled outcomes
-        (settling is idempotent); and trust Redis, not memory, about what we hold: a fetch whose
-        reply was lost may have moved messages, and we may have been presumed dead meanwhile
-        (partitioned, or frozen), our messages recovered and handed to other workers."""
-        self.queue.scripts.load()  # Redis may have restarted without its script cache
-        self.queue.register()  # listed for `workqueue queues` (idempotent)
-        if not self.consumer.join() and self.delivery is Delivery.RELIABLE:
-            self._claim_lost()
-        self._pipeline.settle_all()
-        self._held.accept(*self._pipeline.take_next())
-        orphans = self._held.reconcile(self.consumer.in_flight(), popped=self.delivery is Delivery.SIMPLE)
-        if orphans:
-            self.log.warning("in_flight_adopted", count=len(orphans))
-            self._held.adopt(orphans, self.consumer.completed)
-        self._resync = False
-
-    def _claim_lost(self) -> None:
-        """We were presumed dead and our messages recovered: each is someone else's now, so what
-        we did with it is void (a success of ours is not counted; the copy's fate decides)."""
-        lost = self._held.forfeit(*self._pipeline.forget())
-        for message_id, attempts, outcome in lost:
-            self.log.warning("message_claim_lost", id=message_id, attempts=attempts, outcome=outcome)
-        self.log.warning("worker_rejoined", claims_lost=len(lost))
-
-    # -- stopping ----------------------------------------------------------------------------
-
-    def _stop(self) -> int:
-        """Put back what was taken but not started, settle the rest, deregister. During an
-        outage, a worker with nothing to settle stops at once: its registration runs out, and
-        recovery takes back anything a lost reply had put in its in-flight list."""
-        try:
-            self._held.accept(*self._pipeline.take_next())
-        except RedisError as error:
-            if not wait_out(error):
-                raise
-            # its messages are found below, when deregistering is refused
-        released = self._held.release(self._pipeline.outcomes)
-        deregistered = False
-        while not deregistered:  # bounded: the housekeeper aborts when the grace runs out
-            try:
-                self._pipeline.settle_all()
-                self._housekeeper.stop_heartbeats()
-                deregistered = self.consumer.deregister()
-                if not deregistered:
-                    self._sync_with_redis()  # something is still held: find out what, put it back
-                    released += self._held.release(self._pipeline.outcomes)
-            except RedisError as error:
-                if is_fenced(error):  # our session ended: rejoin, then put back what is still ours
-                    self._sync_with_redis()
-                    released += self._held.release(self._pipeline.outcomes)
-                    continue
-                if not wait_out(error):
-                    raise
-                if self._pipeline.settled and not self._held:
-                    break
-                self._outage.failed(error)
-        self.log.info("worker_stopped", released=released, deregistered=deregistered)
-        return 0
