@@ -3,8 +3,8 @@
 Only the entry scripts call configure_logging. Below the configured level a log call returns at
 once, so a quiet worker spends nothing formatting INFO events. At INFO a worker writes a line
 per message, so the JSON path is structlog's documented fast one, made leaner where measurement
-showed it paid: a filtering bound logger written as one static class (FilteringLogger), one
-processor (level, timestamp, a traceback when there is one, orjson rendering), and bytes
+showed it paid: a filtering bound logger written as one static class per level
+(bound_logger.py), one processor (level, timestamp, a traceback when there is one, orjson rendering), and bytes
 to a buffer of our own on stderr. A worker's message_processed lines wait in that buffer
 (info_held) until the next line written or until the worker sends outcomes to Redis
 (write_held_lines): a flush per line was a third of the line's cost, and a message that Redis
@@ -19,12 +19,13 @@ import logging
 import select
 import sys
 import time
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
-from structlog.exceptions import DropEvent
 from structlog.typing import EventDict, WrappedLogger
+
+from .bound_logger import FILTERING_LOGGERS
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -78,116 +79,6 @@ class JsonLine:
             return orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE)  # repr: as JSONRenderer
         except TypeError:  # orjson.JSONEncodeError is a TypeError
             return _std_dumps(event)
-
-
-DEBUG, INFO, WARNING, ERROR, CRITICAL = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL
-_NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error", CRITICAL: "critical"}
-
-
-class FilteringLogger(structlog.BoundLoggerBase):
-    """structlog's filtering bound logger, as static classes that do less per call.
-
-    This one writes every level; each subclass below drops the levels under its own, whose
-    methods then return at once, as in make_filtering_bound_logger's classes (which structlog
-    makes at run time). A call that writes passes the bound context, the keywords and the event
-    through the processors and the line to the logger in one frame; structlog's methods pack
-    the keywords three times over three calls, then check what the last processor returned,
-    which was a third of an INFO line's cost (a worker at INFO writes a line per message).
-    Custom wrapper classes are a documented structlog extension point; a processor may still
-    drop an event (DropEvent), as structlog.testing.capture_logs does. Not provided: the async
-    methods and %-style positional arguments, which workqueue does not use."""
-
-    min_level: ClassVar[int] = DEBUG
-
-    def _line(self, name: str, event: str, kw: dict[str, Any]) -> Any:
-        """The event as the processors render it (for configure_logging's chains, a line), or
-        None when one of them dropped it."""
-        event_dict: Any = self._context.copy()
-        event_dict.update(kw)
-        event_dict["event"] = event
-        try:
-            for processor in self._processors:
-                event_dict = processor(self._logger, name, event_dict)
-        except DropEvent:
-            return None
-        return event_dict
-
-    def _write(self, name: str, event: str, kw: dict[str, Any]) -> None:
-        if (line := self._line(name, event, kw)) is not None:
-            getattr(self._logger, name)(line)
-
-    def info(self, event: str, **kw: Any) -> None:
-        """Written out, not through _write(): the level most lines are written at."""
-        if (line := self._line("info", event, kw)) is not None:
-            self._logger.info(line)
-
-    msg = info
-
-    def info_held(self, event: str, **kw: Any) -> None:
-        """info(), whose line may wait in stderr's buffer until write_held_lines() or the next
-        line written: a worker's line per message, which a flush each would make a third
-        dearer. With a logger that cannot hold a line (other formats), it is written at once."""
-        if (line := self._line("info", event, kw)) is not None:
-            try:  # not getattr with a default, which would be built on every call
-                hold = self._logger.hold
-            except AttributeError:
-                hold = self._logger.info
-            hold(line)
-
-    def debug(self, event: str, **kw: Any) -> None:
-        self._write("debug", event, kw)
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self._write("warning", event, kw)
-
-    warn = warning
-
-    def error(self, event: str, **kw: Any) -> None:
-        self._write("error", event, kw)
-
-    def exception(self, event: str, **kw: Any) -> None:
-        """An error with the traceback being handled, as structlog's exception()."""
-        kw.setdefault("exc_info", True)
-        self._write("error", event, kw)
-
-    def critical(self, event: str, **kw: Any) -> None:
-        self._write("critical", event, kw)
-
-    fatal = critical
-
-    def log(self, level: int, event: str, **kw: Any) -> None:
-        if level >= self.min_level:
-            self._write(_NAMES[level], event, kw)
-
-    def is_enabled_for(self, level: int) -> bool:
-        return level >= self.min_level
-
-    def get_effective_level(self) -> int:
-        return self.min_level
-
-
-def _below_level(self: Any, event: str, **kw: Any) -> None:
-    """A call below the configured level: nothing to do."""
-
-
-class FilteringFromInfo(FilteringLogger):
-    min_level = INFO
-    debug = _below_level
-
-
-class FilteringFromWarning(FilteringFromInfo):
-    min_level = WARNING
-    info = msg = info_held = _below_level
-
-
-class FilteringFromError(FilteringFromWarning):
-    min_level = ERROR
-    warning = warn = _below_level
-
-
-FILTERING_LOGGERS: dict[int, type[FilteringLogger]] = {
-    DEBUG: FilteringLogger, INFO: FilteringFromInfo, WARNING: FilteringFromWarning, ERROR: FilteringFromError,
-}
 
 
 class LineWriter:
