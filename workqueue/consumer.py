@@ -79,12 +79,16 @@ class Consumer:
         k = self.keys
         commands = []
         if outcomes:
-            commands.append(self.scripts.command("settle", *self._settle_call(self.worker_id, outcomes, recovering=False)))
+            commands.append(self.settle_command(outcomes))
         if count is not None:
             keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers, k.paused, k.sessions]
             args = [count, self.delivery, self.worker_id, _ms(self.worker_timeout), self.session]
             commands.append(self.scripts.command("fetch", keys, args))
         return commands
+
+    def settle_command(self, outcomes: Outcomes) -> Command:
+        """The settle script's call for our `outcomes`, for a Channel."""
+        return self.scripts.command("settle", *self._settle_call(self.worker_id, outcomes, recovering=False))
 
     def channel(self) -> Channel:
         """A connection of our own for requests whose replies are read later, in order."""

@@ -30,6 +30,7 @@ from .settings import TlsFiles
 
 Key = str | bytes
 Command = tuple[Any, ...]
+Packed = bytes  # a command already in Redis's wire format: see pack()
 
 # Blocking pops wait at most this long, then loop; the socket allows twice that plus slack.
 BLOCK_SECONDS = 2.0
@@ -83,6 +84,13 @@ def location(client: redis.Redis | RedisCluster) -> str:
     return where if cluster_of(client, ask=False) is None else f"{where} (cluster)"
 
 
+def pack(command: Command) -> Packed:
+    """`command` in Redis's wire format, packed in C by hiredis: what redis-py would first walk
+    argument by argument in Python (a settle carries four per message)."""
+    packed: bytes = hiredis.pack_command(command)
+    return packed
+
+
 def _connection_for(client: redis.Redis, key: Key) -> tuple[ConnectionPool, Any]:
     """A connection that reaches the server holding `key`, and the pool to give it back to.
 
@@ -118,14 +126,13 @@ class Channel:
         """How many requests were sent whose replies are not read yet."""
         return len(self._unread)
 
-    def send(self, commands: Sequence[Command]) -> None:
-        """Write `commands` in one write (so Redis runs them back to back); read them with read()."""
+    def send(self, commands: Sequence[Command | Packed]) -> None:
+        """Write `commands` (some perhaps packed already) in one write, so Redis runs them back to
+        back; read their replies with read()."""
         if self._conn is None:
             self._pool, self._conn = _connection_for(self.client, self.key)
         try:
-            # hiredis packs in C what redis-py would first walk argument by argument in Python
-            # (a settle carries four per message); one bytes object makes it one write.
-            self._conn.send_packed_command([b"".join(map(hiredis.pack_command, commands))])
+            self._conn.send_packed_command([b"".join(c if isinstance(c, bytes) else pack(c) for c in commands)])
         except BaseException:
             self.drop()
             raise

@@ -169,6 +169,7 @@ class Worker:
         Returns False when a burst worker has nothing left to wait for."""
         pipeline, earlier = self._pipeline, frozenset[str]()
         if pipeline.has_next:
+            pipeline.pack_ahead()  # while the next batch is on its way: the send below then only writes
             taken, earlier = pipeline.take_next()
         else:
             taken, wait_ms = pipeline.fetch(self._batch)
