@@ -12,6 +12,7 @@ from support import free_port, wait_until
 from workqueue import Queue, RedisRefused, Worker, message
 from workqueue.consumer import Consumer
 from workqueue.protocol import Op, Outcomes
+from workqueue.recovery import recover_dead_workers
 from workqueue.transport import Channel
 
 
@@ -114,11 +115,11 @@ def test_recovery_skips_live_workers_and_takes_from_dead_ones(shared_redis, clie
     queue.consumer("dead", worker_timeout=0.001).fetch(1)
     time.sleep(0.05)
     recoverer = queue.consumer("recoverer")
-    recovered = recoverer.recover_dead_workers()
+    recovered = recover_dead_workers(recoverer)
     assert [(r.worker_id, r.attempts, r.dead_lettered) for r in recovered] == [("dead", 1, False)]
     assert client.llen(f"{{{queue_name}}}:in_flight:alive") == 1
     assert json.loads(client.lindex(queue_name, 0))["attempts"] == 1
-    assert recoverer.recover_dead_workers() == []  # a second recoverer finds nothing to do
+    assert recover_dead_workers(recoverer) == []  # a second recoverer finds nothing to do
     assert queue.stats()["recovered"] == 1 and queue.stats()["workers"] == 1
 
 

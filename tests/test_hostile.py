@@ -10,6 +10,7 @@ from support import RedisServer, run, script_env, stats, wait_until
 
 from workqueue import Queue, Worker, message
 from workqueue.message import MAX_NESTING, MalformedMessage
+from workqueue.recovery import recover_dead_workers
 
 
 def deep(levels: int) -> bytes:
@@ -117,7 +118,7 @@ def test_a_wait_that_outlives_its_workers_registration_puts_the_message_back(sha
     # As another worker's housekeeping would: the silent worker is presumed dead and, holding
     # nothing, deregistered, while its wait is still pending in Redis.
     recoverer = queue.consumer("recoverer")
-    wait_until(lambda: recoverer.recover_dead_workers() == [] and client.zscore(queue.keys.workers, "w-frozen") is None, timeout=5)
+    wait_until(lambda: recover_dead_workers(recoverer) == [] and client.zscore(queue.keys.workers, "w-frozen") is None, timeout=5)
     message_id = queue.push({"n": 1})
     waiter.join(timeout=10)
     assert result == [[]]

@@ -36,6 +36,7 @@ from workqueue.consumer import Consumer
 from workqueue.message import MalformedMessage, Message
 from workqueue.outages import is_fenced
 from workqueue.protocol import Op, Outcomes
+from workqueue.recovery import recover_dead_workers
 from workqueue.transport import send_together
 
 # Short enough that "time passes" is a short sleep; a live worker that is presumed dead by
@@ -242,7 +243,7 @@ class QueueModel(RuleBasedStateMachine):
     def recover(self, index: int) -> None:
         worker = self._worker(index)
         if worker is not None:
-            worker.consumer.recover_dead_workers()
+            recover_dead_workers(worker.consumer)
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))

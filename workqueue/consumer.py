@@ -1,4 +1,5 @@
-"""The worker's side of a queue: take messages, settle their outcomes, stay registered, recover.
+"""The worker's side of a queue: take messages, settle their outcomes, stay registered (taking
+back what dead workers held is recovery.py's, on these calls).
 
 A message is always in exactly one place: the queue list (`pending`), one worker's `in_flight`
 list, the `delayed` retry set, or the `dead_letter` list, until it is completed. Each method
@@ -14,10 +15,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import ResponseError
 
-from . import message
-from .message import MalformedMessage, Message
+from .message import Message
 from .outages import is_fenced
-from .protocol import Delivery, Op, Outcomes, Recovered
+from .protocol import Delivery, Op, Outcomes
 from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
 
 if TYPE_CHECKING:
@@ -149,6 +149,12 @@ class Consumer:
         outcomes.clear()
         return [bool(flag) for flag in applied]
 
+    def settle_recovered(self, worker_id: Key, outcomes: Outcomes) -> list[Any]:
+        """Apply a recovery's `outcomes` to the messages of `worker_id`, presumed dead, and
+        deregister it once its list is empty; per outcome, whether it applied. Nothing happens
+        (an empty list) while its heartbeat is alive after all."""
+        return cast(list[Any], self.scripts.call("settle", *self._settle_call(worker_id, outcomes, recovering=True)))
+
     def _settle_call(self, worker_id: Key, outcomes: Outcomes, *, recovering: bool) -> tuple[list[Key], list[Any]]:
         """Keys and arguments of settle.lua, for our own outcomes or a dead worker's."""
         k = self.keys
@@ -217,38 +223,3 @@ class Consumer:
     def _heartbeat_call(self, action: str) -> tuple[list[Key], list[Any]]:
         keys: list[Key] = [self.keys.workers, self.in_flight_key, self.keys.settled, self.keys.sessions, self.landing_key]
         return keys, [self.worker_id, action, _ms(self.worker_timeout), self.session, self._joined]
-
-    def recover_dead_workers(self, limit: int = 100) -> list[Recovered]:
-        """Take back what workers presumed dead were holding: each message returns to the queue
-        with one more attempt, or goes to the dead-letter list when its attempts are used up.
-        Safe to run from many workers at once: settle re-checks the heartbeat and moves a message
-        only if it is still in the dead worker's list."""
-        recovered: list[Recovered] = []
-        for worker_id in self.scripts.call("expired", [self.keys.workers], [limit]):
-            # Kept as bytes: an id written by hand need not be UTF-8, and must not stop the rest.
-            if worker_id == self.worker_id.encode():
-                continue
-            name = worker_id.decode(errors="replace")
-            outcomes, found = Outcomes(), []
-            try:
-                elements = cast(list[bytes], self.queue.client.lrange(self.keys.in_flight(worker_id), 0, -1))
-            except ResponseError as error:
-                if "WRONGTYPE" not in str(error):
-                    raise
-                # Its "in-flight list" is no list: written by hand, it holds nothing we pushed.
-                self.queue.client.zrem(self.keys.workers, worker_id)
-                recovered.append(Recovered(name, None, 0, False, dropped=f"its in-flight key is not a list ({error})"))
-                continue
-            for raw in elements:
-                try:
-                    msg = message.decode(raw)
-                except MalformedMessage as error:
-                    outcomes.add(Op.DEAD, raw, message.dead_letter_malformed(raw, str(error)), "1")
-                    found.append(Recovered(name, None, 0, True))
-                    continue
-                dead, _ = self.retry_or_dead(outcomes, msg, f"worker {name} stopped responding", recovered=True)
-                found.append(Recovered(name, msg.id, msg.attempts + 1, dead))
-            # Runs even with nothing held, so that the dead worker is deregistered.
-            applied = self.scripts.call("settle", *self._settle_call(worker_id, outcomes, recovering=True))
-            recovered += [item for item, ok in zip(found, applied, strict=False) if ok]  # applied is [] if it was alive
-        return recovered

@@ -20,6 +20,7 @@ from structlog.typing import FilteringBoundLogger
 from .consumer import Consumer
 from .handlers import HandlerRunner
 from .outages import RedisRefused, is_fenced, is_outage, refusal
+from .recovery import recover_dead_workers
 from .shutdown import Shutdown
 
 if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
@@ -113,7 +114,7 @@ class Housekeeper:
                     next_beat = now + self.consumer.worker_timeout / 3
                 if now >= next_recovery:
                     next_recovery = now + RECOVERY_INTERVAL * random.uniform(0.75, 1.25)
-                    for item in self.consumer.recover_dead_workers():
+                    for item in recover_dead_workers(self.consumer):
                         if item.dropped:
                             self.log.error("registration_dropped", dead_worker=item.worker_id, error=item.dropped)
                             continue

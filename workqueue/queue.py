@@ -18,11 +18,12 @@ from .dead import DeadLetters
 from .keys import QueueKeys
 from .outages import ReplicasShortfall
 from .protocol import Delivery, RetryPolicy
+from .scripts import Scripts
 from .settings import Settings, TlsFiles
 from .signing import MessagePolicy, Signing
 from .stats import Snapshot, StatValue
 from .stats import read as read_snapshot
-from .transport import Scripts, connect, location
+from .transport import connect, location
 
 PUSH_CHUNK = 1000
 _DEFAULTS = Settings()  # the one home of defaults

@@ -1,4 +1,4 @@
--- prelude: helpers shared by the scripts; the script registry (transport.py) puts this text
+-- prelude: helpers shared by the scripts; the script registry (scripts.py) puts this text
 -- before each script, so every script below may call them.
 
 -- The Redis clock in whole milliseconds: one clock for every host, so no clock skew.
