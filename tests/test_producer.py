@@ -68,3 +68,18 @@ def test_producer_gives_up_after_the_grace_when_stopped_during_an_outage(queue_n
     [abandoned] = producer.named("push_abandoned")
     assert abandoned["level"] == "error" and len(abandoned["ids"]) == 1
     assert not producer.named("message_pushed")
+
+
+def test_producer_waits_out_a_full_redis(own_redis, queue_name, processes):
+    """Redis at maxmemory (noeviction) refuses writes: the producer warns, waits, and pushes every message once memory is freed."""
+    admin = own_redis.client()
+    admin.config_set("maxmemory", 1)
+    producer = processes.start("app/main.py", "--count", "3", "--interval", "0", env=script_env(own_redis.url, queue_name))
+    warning = producer.wait_for("redis_unavailable", timeout=15)[0]
+    assert warning["level"] == "warning" and "OutOfMemoryError" in warning["error"]
+    assert not producer.named("message_pushed") and admin.llen(queue_name) == 0
+    admin.config_set("maxmemory", 0)
+    assert producer.wait(timeout=30) == 0
+    pushed = [e["id"] for e in producer.named("message_pushed")]
+    assert len(pushed) == 3 and [json.loads(raw)["id"] for raw in admin.lrange(queue_name, 0, -1)] == pushed
+    assert producer.named("redis_available")
