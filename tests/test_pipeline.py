@@ -52,7 +52,17 @@ def test_a_settle_packed_in_an_ended_session_goes_out_in_the_new_one(shared_redi
     _next_batch_settles_the_first(queue, pipeline, first)
 
 
-def test_a_packed_settle_unchanged_is_sent_as_packed(shared_redis, queue_name):
+def test_outcomes_settled_and_renumbered_after_packing_are_packed_again(shared_redis, queue_name):
+    """Outcomes settled after packing (as after an error), then as many new ones: the new ones are sent under their own number and apply."""
+    queue, _, pipeline, first = _first_batch(shared_redis.url, queue_name)
+    _done(pipeline, first[:5])
+    pipeline.pack_ahead()
+    pipeline.settle_all()  # applies the five and numbers the outcomes anew, in the same object
+    _done(pipeline, first[5:])  # as many arguments as were packed
+    _next_batch_settles_the_first(queue, pipeline, first)
+
+
+def test_a_packed_settle_unchanged_settles_with_the_next_fetch(shared_redis, queue_name):
     """With nothing added since packing, the batch's settle applies in the same request as the next fetch."""
     queue, _, pipeline, first = _first_batch(shared_redis.url, queue_name)
     _done(pipeline, first)
