@@ -2,14 +2,14 @@
 
 The loop runs in the calling thread; a Housekeeper thread keeps the heartbeat alive (so a long
 handler keeps its messages), recovers dead workers' messages, and watches the time limits.
-RequestPipeline keeps the requests that overlap the work in order; Session joins Redis at start-up
-and after every error, and leaves at the end. The loop returns an exit code or
-raises RedisRefused; ending the process is the entry script's business.
+MessageProcessor runs each message and records its outcome; RequestPipeline keeps the requests
+that overlap the work in order; Session joins Redis at start-up and after every error, and leaves
+at the end. The loop returns an exit code or raises RedisRefused; ending the process is the entry
+script's business.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import socket
@@ -20,16 +20,15 @@ from typing import TYPE_CHECKING
 import structlog
 from redis.exceptions import RedisError
 
-from . import message
 from .consumer import PAUSED
-from .handlers import Handler, HandlerRunner, JobTimeout, LoopAbort, WorkerAborted
-from .held import Held, Holdings
+from .handlers import Handler, HandlerRunner, LoopAbort, WorkerAborted
+from .held import Holdings
 from .housekeeper import Housekeeper
 from .logs import write_held_lines
-from .message import Message
 from .outages import Outage, is_fenced, wait_out
 from .pipeline import ACK_DELAY, RequestPipeline
-from .protocol import Delivery, Op
+from .processing import MessageProcessor
+from .protocol import Delivery
 from .queue import Queue
 from .session import Session
 from .settings import Settings
@@ -79,13 +78,11 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.shutdown = shutdown or Shutdown()
         self.log = structlog.get_logger().bind(queue=queue.name, worker=self.id)
-        self._log_processed = getattr(self.log, "is_enabled_for", lambda level: True)(logging.INFO)
-        self._processed_line = getattr(self.log, "info_held", self.log.info)  # held: see write_held_lines
         self.consumer = queue.consumer(self.id, self.delivery, worker_timeout)
         self._runner = HandlerRunner(handler, job_timeout)
         self.metrics = metrics
-        self._run = self._runner if metrics is None else metrics.timed(self._runner)  # counts `completed` too
         self._pipeline = RequestPipeline(self.consumer)
+        self._processor = MessageProcessor(self._runner, self.consumer, self._pipeline, self.log, metrics)
         self._held = Holdings(queue.policy)  # the queue's size limit and signing keys
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
@@ -195,8 +192,9 @@ class Worker:
         pipeline, held, shutdown = self._pipeline, self._held, self.shutdown
         started, count = time.perf_counter(), 0
         try:
+            process = self._processor.process
             while held and not shutdown.requested:
-                self._process(held.popleft())
+                process(held.popleft())
                 count += 1
                 # A whole batch's outcomes ride with the next fetch; a slow one's go once the oldest
                 # waited ACK_DELAY (the clock first: while a batch runs there are outcomes).
@@ -207,39 +205,3 @@ class Worker:
             write_held_lines()
         seconds = (time.perf_counter() - started) / max(count, 1)
         self._batch = max(1, min(self.prefetch, int(BATCH_SECONDS / max(seconds, 1e-6))))
-
-    def _process(self, held: Held) -> None:
-        log, msg, outcomes = self.log, held.message, self._pipeline.outcomes
-        if msg is None:
-            outcomes.add(Op.DEAD, held.raw, message.dead_letter_malformed(held.raw, held.problem))
-            log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {held.problem}")
-            if self.metrics is not None:
-                self.metrics.failed(dead=True)
-            return
-        if held.duplicate:
-            outcomes.add(Op.DUPLICATE, held.raw)
-            log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
-            if self.metrics is not None:
-                self.metrics.duplicate_skipped()
-            return
-        try:
-            self._run(msg)
-        except JobTimeout:
-            self._failed(msg, f"job timeout after {self.job_timeout:g} s")
-        except Exception as error:  # the handler is user code: any failure is a failed try
-            self._failed(msg, f"{type(error).__name__}: {error}")
-        else:
-            fields = msg.fields  # not msg.id and msg.attempts: each is a call, and this runs per message
-            outcomes.add(Op.DONE, held.raw, b"", fields["id"])
-            if self._log_processed:  # below INFO, not even the arguments are built
-                self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
-
-    def _failed(self, msg: Message, text: str) -> None:
-        """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
-        dead, delay = self.consumer.retry_or_dead(self._pipeline.outcomes, msg, text)
-        if self.metrics is not None:
-            self.metrics.failed(dead)
-        if dead:
-            self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
-        else:
-            self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3))

@@ -1,0 +1,73 @@
+"""One message, as the worker loop hands it over: run the handler once (unless the message is
+malformed or a duplicate) and record the outcome, its log event and its metrics. The outcome
+waits in the pipeline's outcomes until the loop settles them with Redis."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from structlog.typing import FilteringBoundLogger
+
+from . import message
+from .consumer import Consumer
+from .handlers import HandlerRunner, JobTimeout
+from .held import Held
+from .message import Message
+from .pipeline import RequestPipeline
+from .protocol import Op
+
+if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
+    from .metrics import WorkerMetrics
+
+
+class MessageProcessor:
+    """Runs one held message and records what became of it."""
+
+    def __init__(self, runner: HandlerRunner, consumer: Consumer, pipeline: RequestPipeline,
+                 log: FilteringBoundLogger, metrics: WorkerMetrics | None) -> None:
+        """`metrics` is told every outcome (off, the cost is one `if` on the rarer paths)."""
+        self.consumer = consumer
+        self.pipeline = pipeline  # its outcomes are a new object after every send: read at each use
+        self.log = log
+        self.metrics = metrics
+        self.job_timeout = runner.job_timeout
+        self._run = runner if metrics is None else metrics.timed(runner)  # counts `completed` too
+        self._log_processed = getattr(log, "is_enabled_for", lambda level: True)(logging.INFO)
+        self._processed_line = getattr(log, "info_held", log.info)  # held: see logs.write_held_lines
+
+    def process(self, held: Held) -> None:
+        log, msg, outcomes = self.log, held.message, self.pipeline.outcomes
+        if msg is None:
+            outcomes.add(Op.DEAD, held.raw, message.dead_letter_malformed(held.raw, held.problem))
+            log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {held.problem}")
+            if self.metrics is not None:
+                self.metrics.failed(dead=True)
+            return
+        if held.duplicate:
+            outcomes.add(Op.DUPLICATE, held.raw)
+            log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
+            if self.metrics is not None:
+                self.metrics.duplicate_skipped()
+            return
+        try:
+            self._run(msg)
+        except JobTimeout:
+            self._failed(msg, f"job timeout after {self.job_timeout:g} s")
+        except Exception as error:  # the handler is user code: any failure is a failed try
+            self._failed(msg, f"{type(error).__name__}: {error}")
+        else:
+            fields = msg.fields  # not msg.id and msg.attempts: each is a call, and this runs per message
+            outcomes.add(Op.DONE, held.raw, b"", fields["id"])
+            if self._log_processed:  # below INFO, not even the arguments are built
+                self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
+
+    def _failed(self, msg: Message, text: str) -> None:
+        """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
+        dead, delay = self.consumer.retry_or_dead(self.pipeline.outcomes, msg, text)
+        if self.metrics is not None:
+            self.metrics.failed(dead)
+        if dead:
+            self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
+        else:
+            self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3))
