@@ -14,6 +14,7 @@ resending is always safe; what must never happen is n + 1 applied and then n dro
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .consumer import Consumer, Taken, parse_fetch
@@ -70,12 +71,12 @@ class RequestPipeline:
         """What a packed settle command depends on besides the outcomes' identity."""
         return self.outcomes.sequence, len(self.outcomes.args), self.consumer.session
 
-    def _requests(self, count: int | None, outcomes: Outcomes | None) -> list[Command | Packed]:
+    def _requests(self, count: int | None, outcomes: Outcomes | None) -> Sequence[Command | Packed]:
         """consumer.requests(), with the settle command packed ahead if it still is the one."""
         packed, self._packed = self._packed, None
         if outcomes is not None and packed is not None and packed[0] is outcomes and packed[1] == self._packed_for():
             return [packed[2], *self.consumer.requests(count, None)]
-        return list(self.consumer.requests(count, outcomes))
+        return self.consumer.requests(count, outcomes)
 
     def _send(self, count: int | None) -> None:
         """Write the outcomes so far and, given a `count`, a fetch; the replies are read later."""
