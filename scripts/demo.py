@@ -18,7 +18,7 @@ from dotenv import load_dotenv
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workqueue.cli import print_stats  # noqa: E402
+from workqueue.cli.report import print_stats  # noqa: E402
 from workqueue.queue import Queue  # noqa: E402
 from workqueue.settings import ConfigError, Settings  # noqa: E402
 

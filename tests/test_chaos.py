@@ -7,7 +7,7 @@ import pytest
 import redis
 from support import script_env, stats, wait_until
 
-from workqueue.keys import QueueKeys
+from workqueue.store.keys import QueueKeys
 
 
 def holding_worker(redis_server, queue, workers, rng) -> int:

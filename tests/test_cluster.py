@@ -16,10 +16,10 @@ from redis.exceptions import ClusterError, RedisClusterException
 from support import PYTHON, ROOT, run, run_raw, script_env, stats, wait_until
 
 from workqueue import Queue
-from workqueue.cluster import SlotMoved, cluster_of
-from workqueue.keys import REGISTRY, QueueKeys
-from workqueue.outages import ClusterClientError, is_outage, refusal, wait_out
-from workqueue.transport import location, send_together
+from workqueue.store.cluster import SlotMoved, cluster_of
+from workqueue.store.keys import REGISTRY, QueueKeys
+from workqueue.store.outages import ClusterClientError, is_outage, raise_unless_outage, refusal
+from workqueue.store.transport import location, send_together
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ BUGS = [
 @pytest.mark.parametrize("error", OUTAGES, ids=lambda e: f"{type(e).__name__}: {str(e)[:30]}")
 def test_cluster_states_that_pass_are_outages(error):
     """CLUSTERDOWN, TRYAGAIN, ASK, a MOVED read on a cluster Channel, TTL exhausted and no reachable node are waited out, as is each raised again as a RedisError."""
-    assert is_outage(error) and refusal(error) is None and wait_out(error)
+    assert is_outage(error) and refusal(error) is None
+    raise_unless_outage(error)  # returns: waited out
     try:
         raise ClusterClientError(str(error)) from error
     except ClusterClientError as wrapped:
@@ -77,7 +78,9 @@ def test_cluster_states_that_pass_are_outages(error):
 @pytest.mark.parametrize("error", BUGS, ids=lambda e: type(e).__name__)
 def test_cross_slot_errors_are_neither_outages_nor_refusals(error):
     """A cross-slot error is a bug: not waited out and not configuration, so every caller fails loudly."""
-    assert not is_outage(error) and refusal(error) is None and not wait_out(error)
+    assert not is_outage(error) and refusal(error) is None
+    with pytest.raises(type(error)):
+        raise_unless_outage(error)
 
 
 def test_cluster_refusals_name_the_problem():
@@ -137,10 +140,12 @@ def test_cross_slot_calls_fail_loudly(cluster, queue_name):
     queue = Queue.connect(cluster.nodes[0].url, queue_name)
     with pytest.raises(RedisClusterException) as raised:
         queue.client.eval("return 1", 2, "{a}x", "{b}y")
-    assert not wait_out(raised.value)
+    with pytest.raises(RedisClusterException):
+        raise_unless_outage(raised.value)
     with pytest.raises(redis.exceptions.ClusterCrossSlotError) as crossed:
         send_together(queue.client, "{a}x", [("EVAL", "return 1", 2, "{a}x", "{a}y"), ("EVAL", "return 1", 2, "{a}x", "{b}y")])
-    assert not wait_out(crossed.value)
+    with pytest.raises(redis.exceptions.ClusterCrossSlotError):
+        raise_unless_outage(crossed.value)
 
 
 def test_worker_metrics_read_the_depths_of_a_queue_on_another_node(cluster, queue_name):

@@ -7,8 +7,8 @@ import redis
 from support import RedisServer, run, run_raw, script_env, wait_until
 
 from workqueue import Queue
-from workqueue.outages import ReplicasShortfall, is_outage
 from workqueue.settings import ConfigError, Settings
+from workqueue.store.outages import ReplicasShortfall, is_outage
 
 
 def linked(replica: RedisServer) -> bool:

@@ -10,10 +10,10 @@ from structlog.testing import capture_logs
 from support import free_port, wait_until
 
 from workqueue import Queue, RedisRefused, Worker, message
-from workqueue.consumer import Consumer
-from workqueue.protocol import Op, Outcomes
-from workqueue.recovery import recover_dead_workers
-from workqueue.transport import Channel
+from workqueue.protocol import Outcomes
+from workqueue.store.consumer import Consumer
+from workqueue.store.recovery import recover_dead_workers
+from workqueue.store.transport import Channel
 
 
 def test_unencodable_id_is_dead_lettered_and_odd_error_text_survives(shared_redis, client, queue_name):
@@ -59,10 +59,10 @@ def test_resent_settle_after_a_lost_reply_changes_nothing(shared_redis, client, 
     queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
     queue.push({"n": 1})
     consumer = queue.consumer("w1", delivery)
-    taken, _ = consumer.fetch(10)
+    taken = consumer.fetch(10).taken
     [(raw, _)] = taken
     outcomes = Outcomes()
-    consumer.retry_or_dead(outcomes, message.decode(raw), "boom")
+    queue.retry.failed(outcomes, message.decode(raw), "boom")
     resend = Outcomes(list(outcomes.args), sequence=outcomes.sequence)
     assert consumer.settle(outcomes) == [True]
     assert consumer.settle(resend) == []
@@ -77,11 +77,11 @@ def test_a_batch_larger_than_luas_stack_settles_whole(shared_redis, queue_name):
     queue.push_many({"n": i} for i in range(4500))
     outcomes, consumer = Outcomes(), queue.consumer("w1", "reliable")
     while True:
-        taken, _ = consumer.fetch(1000)
+        taken = consumer.fetch(1000).taken
         if not taken:
             break
         for raw, _ in taken:
-            outcomes.add(Op.DONE, raw, b"", json.loads(raw)["id"])
+            outcomes.done(raw, json.loads(raw)["id"])
     assert len(consumer.settle(outcomes)) == 4500
     result = queue.stats()
     assert result["completed"] == 4500 and result["in_flight"] == 0 and result["unaccounted"] == 0
@@ -115,11 +115,11 @@ def test_recovery_skips_live_workers_and_takes_from_dead_ones(shared_redis, clie
     queue.consumer("dead", worker_timeout=0.001).fetch(1)
     time.sleep(0.05)
     recoverer = queue.consumer("recoverer")
-    recovered = recover_dead_workers(recoverer)
+    recovered = recover_dead_workers(recoverer, queue.retry)
     assert [(r.worker_id, r.attempts, r.dead_lettered) for r in recovered] == [("dead", 1, False)]
     assert client.llen(f"{{{queue_name}}}:in_flight:alive") == 1
     assert json.loads(client.lindex(queue_name, 0))["attempts"] == 1
-    assert recover_dead_workers(recoverer) == []  # a second recoverer finds nothing to do
+    assert recover_dead_workers(recoverer, queue.retry) == []  # a second recoverer finds nothing to do
     assert queue.stats()["recovered"] == 1 and queue.stats()["workers"] == 1
 
 

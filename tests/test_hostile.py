@@ -10,7 +10,7 @@ from support import RedisServer, run, script_env, stats, wait_until
 
 from workqueue import Queue, Worker, message
 from workqueue.message import MAX_NESTING, MalformedMessage
-from workqueue.recovery import recover_dead_workers
+from workqueue.store.recovery import recover_dead_workers
 
 
 def deep(levels: int) -> bytes:
@@ -85,7 +85,7 @@ def test_recovery_goes_on_past_a_hostile_element_and_a_hostile_worker_id(shared_
     queue = Queue.connect(shared_redis.url, queue_name)
     good = queue.push({"n": 1})
     client.rpush(queue_name, deep(100_000))
-    taken, _ = queue.consumer("dead-1", worker_timeout=0.001).fetch(10)  # registered for 1 ms, then silent
+    taken = queue.consumer("dead-1", worker_timeout=0.001).fetch(10).taken  # registered for 1 ms, then silent
     other = queue.push({"n": 2})
     queue.consumer("dead-2", worker_timeout=0.001).fetch(10)
     assert len(taken) == 2
@@ -118,7 +118,7 @@ def test_a_wait_that_outlives_its_workers_registration_puts_the_message_back(sha
     # As another worker's housekeeping would: the silent worker is presumed dead and, holding
     # nothing, deregistered, while its wait is still pending in Redis.
     recoverer = queue.consumer("recoverer")
-    wait_until(lambda: recover_dead_workers(recoverer) == [] and client.zscore(queue.keys.workers, "w-frozen") is None, timeout=5)
+    wait_until(lambda: recover_dead_workers(recoverer, queue.retry) == [] and client.zscore(queue.keys.workers, "w-frozen") is None, timeout=5)
     message_id = queue.push({"n": 1})
     waiter.join(timeout=10)
     assert result == [[]]
@@ -200,7 +200,8 @@ def test_a_number_too_large_for_a_float_survives_failed_tries_and_requeueing(sha
     assert Worker(queue, lambda m: 1 / 0, burst=True).run() == 0
     [dead] = client.lrange(queue.keys.dead_letter, 0, -1)
     assert b"1e400" in dead and message.decode(dead).attempts == 1
-    assert queue.requeue_dead() == (1, 0)
+    requeued = queue.dead.requeue()
+    assert (requeued.changed, requeued.malformed_left) == (1, 0)
     [requeued] = client.lrange(queue_name, 0, -1)
     assert b"1e400" in requeued and message.decode(requeued).attempts == 0 and message.decode(requeued).fields.get("error") is None
 
@@ -252,5 +253,5 @@ def test_a_session_written_by_hand_does_not_stop_a_worker_joining(client, queue_
     consumer = queue.consumer("w-garbage")
     assert consumer.join()
     queue.push({"n": 1})
-    [(raw, _)], _ = consumer.fetch(1)
+    [(raw, _)] = consumer.fetch(1).taken
     assert consumer.in_flight() == [raw]

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from support import PYTHON, ROOT, script_env, wait_until
 
 from workqueue import Queue, logs
-from workqueue.keys import QueueKeys
+from workqueue.store.keys import QueueKeys
 
 
 class LogFile:

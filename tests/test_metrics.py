@@ -110,7 +110,7 @@ def test_messages_taken_back_from_a_dead_worker_count_as_recovered(shared_redis,
     queue = Queue.connect(shared_redis.url, queue_name, max_attempts=2)
     queue.push({"n": 1})
     queue.push_encoded([message.encode({"id": "last-try", "attempts": 1, "created_at": time.time(), "body": None})])
-    taken, _ = queue.consumer("ghost", worker_timeout=1).fetch(2)
+    taken = queue.consumer("ghost", worker_timeout=1).fetch(2).taken
     assert len(taken) == 2
     with Running(queue) as running:
         scraped = wait_until(lambda: (s := running.scrape())("workqueue_messages_total", queue=queue_name, outcome="completed") == 1

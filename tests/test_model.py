@@ -32,12 +32,12 @@ from redis.exceptions import ResponseError
 from support import RedisServer
 
 from workqueue import Queue, message
-from workqueue.consumer import Consumer
 from workqueue.message import MalformedMessage, Message
-from workqueue.outages import is_fenced
-from workqueue.protocol import Op, Outcomes
-from workqueue.recovery import recover_dead_workers
-from workqueue.transport import send_together
+from workqueue.protocol import Outcomes
+from workqueue.store.consumer import Consumer
+from workqueue.store.outages import is_fenced
+from workqueue.store.recovery import recover_dead_workers
+from workqueue.store.transport import send_together
 
 # Short enough that "time passes" is a short sleep; a live worker that is presumed dead by
 # chance (a slow step) only exercises recovery more: the invariants hold either way.
@@ -112,10 +112,10 @@ class QueueModel(RuleBasedStateMachine):
             try:
                 msg = message.decode(raw)
             except MalformedMessage as error:
-                worker.outcomes.add(Op.DEAD, raw, message.dead_letter_malformed(raw, str(error)))
+                worker.outcomes.dead(raw, message.dead_letter_malformed(raw, str(error)))
                 continue
             if duplicate:
-                worker.outcomes.add(Op.DUPLICATE, raw)
+                worker.outcomes.duplicate(raw)
             else:
                 worker.held.append(msg)
 
@@ -139,7 +139,12 @@ class QueueModel(RuleBasedStateMachine):
 
     @rule(limit=st.integers(1, 5))
     def requeue_dead_letters(self, limit: int) -> None:
-        self.operator.requeue_dead(limit)
+        """The oldest `limit` dead letters back to the queue, in one requeue call (malformed ones stay)."""
+        keys = self.operator.keys
+        oldest = self.operator.client.lrange(keys.dead_letter, 0, limit - 1)
+        pairs = [part for raw in oldest if not is_malformed(raw) for part in (raw, message.decode(raw).as_pushed())]
+        if pairs:
+            self.operator.scripts.call("requeue", [keys.dead_letter, keys.pending, keys.stats], pairs)
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -159,7 +164,7 @@ class QueueModel(RuleBasedStateMachine):
             return
         fetched = self._unless_fenced(worker, lambda: worker.consumer.fetch(count, worker.outcomes))
         if fetched is not None:
-            self._accept(worker, fetched[0])
+            self._accept(worker, fetched.taken)
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))
@@ -179,9 +184,9 @@ class QueueModel(RuleBasedStateMachine):
         for succeed in successes[: len(worker.held)]:
             msg = worker.held.pop(0)
             if succeed:
-                worker.outcomes.add(Op.DONE, msg.raw, b"", msg.id)
+                worker.outcomes.done(msg.raw, msg.id)
             else:
-                worker.consumer.retry_or_dead(worker.outcomes, msg, "model failure")
+                self.operator.retry.failed(worker.outcomes, msg, "model failure")
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))
@@ -243,7 +248,7 @@ class QueueModel(RuleBasedStateMachine):
     def recover(self, index: int) -> None:
         worker = self._worker(index)
         if worker is not None:
-            recover_dead_workers(worker.consumer)
+            recover_dead_workers(worker.consumer, self.operator.retry)
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))

@@ -16,7 +16,7 @@ from faultproxy import FaultProxy
 from support import Process, RedisServer, run, script_env, stats, wait_until
 
 from workqueue import Queue
-from workqueue.transport import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, SOCKET_TIMEOUT, connect
+from workqueue.store.transport import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, SOCKET_TIMEOUT, connect
 
 SLACK = 3.0  # seconds on top of a client timeout for a loaded machine: process start-up, log lines, polling
 

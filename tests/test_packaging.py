@@ -247,7 +247,7 @@ def leftovers(port: int) -> list[str]:
 
 def test_every_redis_key_is_in_the_readme():
     """Each key name QueueKeys builds appears in the README's key table."""
-    from workqueue.keys import QueueKeys
+    from workqueue.store.keys import QueueKeys
 
     keys = QueueKeys("demo-1")
     names = [getattr(keys, attr) for attr in ("pending", "dead_letter", "delayed", "workers", "done", "stats", "settled")]

@@ -18,9 +18,9 @@ from faultproxy import FaultProxy
 from support import Process, RedisServer, script_env, stats, wait_until
 
 from workqueue import Queue, message
-from workqueue.consumer import Consumer
-from workqueue.protocol import Op, Outcomes
-from workqueue.transport import SOCKET_TIMEOUT, Command
+from workqueue.protocol import Outcomes
+from workqueue.store.consumer import Consumer
+from workqueue.store.transport import SOCKET_TIMEOUT, Command
 
 WORKER_TIMEOUT = 2  # seconds: recovery of a cut-off worker starts after this
 SLACK = 5.0
@@ -136,9 +136,9 @@ def test_an_acknowledgement_whose_reply_is_lost_counts_once(
     """An acknowledgement stuck in the network is resent after the worker rejoins; the late original, refused, counts nothing."""
     message_id = Queue(queue_name, client).push({"n": 1})
     consumer = Queue.connect(proxy.url, queue_name).consumer("w-ack")
-    [(raw, _)], _ = consumer.fetch(1)
+    [(raw, _)] = consumer.fetch(1).taken
     outcomes = Outcomes()
-    outcomes.add(Op.DONE, raw, b"", message_id)
+    outcomes.done(raw, message_id)
     held_up(consumer, proxy, consumer.requests(None, outcomes))
     assert consumer.join()  # what Worker does after the error: rejoin, then resend
     assert consumer.settle(outcomes) == [True]
@@ -177,7 +177,7 @@ def test_a_worker_id_reused_with_a_clock_behind_joins_above_the_recorded_session
     assert consumer.join()
     assert consumer.session == ahead + 1 and client.hget(queue.keys.sessions, "w-reused") == str(ahead + 1).encode()
     queue.push({"n": 1})
-    [(raw, duplicate)], _ = consumer.fetch(1)
+    [(raw, duplicate)] = consumer.fetch(1).taken
     assert not duplicate and consumer.in_flight() == [raw]
 
 

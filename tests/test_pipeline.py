@@ -3,9 +3,9 @@
 import json
 
 from workqueue import Queue
-from workqueue.consumer import Consumer, Taken
-from workqueue.pipeline import RequestPipeline
-from workqueue.protocol import Op
+from workqueue.protocol import Taken
+from workqueue.store.consumer import Consumer
+from workqueue.worker.pipeline import RequestPipeline
 
 
 def _first_batch(url: str, queue_name: str) -> tuple[Queue, Consumer, RequestPipeline, Taken]:
@@ -15,14 +15,14 @@ def _first_batch(url: str, queue_name: str) -> tuple[Queue, Consumer, RequestPip
     consumer = queue.consumer("w1", "reliable")
     consumer.join()  # as the worker's session does before its first fetch
     pipeline = RequestPipeline(consumer)
-    first, _ = pipeline.fetch(10)
+    first = pipeline.fetch(10).taken
     return queue, consumer, pipeline, first
 
 
 def _done(pipeline: RequestPipeline, taken: Taken) -> None:
     """Record every message of `taken` as completed, as the worker loop does."""
     for raw, _ in taken:
-        pipeline.outcomes.add(Op.DONE, raw, b"", json.loads(raw)["id"])
+        pipeline.outcomes.done(raw, json.loads(raw)["id"])
 
 
 def _next_batch_settles_the_first(queue: Queue, pipeline: RequestPipeline, first: Taken) -> None:

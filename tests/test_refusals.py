@@ -79,7 +79,7 @@ def test_states_redis_leaves_by_itself_are_outages_not_refusals(text):
     """BUSY, MISCONF and NOREPLICAS replies are waited out; they are never taken for configuration."""
     from redis.exceptions import ResponseError
 
-    from workqueue.outages import is_outage, refusal
+    from workqueue.store.outages import is_outage, refusal
 
     assert is_outage(ResponseError(text)) and refusal(ResponseError(text)) is None
 
@@ -126,7 +126,7 @@ def test_cluster_and_script_replies_are_classified_as_redis_py_parses_them(reply
     """Replies parsed by redis-py's own parser: MOVED and WRONGTYPE (even wrapped by a script) refuse; ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING wait."""
     from redis._parsers.base import BaseParser
 
-    from workqueue.outages import is_outage, refusal
+    from workqueue.store.outages import is_outage, refusal
 
     error = BaseParser.parse_error(reply)
     assert is_outage(error) is outage and (refusal(error) is None) is outage

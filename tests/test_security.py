@@ -225,9 +225,9 @@ def test_a_server_certificate_from_another_ca_is_refused_with_one_line(tls_redis
 
 def test_a_certificate_verify_failure_is_a_refusal_not_an_outage(tls_redis, certs):
     """The error redis-py raises for a certificate from an unknown CA is classified as configuration."""
-    from workqueue.outages import is_outage, refusal
     from workqueue.settings import TlsFiles
-    from workqueue.transport import connect
+    from workqueue.store.outages import is_outage, refusal
+    from workqueue.store.transport import connect
 
     client = connect(tls_redis.url, tls=TlsFiles(str(certs.other_ca), str(certs.client_cert), str(certs.client_key)))
     with pytest.raises(redis.exceptions.ConnectionError) as error:

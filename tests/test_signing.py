@@ -88,7 +88,8 @@ def test_a_retried_or_requeued_signed_message_still_verifies(shared_redis, clien
     assert sorted(tries) == sorted([(flaky, 0), (flaky, 1), (doomed, 0), (doomed, 1)])
     [dead] = dead_letters(client, queue)
     assert dead["id"] == doomed and dead["attempts"] == 2 and "sig" in dead
-    assert queue.requeue_dead() == (1, 0)
+    requeued = queue.dead.requeue()
+    assert (requeued.changed, requeued.malformed_left) == (1, 0)
     seen = []
     assert Worker(queue, lambda m: seen.append((m.id, m.attempts)), burst=True).run() == 0
     assert seen == [(doomed, 0)] and dead_letters(client, queue) == []

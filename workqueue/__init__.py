@@ -2,17 +2,21 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .handlers import JobTimeout, WorkerAborted
 from .message import Message
-from .outages import RedisRefused
 from .protocol import Delivery
 from .queue import Queue
 from .settings import ConfigError, Settings
+from .signing import MessageTooLarge
+from .store.outages import RedisRefused, ReplicasShortfall
 from .worker import Worker
+from .worker.handlers import JobTimeout, WorkerAborted
 
 try:
     __version__ = version("workqueue")
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "unknown"
 
-__all__ = ["ConfigError", "Delivery", "JobTimeout", "Message", "Queue", "RedisRefused", "Settings", "Worker", "WorkerAborted", "__version__"]
+__all__ = [
+    "ConfigError", "Delivery", "JobTimeout", "Message", "MessageTooLarge", "Queue", "RedisRefused", "ReplicasShortfall", "Settings",
+    "Worker", "WorkerAborted", "__version__",
+]

@@ -23,6 +23,9 @@ MAX_NESTING = 100
 # The `error` a failed try stores is cut to this many characters (the log line has it whole), so
 # failed tries grow a message by a bounded amount (signing.RETRY_ROOM).
 MAX_ERROR_CHARS = 1000
+# The fields failed tries add or change (and a requeue takes off): outside a message's
+# signature, and outside its size as pushed.
+FAILURE_FIELDS = ("attempts", "error", "dead_lettered_at")
 
 
 def _not_json(constant: str) -> Any:
@@ -83,6 +86,11 @@ class Message(NamedTuple):
         if dead:
             changes["dead_lettered_at"] = round(time.time(), 6)
         return rewrite(self.raw, stored, changes)
+
+    def as_pushed(self) -> bytes:
+        """This message as a producer pushed it: attempts 0, without what failed tries added
+        (the form a requeued dead letter takes, and the one the size limit measures)."""
+        return rewrite(self.raw, self.fields, {"attempts": 0}, drop=FAILURE_FIELDS[1:])
 
 
 def encode(fields: dict[str, Any]) -> bytes:

@@ -10,9 +10,9 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from .outages import Outage, wait_out
 from .queue import PUSH_CHUNK, Queue
 from .shutdown import Shutdown
+from .store.outages import Outage, raise_unless_outage
 
 
 def produce(
@@ -35,7 +35,7 @@ def produce(
     shutdown.install()
     log = structlog.get_logger().bind(queue=queue.name)
     outage = Outage(log)
-    batch = max(1, min(batch, PUSH_CHUNK))  # one chunk is one MULTI: all of it stored or none
+    batch = max(1, min(batch, PUSH_CHUNK))  # one chunk is one script call: all of it stored or none
     log.info("producer_started", redis=queue.location, count=count, interval=interval, batch=batch)
     pushed = 0
     for start in itertools.count(0, batch):  # bounded by count, or by a signal
@@ -49,7 +49,7 @@ def produce(
         for message_id, _ in built:
             log.info("message_pushed", id=message_id)
         pushed += size
-        _sleep(interval, shutdown)
+        shutdown.wait(interval)
     log.info("producer_stopped", pushed=pushed)
     return 0
 
@@ -63,16 +63,9 @@ def _push_until_stored(queue: Queue, raws: list[bytes], outage: Outage, shutdown
             outage.succeeded()
             return True
         except RedisError as error:
-            if not wait_out(error):
-                raise
+            raise_unless_outage(error)
             if shutdown.requested and stop_deadline is None:
                 stop_deadline = time.monotonic() + grace
             if shutdown.forced or (stop_deadline is not None and time.monotonic() > stop_deadline):
                 return False
             outage.failed(error, lambda: shutdown.forced)
-
-
-def _sleep(seconds: float, shutdown: Shutdown) -> None:
-    deadline = time.monotonic() + seconds
-    while not shutdown.requested and (remaining := deadline - time.monotonic()) > 0:
-        time.sleep(min(remaining, 0.1))

@@ -1,7 +1,7 @@
 """The queue as producers and operators see it: push messages, read stats, handle dead letters.
 
-The worker's protocol (fetch, settle, heartbeat, recovery) is on a Consumer, made per worker
-with Queue.consumer(). Every change of state is one Lua script (workqueue/lua) or one MULTI.
+The worker's protocol (fetch, settle, heartbeat) is on a Consumer, made per worker with
+Queue.consumer(). Every change of state is one Lua script (store/lua/).
 """
 
 from __future__ import annotations
@@ -13,19 +13,20 @@ from typing import Any, cast
 import redis
 
 from . import message
-from .consumer import Consumer
-from .dead import DeadLetters
-from .keys import QueueKeys
-from .outages import ReplicasShortfall
 from .protocol import Delivery, RetryPolicy
-from .scripts import Scripts
 from .settings import Settings, TlsFiles
 from .signing import MessagePolicy, Signing
-from .stats import Snapshot, StatValue
-from .stats import read as read_snapshot
-from .transport import connect, location
+from .store import Store
+from .store.consumer import Consumer
+from .store.dead import DeadLetters
+from .store.keys import QueueKeys
+from .store.outages import ReplicasShortfall
+from .store.scripts import Scripts
+from .store.stats import Snapshot, StatValue
+from .store.stats import read as read_snapshot
+from .store.transport import connect
 
-PUSH_CHUNK = 1000
+PUSH_CHUNK = 1000  # messages per script call of a push
 _DEFAULTS = Settings()  # the one home of defaults
 
 class Queue:
@@ -48,14 +49,12 @@ class Queue:
     ) -> None:
         """With `signing_key`, pushes are signed and workers take only messages signed with it
         or `previous_signing_key` (signing.py); larger than `max_message_bytes`, none. With
-        `push_min_replicas`, a push succeeds once that many replicas hold it (push_encoded)."""
+        `push_min_replicas`, a push succeeds once that many replicas hold it (push_encoded).
+        Raises ValueError for a name the queue-name rule refuses (values.queue_name)."""
         self.name = name
-        self.client = client
-        self.keys = QueueKeys(name)
-        self.scripts = Scripts(client)
-        self.location = location(client)  # where, for logs: never the password
+        self.store = Store.open(client, name)
         self.retry = RetryPolicy(max_attempts, retry_backoff, retry_backoff_max)
-        self.dedup_ttl_ms = int(dedup_ttl * 1000)
+        self.dedup_ttl = dedup_ttl
         signing = Signing(signing_key, previous_signing_key) if signing_key or previous_signing_key else None
         self.policy = MessagePolicy(max_message_bytes, signing)  # what workers accept; never logged
         self.push_min_replicas = push_min_replicas
@@ -79,10 +78,27 @@ class Queue:
             push_min_replicas=settings.push_min_replicas, push_replica_timeout=settings.push_replica_timeout,
         )
 
+    @property
+    def client(self) -> redis.Redis:
+        return self.store.client
+
+    @property
+    def keys(self) -> QueueKeys:
+        return self.store.keys
+
+    @property
+    def scripts(self) -> Scripts:
+        return self.store.scripts
+
+    @property
+    def location(self) -> str:
+        """Where the queue is, for log lines: host:port/db, never the password."""
+        return self.store.location
+
     def consumer(self, worker_id: str, delivery: Delivery | str = _DEFAULTS.delivery,
                  worker_timeout: float = _DEFAULTS.worker_timeout) -> Consumer:
         """The worker protocol for one worker of this queue."""
-        return Consumer(self, worker_id, delivery, worker_timeout)
+        return Consumer(self.store, worker_id, delivery, worker_timeout, self.dedup_ttl)
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -95,7 +111,7 @@ class Queue:
         return message_id
 
     def push_many(self, bodies: Iterable[Any]) -> list[str]:
-        """Append many messages, pipelined in chunks; returns their ids in order. All are built
+        """Append many messages, PUSH_CHUNK per script call; returns their ids in order. All are built
         and checked before any is pushed: one that cannot be raises, and none is pushed. Raises
         ReplicasShortfall as push_encoded() does."""
         built = [self.build(body) for body in bodies]
@@ -166,21 +182,13 @@ class Queue:
 
     def snapshot(self, attempts: int = 50) -> Snapshot:
         """Stats and each registered worker, read at one instant (stats.read)."""
-        return read_snapshot(self, attempts)
+        return read_snapshot(self.store, attempts)
 
     def peek(self, count: int = 10) -> list[bytes]:
         """The next `count` pending messages, head first, as stored; nothing is taken."""
         return cast(list[bytes], self.client.lrange(self.keys.pending, 0, count - 1))
 
-    def dead_letters(self, limit: int = 100) -> list[bytes]:
-        """The oldest `limit` entries of the dead-letter list, as stored."""
-        return cast(list[bytes], self.client.lrange(self.keys.dead_letter, 0, limit - 1))
-
     @property
     def dead(self) -> DeadLetters:
         """The dead-letter list: list newest first, requeue, purge."""
-        return DeadLetters(self)
-
-    def requeue_dead(self, limit: int = 100) -> tuple[int, int]:
-        """Give the oldest `limit` dead letters another round (DeadLetters.requeue_oldest)."""
-        return self.dead.requeue_oldest(limit)
+        return DeadLetters(self.store)

@@ -8,6 +8,7 @@ one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import ssl
@@ -22,42 +23,22 @@ from dotenv import find_dotenv, load_dotenv
 from .protocol import Delivery
 from .values import ConfigError, choice, count, fraction, mask_url, number, parse_value, queue_name, readable_file, redis_url, seconds
 
-__all__ = ["ConfigError", "Settings", "TlsFiles", "count", "fraction", "load_env_file", "mask_url", "parse_value", "seconds"]
+__all__ = ["ConfigError", "Settings", "TlsFiles", "add_flags", "count", "fraction", "load_env_file", "mask_url", "parse_value", "seconds"]
 
 
 def _default_log_format() -> str:
     return "console" if sys.stderr.isatty() else "json"
 
 
-# name -> (parser, default); the environment variable is the name in upper case.
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "redis_url": redis_url,
-    "queue_name": queue_name,
-    "max_attempts": number(int, 1),
-    "log_level": choice("debug", "info", "warning", "error"),
-    "log_format": choice("json", "console"),
-    "delivery": choice(*(mode.value for mode in Delivery)),
-    "prefetch": number(int, 1, 1000),  # Lua unpack() stays far below its stack limit
-    "worker_timeout": number(float, 1),
-    "retry_backoff": number(float, 0),
-    "retry_backoff_max": number(float, 0),
-    "dedup_ttl": number(float, 0),
-    "grace": number(float, 0),
-    "job_timeout": number(float, 0),
-    "metrics_port": number(int, 0, 65535),
-    "redis_password": str,
-    "redis_tls_ca_file": readable_file,
-    "redis_tls_cert_file": readable_file,
-    "redis_tls_key_file": readable_file,
-    "message_signing_key": str,
-    "message_signing_key_previous": str,
-    "max_message_bytes": number(int, 1, 512 * 1024 * 1024),  # Redis takes no larger string
-    "push_min_replicas": number(int, 0, 100),
-    # WAIT's timeout is in ms and 0 would block forever; kept below transport.SOCKET_TIMEOUT.
-    "push_replica_timeout": number(float, 0.001, 5),
-}
-# The command-line flag of a setting, where it is not the name with dashes.
-_FLAGS = {"queue_name": "--queue"}
+def _setting(default: Any, parse: Callable[[str], Any], *, flag: str = "", help: str = "", secret: bool = False) -> Any:
+    """A field of Settings: its default, the parser of its raw value and, for a setting the
+    worker command takes as a flag too, the flag and its help (add_flags). A secret one is left
+    out of repr()."""
+    return dataclasses.field(default=default, repr=not secret, metadata={"parse": parse, "flag": flag, "help": help})
+
+
+# The password of the example files (.env.example, docker-compose.yml): worth a warning.
+EXAMPLE_PASSWORD = "secret"
 
 
 @dataclass(frozen=True)
@@ -70,40 +51,44 @@ class TlsFiles:
     key_file: str | None = None
 
 
-# The password of the example files (.env.example, docker-compose.yml): worth a warning.
-EXAMPLE_PASSWORD = "secret"
-
-
 @dataclass(frozen=True)
 class Settings:
-    """Everything a producer, worker or CLI needs to know, validated."""
+    """Everything a producer, worker or CLI needs to know, validated: each field is one setting,
+    read from the environment variable of its name in upper case, with its default and parser."""
 
-    redis_url: str = dataclasses.field(default="redis://localhost:6379/0", repr=False)  # may hold a password
-    queue_name: str = "demo-1"
-    max_attempts: int = 3
-    log_level: str = "info"
-    log_format: str = "json"
-    delivery: str = "reliable"
-    prefetch: int = 200
-    worker_timeout: float = 30.0
-    retry_backoff: float = 1.0
-    retry_backoff_max: float = 300.0
-    dedup_ttl: float = 86400.0
-    grace: float = 30.0
-    job_timeout: float = 0.0  # seconds a try may run before it is interrupted; 0: no limit
-    metrics_port: int = 0  # the worker serves Prometheus metrics on this port, every interface; 0: off
+    redis_url: str = _setting("redis://localhost:6379/0", redis_url, secret=True)  # may hold a password
+    queue_name: str = _setting("demo-1", queue_name, flag="--queue", help="queue name")
+    max_attempts: int = _setting(3, number(int, 1), flag="--max-attempts", help="failed tries before a message is dead-lettered")
+    log_level: str = _setting("info", choice("debug", "info", "warning", "error"))
+    log_format: str = _setting("json", choice("json", "console"))  # load(): console on a terminal
+    delivery: str = _setting("reliable", choice(*(mode.value for mode in Delivery)), flag="--delivery", help="reliable or simple")
+    # Lua unpack() stays far below its stack limit.
+    prefetch: int = _setting(200, number(int, 1, 1000), flag="--prefetch", help="most messages taken per round trip")
+    worker_timeout: float = _setting(30.0, number(float, 1), flag="--worker-timeout",
+                                     help="seconds of silence before a worker is presumed dead")
+    retry_backoff: float = _setting(1.0, number(float, 0))  # base of the exponential retry backoff, seconds
+    retry_backoff_max: float = _setting(300.0, number(float, 0))  # its cap
+    dedup_ttl: float = _setting(86400.0, number(float, 0))  # seconds a completed id is remembered
+    grace: float = _setting(30.0, number(float, 0), flag="--grace", help="seconds a stopping worker may take to finish")
+    job_timeout: float = _setting(0.0, number(float, 0), flag="--job-timeout",
+                                  help="seconds a try may run before it is interrupted (0: no limit)")
+    metrics_port: int = _setting(0, number(int, 0, 65535), flag="--metrics-port",
+                                 help="serve Prometheus metrics on this port, every interface (0: off)")
     # The password apart from REDIS_URL (one with @ : / needs no URL-encoding there); "": none.
-    redis_password: str = dataclasses.field(default="", repr=False)
-    redis_tls_ca_file: str = ""  # CA certificates (PEM) that verify a rediss:// server; "": the system's
-    redis_tls_cert_file: str = ""  # the client's certificate (PEM), for a server that asks for one
-    redis_tls_key_file: str = ""  # its private key (PEM, not encrypted)
+    redis_password: str = _setting("", str, secret=True)
+    redis_tls_ca_file: str = _setting("", readable_file)  # CA certificates (PEM) that verify a rediss:// server; "": the system's
+    redis_tls_cert_file: str = _setting("", readable_file)  # the client's certificate (PEM), for a server that asks for one
+    redis_tls_key_file: str = _setting("", readable_file)  # its private key (PEM, not encrypted)
     # HMAC key that producers sign messages with and workers verify them with; "": signing off.
-    message_signing_key: str = dataclasses.field(default="", repr=False)
+    message_signing_key: str = _setting("", str, secret=True)
     # A key workers also accept while keys are rotated (never used for signing).
-    message_signing_key_previous: str = dataclasses.field(default="", repr=False)
-    max_message_bytes: int = 1024 * 1024  # larger messages are refused by push, dead-lettered by workers
-    push_min_replicas: int = 0  # replicas that must confirm each push (Redis WAIT); 0: no wait
-    push_replica_timeout: float = 1.0  # seconds a push waits for them; then it failed and is retried
+    message_signing_key_previous: str = _setting("", str, secret=True)
+    # Larger messages are refused by push, dead-lettered by workers; Redis takes no larger string.
+    max_message_bytes: int = _setting(1024 * 1024, number(int, 1, 512 * 1024 * 1024))
+    push_min_replicas: int = _setting(0, number(int, 0, 100))  # replicas that must confirm each push (Redis WAIT); 0: no wait
+    # Seconds a push waits for them; WAIT's timeout is in ms and 0 would block forever, and it
+    # stays below the transport's socket timeout.
+    push_replica_timeout: float = _setting(1.0, number(float, 0.001, 5))
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -114,12 +99,12 @@ class Settings:
             env_name = field.name.upper()
             flag = flags.pop(field.name, None)
             if flag is not None:
-                raw, source = str(flag), _FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
+                raw, source = str(flag), field.metadata["flag"] or "--" + field.name.replace("_", "-")
             elif environ.get(env_name, "") != "":
                 raw, source = environ[env_name], env_name
             else:
                 continue
-            values[field.name] = parse_value(source, raw, _PARSERS[field.name])
+            values[field.name] = parse_value(source, raw, field.metadata["parse"])
         if flags:
             raise TypeError(f"unknown settings: {', '.join(flags)}")
         values.setdefault("log_format", _default_log_format())
@@ -176,6 +161,16 @@ class Settings:
         if not (self.redis_tls_ca_file or self.redis_tls_cert_file):
             return None
         return TlsFiles(self.redis_tls_ca_file or None, self.redis_tls_cert_file or None, self.redis_tls_key_file or None)
+
+
+def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add to `parser` the flag of each setting named (all that have one when none is named),
+    with its help, the variable it overrides and its default: pass the parsed values to load()."""
+    for field in fields(Settings):
+        if field.metadata["flag"] and (not names or field.name in names):
+            default = field.default if field.default != "" else "none"
+            parser.add_argument(field.metadata["flag"], dest=field.name,
+                                help=f"{field.metadata['help']} ({field.name.upper()}, default {default})")
 
 
 def _url_password(url: str) -> str | None:

@@ -1,11 +1,22 @@
-"""Shutdown requests from signals. Handlers only record the signal; loops check the flag."""
+"""Shutdown requests from signals, and the one interruptible sleep. Signal handlers only record
+the signal; loops check the flag."""
 
 from __future__ import annotations
 
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
+
+NAP = 0.05  # how often (s) an interruptible sleep checks whether to stop
+
+
+def sleep(seconds: float, stop: Callable[[], bool]) -> None:
+    """Sleep up to `seconds`, returning early (within NAP) once stop() is true."""
+    deadline = time.monotonic() + seconds
+    while not stop() and (left := deadline - time.monotonic()) > 0:  # bounded by the deadline
+        time.sleep(min(NAP, left))
 
 
 class Shutdown:
@@ -25,9 +36,7 @@ class Shutdown:
 
     def wait(self, seconds: float) -> None:
         """Sleep up to `seconds`, less if a stop is requested meanwhile."""
-        deadline = time.monotonic() + seconds
-        while not self.requested and time.monotonic() < deadline:
-            time.sleep(min(0.05, seconds))
+        sleep(seconds, lambda: self.requested)
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         """Ask for a stop, as a signal would (also for code that embeds a worker)."""

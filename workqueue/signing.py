@@ -28,7 +28,7 @@ from .settings import Settings
 
 SIGNATURE = "sig"
 # Fields outside the signature: the signature itself, and what failures and requeues change.
-UNSIGNED = frozenset({SIGNATURE, "attempts", "error", "dead_lettered_at"})
+UNSIGNED = frozenset({SIGNATURE, *message.FAILURE_FIELDS})
 # An element up to this much over MAX_MESSAGE_BYTES is read to take off what failed tries added
 # (`error`, cut to message.MAX_ERROR_CHARS characters of at most 12 bytes each escaped,
 # `attempts`, `dead_lettered_at`) and measured as pushed; a larger one is refused unread.
@@ -128,7 +128,7 @@ class MessagePolicy:
             except MalformedMessage:
                 pass
             else:
-                size = len(message.rewrite(raw, msg.fields, {"attempts": 0}, drop=("error", "dead_lettered_at")))
+                size = len(msg.as_pushed())
                 if size <= self.max_bytes:
                     return msg
         raise MalformedMessage(f"too large: {size} bytes, over MAX_MESSAGE_BYTES ({self.max_bytes})")

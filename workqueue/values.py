@@ -60,10 +60,25 @@ def readable_file(value: str) -> str:
     return value
 
 
+# Names starting with this are workqueue's own keys (the registry of queues, `workqueue:queues`).
+RESERVED_PREFIX = "workqueue:"
+MAX_QUEUE_NAME_BYTES = 200
+
+
 def queue_name(value: str) -> str:
-    # Braces would break the Redis Cluster hash tag that keeps a queue's keys in one slot.
-    if not value or any(c in value for c in "{} \t\r\n"):
-        raise ValueError("must be non-empty, without spaces or braces")
+    """The one rule for a queue's name, which Queue, the settings and the CLI share: not empty,
+    at most MAX_QUEUE_NAME_BYTES, no braces (they would break the Redis Cluster hash tag that
+    keeps a queue's keys in one slot, or name another queue's keys), no whitespace or control
+    characters, and not under RESERVED_PREFIX."""
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value.encode(errors="surrogatepass")) > MAX_QUEUE_NAME_BYTES:
+        raise ValueError(f"must be at most {MAX_QUEUE_NAME_BYTES} bytes")
+    bad = next((c for c in value if c in "{}" or c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"must hold no braces, whitespace or control characters (it holds {bad!r})")
+    if value.startswith(RESERVED_PREFIX):
+        raise ValueError(f"must not start with {RESERVED_PREFIX} (reserved for workqueue's own keys)")
     return value
 
 

@@ -9,25 +9,24 @@ from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
-from . import message
-from .consumer import Consumer
+from .. import message
+from ..message import Message
+from ..protocol import RetryPolicy
 from .handlers import HandlerRunner, JobTimeout
 from .held import Held
-from .message import Message
 from .pipeline import RequestPipeline
-from .protocol import Op
 
 if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
-    from .metrics import WorkerMetrics
+    from ..metrics import WorkerMetrics
 
 
 class MessageProcessor:
     """Runs one held message and records what became of it."""
 
-    def __init__(self, runner: HandlerRunner, consumer: Consumer, pipeline: RequestPipeline,
+    def __init__(self, runner: HandlerRunner, retry: RetryPolicy, pipeline: RequestPipeline,
                  log: FilteringBoundLogger, metrics: WorkerMetrics | None) -> None:
         """`metrics` is told every outcome (off, the cost is one `if` on the rarer paths)."""
-        self.consumer = consumer
+        self.retry = retry
         self.pipeline = pipeline  # its outcomes are a new object after every send: read at each use
         self.log = log
         self.metrics = metrics
@@ -39,13 +38,13 @@ class MessageProcessor:
     def process(self, held: Held) -> None:
         log, msg, outcomes = self.log, held.message, self.pipeline.outcomes
         if msg is None:
-            outcomes.add(Op.DEAD, held.raw, message.dead_letter_malformed(held.raw, held.problem))
+            outcomes.dead(held.raw, message.dead_letter_malformed(held.raw, held.problem))
             log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {held.problem}")
             if self.metrics is not None:
                 self.metrics.failed(dead=True)
             return
         if held.duplicate:
-            outcomes.add(Op.DUPLICATE, held.raw)
+            outcomes.duplicate(held.raw)
             log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
             if self.metrics is not None:
                 self.metrics.duplicate_skipped()
@@ -58,13 +57,13 @@ class MessageProcessor:
             self._failed(msg, f"{type(error).__name__}: {error}")
         else:
             fields = msg.fields  # not msg.id and msg.attempts: each is a call, and this runs per message
-            outcomes.add(Op.DONE, held.raw, b"", fields["id"])
+            outcomes.done(held.raw, fields["id"])
             if self._log_processed:  # below INFO, not even the arguments are built
                 self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
 
     def _failed(self, msg: Message, text: str) -> None:
         """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
-        dead, delay = self.consumer.retry_or_dead(self.pipeline.outcomes, msg, text)
+        dead, delay = self.retry.failed(self.pipeline.outcomes, msg, text)
         if self.metrics is not None:
             self.metrics.failed(dead)
         if dead:

@@ -20,22 +20,21 @@ from typing import TYPE_CHECKING
 import structlog
 from redis.exceptions import RedisError
 
-from .consumer import PAUSED
+from ..logs import write_held_lines
+from ..protocol import Delivery
+from ..queue import Queue
+from ..settings import Settings
+from ..shutdown import Shutdown
+from ..store.outages import Outage, is_fenced, is_outage, raise_if_refused
 from .handlers import Handler, HandlerRunner, LoopAbort, WorkerAborted
 from .held import Holdings
 from .housekeeper import Housekeeper
-from .logs import write_held_lines
-from .outages import Outage, is_fenced, wait_out
 from .pipeline import ACK_DELAY, RequestPipeline
 from .processing import MessageProcessor
-from .protocol import Delivery
-from .queue import Queue
-from .session import Session
-from .settings import Settings
-from .shutdown import Shutdown
+from .session import SessionKeeper
 
 if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
-    from .metrics import WorkerMetrics
+    from ..metrics import WorkerMetrics
 
 BATCH_SECONDS = 0.05  # take as many messages as the handler gets through in about this long
 PAUSE_POLL = 0.5  # how often (s) a worker asks whether its paused queue was resumed
@@ -82,15 +81,15 @@ class Worker:
         self._runner = HandlerRunner(handler, job_timeout)
         self.metrics = metrics
         self._pipeline = RequestPipeline(self.consumer)
-        self._processor = MessageProcessor(self._runner, self.consumer, self._pipeline, self.log, metrics)
+        self._processor = MessageProcessor(self._runner, queue.retry, self._pipeline, self.log, metrics)
         self._held = Holdings(queue.policy)  # the queue's size limit and signing keys
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self._outage = Outage(self.log)
-        self._session = Session(queue, self.consumer, self._pipeline, self._held, self._outage, self.log)
+        self._session = SessionKeeper(queue, self.consumer, self._pipeline, self._held, self._outage, self.log)
         self._fenced = False  # the last request was refused as of an ended session
         self._loop_abort = LoopAbort(self._runner)
         self._housekeeper = Housekeeper(
-            self.consumer, self.log, self.shutdown, self._runner,
+            self.consumer, queue.retry, self.log, self.shutdown, self._runner,
             grace=grace, abort=abort or self._loop_abort, resyncing=lambda: self._session.needed, metrics=metrics,
         )
 
@@ -148,9 +147,11 @@ class Worker:
                     if not self._fenced:
                         self._fenced = True
                         continue
-                elif not wait_out(error):
-                    self._unexpected(error)
-                    continue
+                else:
+                    raise_if_refused(error)
+                    if not is_outage(error):
+                        self._unexpected(error)
+                        continue
                 self._outage.failed(error, lambda: self.shutdown.requested)
             except Exception as error:
                 self._unexpected(error)
@@ -169,15 +170,16 @@ class Worker:
             pipeline.pack_ahead()  # while the next batch is on its way: the send below then only writes
             taken, earlier = pipeline.take_next()
         else:
-            taken, wait_ms = pipeline.fetch(self._batch)
-            if not taken and wait_ms == PAUSED:  # ask again soon; the heartbeat goes on meanwhile
+            fetched = pipeline.fetch(self._batch)
+            taken = fetched.taken
+            if fetched.paused:  # ask again soon; the heartbeat goes on meanwhile
                 self.shutdown.wait(PAUSE_POLL)
                 return True
             if not taken:
-                if self.burst and wait_ms < 0:
+                if self.burst and fetched.next_retry_ms is None:
                     return False
                 # One message at most, and nothing fetched ahead: the shortest path to its start.
-                self._held.accept(self.consumer.block(self.consumer.wait_seconds(wait_ms)))
+                self._held.accept(self.consumer.block(self.consumer.wait_seconds(fetched)))
                 return True
         # Redis works on the next batch while this one is decoded and run.
         ahead = pipeline.fetch_ahead(self._batch, taken)

@@ -16,12 +16,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import __version__, report, top
-from .dead import Outcome
-from .outages import is_outage, refusal
-from .queue import Queue
+from .. import __version__
+from ..queue import Queue
+from ..settings import ConfigError, Settings, count, load_env_file, parse_value
+from ..store.dead import Changed
+from ..store.outages import is_outage, refusal
+from . import report, top
 from .report import print_stats
-from .settings import ConfigError, Settings, count, load_env_file, parse_value
 
 __all__ = ["main", "print_stats"]
 
@@ -153,7 +154,7 @@ def _run(args: argparse.Namespace, queue: Queue, limit: int) -> int:
     return 0
 
 
-def _missing(outcome: Outcome) -> int:
+def _missing(outcome: Changed) -> int:
     for message_id in outcome.missing:
         print(f"error: no dead letter with id {message_id}", file=sys.stderr)
     return 1 if outcome.missing else 0

@@ -22,8 +22,8 @@ from redis.cluster import RedisCluster
 from redis.connection import ConnectionPool
 from redis.exceptions import ConnectionError
 
+from ..settings import TlsFiles
 from .cluster import ClusterAware, cluster_location, cluster_of, node_connection, redirected
-from .settings import TlsFiles
 
 Key = str | bytes
 Command = tuple[Any, ...]

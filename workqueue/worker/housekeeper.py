@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 from structlog.typing import FilteringBoundLogger
 
-from .consumer import Consumer
+from ..protocol import RetryPolicy
+from ..shutdown import Shutdown
+from ..store.consumer import Consumer
+from ..store.outages import RedisRefused, is_fenced, is_outage, refusal
+from ..store.recovery import recover_dead_workers
 from .handlers import HandlerRunner
-from .outages import RedisRefused, is_fenced, is_outage, refusal
-from .recovery import recover_dead_workers
-from .shutdown import Shutdown
 
 if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
-    from .metrics import WorkerMetrics
+    from ..metrics import WorkerMetrics
 
 RECOVERY_INTERVAL = 1.0  # how often (s) each worker looks for dead workers; one cheap call
 TICK = 0.2
@@ -37,6 +38,7 @@ class Housekeeper:
     def __init__(
         self,
         consumer: Consumer,
+        retry: RetryPolicy,
         log: FilteringBoundLogger,
         shutdown: Shutdown,
         runner: HandlerRunner,
@@ -47,6 +49,7 @@ class Housekeeper:
         metrics: WorkerMetrics | None = None,
     ) -> None:
         self.consumer = consumer
+        self.retry = retry  # what recovery does with a dead worker's messages
         self.log = log
         self.shutdown = shutdown
         self.runner = runner
@@ -114,7 +117,7 @@ class Housekeeper:
                     next_beat = now + self.consumer.worker_timeout / 3
                 if now >= next_recovery:
                     next_recovery = now + RECOVERY_INTERVAL * random.uniform(0.75, 1.25)
-                    for item in recover_dead_workers(self.consumer):
+                    for item in recover_dead_workers(self.consumer, self.retry):
                         if item.dropped:
                             self.log.error("registration_dropped", dead_worker=item.worker_id, error=item.dropped)
                             continue

@@ -7,11 +7,11 @@ import json
 import time
 from typing import Any
 
-from . import message
-from .dead import DeadLetter
-from .message import MalformedMessage
-from .queue import Queue
-from .stats import STATS_FIELDS, StatValue
+from .. import message
+from ..message import MalformedMessage
+from ..queue import Queue
+from ..store.dead import DeadLetter
+from ..store.stats import STATS_FIELDS, StatValue
 
 CUT = 100  # characters of a body or a raw element shown on one line of a table
 

@@ -7,12 +7,10 @@ lettered, skipped as a duplicate, or still waiting, delayed or held by a worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
+from .handle import Store
 from .transport import Key
-
-if TYPE_CHECKING:
-    from .queue import Queue
 
 # Every figure `stats` reports, in order, with what it counts: the CLI prints these labels.
 STATS_FIELDS = {
@@ -56,18 +54,18 @@ class Snapshot:
     workers: list[WorkerState]
 
 
-def read(queue: Queue, attempts: int = 50) -> Snapshot:
+def read(store: Store, attempts: int = 50) -> Snapshot:
     """Stats and each registered worker, read at one instant.
 
     One script reads everything. It needs the in-flight list of every registered worker as
     a key, so it refuses when a worker came or went since we listed them, and we list them
     again (bounded by `attempts`)."""
-    k = queue.keys
+    k = store.keys
     for _ in range(attempts):
-        ids = cast(list[bytes], queue.client.zrange(k.workers, 0, -1))  # bytes: any id, as stored
+        ids = cast(list[bytes], store.client.zrange(k.workers, 0, -1))  # bytes: any id, as stored
         held_keys = [key for i in ids for key in (k.in_flight(i), k.landing(i))]
         keys: list[Key] = [k.pending, k.delayed, k.dead_letter, k.stats, k.workers, k.paused, *held_keys]
-        reply = queue.scripts.call("stats", keys, ids)
+        reply = store.scripts.call("stats", keys, ids)
         if reply[0] == 1:
             break
     else:

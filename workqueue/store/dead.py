@@ -14,13 +14,11 @@ import base64
 import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from . import message
-from .message import MalformedMessage, Message
-
-if TYPE_CHECKING:
-    from .queue import Queue
+from .. import message
+from ..message import MalformedMessage, Message
+from .handle import Store
 
 PAGE = 1000  # entries read, and changed, per round trip
 
@@ -39,12 +37,6 @@ def _json(text: str) -> Any:
 
 def _number(value: Any) -> float | None:
     return float(value) if type(value) in (int, float) else None
-
-
-def requeued(msg: Message) -> bytes:
-    """The message as it goes back to the queue: attempts 0, without its error and the time it
-    was dead-lettered."""
-    return message.rewrite(msg.raw, msg.fields, {"attempts": 0}, drop=("error", "dead_lettered_at"))
 
 
 @dataclass(frozen=True)
@@ -107,7 +99,7 @@ def _id_in(text: str) -> str | None:
 
 
 @dataclass
-class Outcome:
+class Changed:
     """What a requeue or purge did: how many entries it changed, the ids asked for that it did
     not find, and the ids (or, without ids, the count) of malformed entries it had to leave."""
 
@@ -120,70 +112,54 @@ class Outcome:
 class DeadLetters:
     """The dead-letter list of one queue."""
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        self.key = queue.keys.dead_letter
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.client = store.client
+        self.key = store.keys.dead_letter
 
     def newest(self, count: int) -> list[DeadLetter]:
         """The `count` most recent entries, newest first (dead letters are appended)."""
-        stored = cast(list[bytes], self.queue.client.lrange(self.key, -count, -1))
+        stored = cast(list[bytes], self.client.lrange(self.key, -count, -1))
         return [DeadLetter.parse(raw) for raw in reversed(stored)]
 
-    def requeue(self, ids: Collection[str] | None = None) -> Outcome:
+    def requeue(self, ids: Collection[str] | None = None) -> Changed:
         """Send the entries with these ids (None: every entry) back to the queue's tail with
         attempts 0 and no error, each in one step with its removal. Malformed entries stay."""
-        k = self.queue.keys
+        k = self.store.keys
 
         def move(chosen: list[DeadLetter]) -> int:
-            pairs = [part for entry in chosen if entry.msg is not None for part in (entry.stored, requeued(entry.msg))]
-            moved: int = self.queue.scripts.call("requeue", [k.dead_letter, k.pending, k.stats], pairs)
+            pairs = [part for entry in chosen if entry.msg is not None for part in (entry.stored, entry.msg.as_pushed())]
+            moved: int = self.store.scripts.call("requeue", [k.dead_letter, k.pending, k.stats], pairs)
             return moved
 
         return self._walk(ids, lambda entry: entry.msg is not None, move)
 
-    def requeue_oldest(self, limit: int = 100) -> tuple[int, int]:
-        """Give the oldest `limit` dead letters another round: back to the queue with attempts 0
-        and no error. Malformed entries stay (there is no message to retry). Returns (moved,
-        left as malformed)."""
-        k = self.queue.keys
-        pairs: list[bytes] = []
-        malformed = 0
-        for raw in self.queue.dead_letters(limit):
-            try:
-                pairs += (raw, requeued(message.decode(raw)))
-            except MalformedMessage:
-                malformed += 1
-        moved = 0
-        for start in range(0, len(pairs), 2 * PAGE):
-            moved += self.queue.scripts.call("requeue", [k.dead_letter, k.pending, k.stats], pairs[start : start + 2 * PAGE])
-        return moved, malformed
-
-    def purge(self, ids: Collection[str] | None = None, *, malformed_only: bool = False) -> Outcome:
+    def purge(self, ids: Collection[str] | None = None, *, malformed_only: bool = False) -> Changed:
         """Remove the entries with these ids, or the malformed ones, for good."""
         def remove(chosen: list[DeadLetter]) -> int:
-            removed: int = self.queue.scripts.call("purge", [self.key, self.queue.keys.stats], ["some", *(e.stored for e in chosen)])
+            removed: int = self.store.scripts.call("purge", [self.key, self.store.keys.stats], ["some", *(e.stored for e in chosen)])
             return removed
 
         return self._walk(ids, (lambda entry: entry.msg is None) if malformed_only else (lambda entry: True), remove)
 
     def purge_all(self) -> int:
         """Remove every entry, in one step; returns how many there were."""
-        removed: int = self.queue.scripts.call("purge", [self.key, self.queue.keys.stats], ["all"])
+        removed: int = self.store.scripts.call("purge", [self.key, self.store.keys.stats], ["all"])
         return removed
 
     def _walk(self, ids: Collection[str] | None, allowed: Callable[[DeadLetter], bool],
-              act: Callable[[list[DeadLetter]], int]) -> Outcome:
+              act: Callable[[list[DeadLetter]], int]) -> Changed:
         """Page through the entries present now, oldest first, and `act` on those with one of
         `ids` (all when None) that `allowed` admits. What is acted on leaves the list, so the
         next page starts after the entries kept."""
         wanted = None if ids is None else set(ids)
         found: set[str] = set()
-        outcome = Outcome()
-        remaining: int = self.queue.client.llen(self.key)
+        outcome = Changed()
+        remaining: int = self.client.llen(self.key)
         kept = 0
         while remaining > 0:
             page = [DeadLetter.parse(raw) for raw in
-                    cast(list[bytes], self.queue.client.lrange(self.key, kept, kept + min(PAGE, remaining) - 1))]
+                    cast(list[bytes], self.client.lrange(self.key, kept, kept + min(PAGE, remaining) - 1))]
             if not page:
                 break
             remaining -= len(page)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .message import Message
+from ..message import Message
 
 Handler = Callable[[Message], Any]
 

@@ -1,4 +1,4 @@
-"""The Lua script registry: each script of workqueue/lua/ (after the shared prelude), known by
+"""The Lua script registry: each script of lua/ (after the shared prelude), known by
 its SHA, loaded into Redis on the first NOSCRIPT reply, and called by name, through the transport."""
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "sta
 
 
 class Scripts:
-    """The queue's Lua scripts, loaded from workqueue/lua/*.lua (each after the shared prelude)
+    """The queue's Lua scripts, loaded from lua/*.lua (each after the shared prelude)
     and called by SHA."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        lua = files("workqueue").joinpath("lua")
+        lua = files("workqueue.store").joinpath("lua")
         prelude = lua.joinpath("prelude.lua").read_text()
         self.source = {name: prelude + "\n" + lua.joinpath(f"{name}.lua").read_text() for name in SCRIPT_NAMES}
         # The SHA is known without asking Redis; scripts are loaded on the first NOSCRIPT reply.

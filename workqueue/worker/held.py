@@ -10,11 +10,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from . import message
-from .consumer import Taken
-from .message import MalformedMessage, Message
-from .protocol import Op, Outcomes
-from .signing import MessagePolicy
+from .. import message
+from ..message import MalformedMessage, Message
+from ..protocol import Outcomes, Taken
+from ..signing import MessagePolicy
 
 
 class Held(NamedTuple):
@@ -99,7 +98,7 @@ class Holdings(deque[Held]):
     def release(self, outcomes: Outcomes) -> int:
         """Give back every message held, to the head of the queue in order; returns how many."""
         for h in reversed(self):  # reversed: each release goes to the head of the queue
-            outcomes.add(Op.RELEASE, h.raw)
+            outcomes.release(h.raw)
         released = len(self)
         self.clear()
         return released
@@ -108,7 +107,7 @@ class Holdings(deque[Held]):
         """Give up every message held, every one of `unconfirmed` outcomes and of a batch
         `taken` ahead (our claim on them was lost); returns (id, attempts, outcome) of each,
         outcome being the op or "not started"."""
-        lost = [(raw, Op(op).value) for outcomes in unconfirmed for op, raw in zip(outcomes.args[::4], outcomes.args[1::4], strict=True)]
+        lost = [(raw, op.value) for outcomes in unconfirmed for op, raw in outcomes]
         lost += [(h.raw, "not started") for h in self] + [(raw, "not started") for raw, _ in taken]
         self.clear()
         forfeited: list[tuple[str | None, int | None, str]] = []

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..values import RESERVED_PREFIX, queue_name
+
 # Set of the names of every queue on this Redis, for `workqueue queues` (never KEYS or SCAN):
 # added to when a Queue first pushes and when a worker starts. Not a queue's key, so it has no
-# hash tag; a queue may not be named like it.
-REGISTRY = "workqueue:queues"
+# hash tag; no queue name may start with its prefix.
+REGISTRY = RESERVED_PREFIX + "queues"
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,10 @@ class QueueKeys:
     queue: str
 
     def __post_init__(self) -> None:
-        if self.queue == REGISTRY:
-            raise ValueError(f"a queue may not be named {REGISTRY}: that key lists the queues")
+        try:
+            queue_name(self.queue)
+        except ValueError as error:
+            raise ValueError(f"the queue name {self.queue!r} {error}") from None
 
     @property
     def pending(self) -> str:

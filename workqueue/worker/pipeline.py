@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .consumer import Consumer, Taken, parse_fetch
-from .protocol import Outcomes
-from .transport import Command, Packed, pack
+from ..protocol import Fetched, Outcomes, Taken
+from ..store.consumer import Consumer
+from ..store.transport import Command, Packed, pack
 
 MAX_UNREAD = 8  # requests sent whose replies wait unread; bounds what an error makes us resend
 ACK_DELAY = 0.005  # a finished message waits at most this long (s) for its outcome to be sent
@@ -62,8 +62,7 @@ class RequestPipeline:
     def pack_ahead(self) -> None:
         """Pack the settle command of the outcomes so far now, while Redis works on our last
         request anyway (a quick batch just ended and the next one is on its way): the send after
-        its reply then only writes it. Packing 200 outcomes takes about 70 µs, which Redis would
-        otherwise spend idle, waiting for them."""
+        its reply then only writes it, and Redis does not sit idle while they are packed."""
         if self.outcomes:
             self._packed = (self.outcomes, self._packed_for(), pack(self.consumer.settle_command(self.outcomes)))
 
@@ -86,17 +85,17 @@ class RequestPipeline:
         if outcomes is not None:
             self.outcomes = Outcomes(sequence=outcomes.sequence + 1)  # kept until those are confirmed
 
-    def _read_all(self) -> int:
-        """Read every reply outstanding; a fetch's batch becomes the next one. Returns the
-        fetch's wait_ms (-1 when none was read). On an error the unread requests stay listed:
+    def _read_all(self) -> Fetched:
+        """Read every reply outstanding; a fetch's batch becomes the next one. Returns what the
+        fetch found (nothing, when none was read). On an error the unread requests stay listed:
         settle_all() resends their outcomes, and the worker's resync adopts their messages."""
-        wait_ms = -1
+        fetched = Fetched([])
         while self._sent:
             replies = self._channel.read()
             if self._sent.popleft().fetch:
-                taken, wait_ms = parse_fetch(replies[-1])
-                self._next += taken
-        return wait_ms
+                fetched = Fetched.from_reply(replies[-1])
+                self._next += fetched.taken
+        return fetched
 
     def fetch_ahead(self, count: int, taken: Taken) -> bool:
         """Ask for the next batch of `count` (settling the outcomes so far) as soon as the
@@ -119,13 +118,13 @@ class RequestPipeline:
         taken, self._next = self._next, []
         return taken, self._ahead_of
 
-    def fetch(self, count: int) -> tuple[Taken, int]:
+    def fetch(self, count: int) -> Fetched:
         """Settle the outcomes and take up to `count` messages, in one round trip."""
         self._read_all()
         self._send(count)
-        wait_ms = self._read_all()
-        taken, self._next = self._next, []
-        return taken, wait_ms
+        fetched = self._read_all()
+        self._next = []  # they are fetched.taken: nothing else was outstanding
+        return fetched
 
     def settle(self) -> None:
         """Send the outcomes now (a slow batch), without waiting. Replies are read in bulk (one

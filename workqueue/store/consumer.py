@@ -1,5 +1,5 @@
-"""The worker's side of a queue: take messages, settle their outcomes, stay registered (taking
-back what dead workers held is recovery.py's, on these calls).
+"""A worker's protocol calls on one queue: take messages, settle their outcomes, stay registered
+(taking back what dead workers held is recovery.py's, on these calls).
 
 A message is always in exactly one place: the queue list (`pending`), one worker's `in_flight`
 list, the `delayed` retry set, or the `dead_letter` list, until it is completed. Each method
@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from .message import Message
+from ..protocol import Delivery, Fetched, Outcomes, Taken
+from .handle import Store
 from .outages import is_fenced
-from .protocol import Delivery, Op, Outcomes
 from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
-
-if TYPE_CHECKING:
-    from .queue import Queue
-
-PAUSED = -2  # fetch's wait_ms when the queue is paused
-Taken = list[tuple[bytes, bool]]  # (element, duplicate): duplicate when its id was completed already
 
 
 def _ms(seconds: float) -> int:
@@ -32,46 +26,35 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def parse_fetch(reply: list[Any]) -> tuple[Taken, int]:
-    """The fetch script's reply [wait_ms, messages, positions of duplicates (from 1)] as
-    (taken, wait_ms); a reply without messages is [wait_ms]."""
-    if len(reply) == 1:
-        return [], int(reply[0])
-    messages, duplicates = reply[1], reply[2]
-    if not duplicates:  # the usual case
-        return [(raw, False) for raw in messages], 0
-    flagged = set(duplicates)
-    return [(raw, i in flagged) for i, raw in enumerate(messages, 1)], 0
-
-
 class Consumer:
     """One worker's protocol on one queue: its id, delivery mode and heartbeat timeout are fixed."""
 
-    def __init__(self, queue: Queue, worker_id: str, delivery: Delivery | str, worker_timeout: float) -> None:
-        self.queue = queue
+    def __init__(self, store: Store, worker_id: str, delivery: Delivery | str, worker_timeout: float, dedup_ttl: float) -> None:
+        """`dedup_ttl`: seconds a completed id is remembered to skip its copies."""
+        self.store = store
+        self.client = store.client
         self.worker_id = worker_id
         self.delivery = Delivery(delivery)
         self.worker_timeout = worker_timeout
-        self.keys = queue.keys
-        self.scripts = queue.scripts
-        self.in_flight_key = queue.keys.in_flight(worker_id)
-        self.landing_key = queue.keys.landing(worker_id)
+        self.dedup_ttl_ms = int(dedup_ttl * 1000)
+        self.keys = store.keys
+        self.scripts = store.scripts
+        self.in_flight_key = store.keys.in_flight(worker_id)
+        self.landing_key = store.keys.landing(worker_id)
         # Every request names the session it was made in; Redis refuses one of an older session.
         self.session = 0  # the session joined last (or being joined), 0 before the first join
         self._joined = 0  # the last session Redis confirmed we joined
         self._waits: Channel | None = None  # block()'s own connection
 
-    def fetch(self, count: int, outcomes: Outcomes | None = None) -> tuple[Taken, int]:
-        """Settle `outcomes` and take up to `count` messages, in one round trip.
-
-        Returns (taken, wait_ms): when nothing was taken, wait_ms says how long until a retry is
-        due (-1: none is waiting; PAUSED: the queue is paused). Joins first if we never did."""
+    def fetch(self, count: int, outcomes: Outcomes | None = None) -> Fetched:
+        """Settle `outcomes` and take up to `count` messages, in one round trip. Joins first if
+        we never did."""
         if not self.session:
             self.join()
-        replies = send_together(self.queue.client, self.keys.pending, self.requests(count, outcomes))
+        replies = send_together(self.client, self.keys.pending, self.requests(count, outcomes))
         if outcomes:
             outcomes.clear()  # Redis applied them
-        return parse_fetch(replies[-1])
+        return Fetched.from_reply(replies[-1])
 
     def requests(self, count: int | None, outcomes: Outcomes | None) -> list[Command]:
         """The commands that settle `outcomes` (if any) and then, given a `count`, take up to
@@ -92,7 +75,7 @@ class Consumer:
 
     def channel(self) -> Channel:
         """A connection of our own for requests whose replies are read later, in order."""
-        return Channel(self.queue.client, self.keys.pending)
+        return Channel(self.client, self.keys.pending)
 
     def block(self, timeout: float) -> Taken:
         """Wait up to `timeout` seconds for one message; returns [] or [(message, duplicate)].
@@ -133,12 +116,13 @@ class Consumer:
             self.scripts.command("woken", woken_keys, [self.delivery, self.worker_id, self.session]),
         ]
 
-    def wait_seconds(self, wait_ms: int) -> float:
-        """How long block() may wait, given fetch's wait_ms (a retry due then, or -1). Short: a
-        frozen worker's wait ends long before it can be presumed dead, so it keeps no message from
-        the others for long (and woken.lua returns one that came too late)."""
+    def wait_seconds(self, fetched: Fetched) -> float:
+        """How long block() may wait after a fetch that took nothing: until a retry is due, and
+        never long, so a frozen worker's wait ends long before it can be presumed dead and keeps
+        no message from the others for long (woken.lua returns one that came too late)."""
         timeout = min(BLOCK_SECONDS, self.worker_timeout / 4)
-        return timeout if wait_ms < 0 else min(timeout, max(wait_ms, 10) / 1000)
+        due_ms = fetched.next_retry_ms
+        return timeout if due_ms is None else min(timeout, max(due_ms, 10) / 1000)
 
     def settle(self, outcomes: Outcomes) -> list[bool]:
         """Apply outcomes for messages we hold; idempotent, so safe to resend. Returns, per
@@ -164,31 +148,17 @@ class Consumer:
         # worker's list holds only what it adopted after a lost reply).
         delivery = Delivery.RELIABLE if recovering else self.delivery
         mode = ("recover", 0, 0) if recovering else ("own", outcomes.sequence, self.session)
-        return keys, [delivery, self.queue.dedup_ttl_ms, worker_id, *mode, *outcomes.args]
+        return keys, [delivery, self.dedup_ttl_ms, worker_id, *mode, *outcomes.args]
 
     def completed(self, message_ids: Sequence[str]) -> list[bool]:
         """Whether each id was completed (within the de-duplication window)."""
         if not message_ids:
             return []
-        return [score is not None for score in self.queue.client.zmscore(self.keys.done, list(message_ids))]
+        return [score is not None for score in self.client.zmscore(self.keys.done, list(message_ids))]
 
     def in_flight(self) -> list[bytes]:
         """What Redis says we hold (the truth after a lost reply)."""
-        return cast(list[bytes], self.queue.client.lrange(self.in_flight_key, 0, -1))
-
-    def retry_or_dead(self, outcomes: Outcomes, msg: Message, error: str, *, recovered: bool = False) -> tuple[bool, float]:
-        """Record a failed try of `msg`: a retry after backoff, or the dead-letter list when its
-        attempts are used up. Returns (dead_lettered, backoff seconds)."""
-        if self.queue.retry.exhausted(msg.attempts + 1):
-            outcomes.add(Op.DEAD, msg.raw, msg.failed(error, dead=True), "1" if recovered else "")
-            return True, 0.0
-        new_raw = msg.failed(error)
-        if recovered:
-            outcomes.add(Op.REQUEUE, msg.raw, new_raw)
-            return False, 0.0
-        delay = self.queue.retry.delay(msg.attempts + 1)
-        outcomes.add(Op.RETRY, msg.raw, new_raw, int(delay * 1000))
-        return False, delay
+        return cast(list[bytes], self.client.lrange(self.in_flight_key, 0, -1))
 
     # -- registration ------------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ import time
 import tty
 from dataclasses import dataclass
 
-from .queue import Queue
+from ..queue import Queue
+from ..store.stats import Snapshot
 from .report import show
-from .stats import Snapshot
 
 ENTER, LEAVE = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"  # alternate screen, cursor hidden
 HOME_CLEAR = "\x1b[H\x1b[2J"

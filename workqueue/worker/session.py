@@ -12,16 +12,17 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 from structlog.typing import FilteringBoundLogger
 
-from .consumer import Consumer
+from ..protocol import Delivery
+from ..queue import Queue
+from ..store.consumer import Consumer
+from ..store.outages import Outage, is_fenced, raise_unless_outage
 from .held import Holdings
-from .outages import Outage, is_fenced, wait_out
 from .pipeline import RequestPipeline
-from .protocol import Delivery
-from .queue import Queue
 
 
-class Session:
-    """Joins (sync) whenever `needed`, which the worker sets after an error; leaves once (leave)."""
+class SessionKeeper:
+    """Keeps the worker's session with Redis: joins a new one (sync) whenever `needed`, which the
+    worker sets after an error; leaves once (leave)."""
 
     def __init__(self, queue: Queue, consumer: Consumer, pipeline: RequestPipeline, held: Holdings,
                  outage: Outage, log: FilteringBoundLogger) -> None:
@@ -66,9 +67,7 @@ class Session:
         try:
             self.held.accept(*self.pipeline.take_next())
         except RedisError as error:
-            if not wait_out(error):
-                raise
-            # its messages are found below, when deregistering is refused
+            raise_unless_outage(error)  # its messages are found below, when deregistering is refused
         released = self.held.release(self.pipeline.outcomes)
         deregistered = False
         while not deregistered:  # bounded: the housekeeper aborts when the grace runs out
@@ -84,8 +83,7 @@ class Session:
                     self.sync()
                     released += self.held.release(self.pipeline.outcomes)
                     continue
-                if not wait_out(error):
-                    raise
+                raise_unless_outage(error)
                 if self.pipeline.settled and not self.held:
                     break
                 self.outage.failed(error)

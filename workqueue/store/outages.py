@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import ssl
-import time
 from collections.abc import Callable
 
 from redis.exceptions import (
@@ -43,6 +42,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 from structlog.typing import FilteringBoundLogger
+
+from .. import shutdown
 
 
 class ReplicasShortfall(RedisError):
@@ -148,13 +149,20 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, REDIS_UNAVAILABLE) or (isinstance(error, ResponseError) and str(error).startswith(OUTAGE_REPLIES))
 
 
-def wait_out(error: Exception) -> bool:
-    """Whether to wait `error` out (an outage). A refusal raises RedisRefused instead (from
-    None: a traceback of redis-py's would say nothing more); anything else returns False."""
+def raise_if_refused(error: Exception) -> None:
+    """Raise RedisRefused (from None: a traceback of redis-py's would say nothing more) when
+    `error` is a refusal; else return, and the caller asks is_outage()."""
     refused = refusal(error)
     if refused is not None:
         raise refused from None
-    return is_outage(error)
+
+
+def raise_unless_outage(error: Exception) -> None:
+    """Return when `error` is an outage, to be waited out; raise RedisRefused for a refusal,
+    and `error` itself for anything else."""
+    raise_if_refused(error)
+    if not is_outage(error):
+        raise error
 
 
 class Outage:
@@ -172,9 +180,7 @@ class Outage:
         delay = min(self.cap, self.first * 2**self.failures) * random.uniform(0.5, 1.0)
         self.failures += 1
         self.log.warning("redis_unavailable", error=f"{type(error).__name__}: {error}", retry_in=round(delay, 2), failures=self.failures)
-        deadline = time.monotonic() + delay
-        while not stop() and time.monotonic() < deadline:  # bounded by delay <= cap
-            time.sleep(min(0.05, delay))
+        shutdown.sleep(delay, stop)
 
     def succeeded(self) -> None:
         if self.failures:
