@@ -9,7 +9,7 @@ import sys
 from workqueue import ConfigError, Queue, RedisRefused, Settings, __version__
 from workqueue.logs import configure_logging
 from workqueue.producer import produce
-from workqueue.settings import count, load_env_file, parse_value, seconds
+from workqueue.settings import add_flags, count, load_env_file, parse_value, seconds
 from workqueue.signing import MessageTooLarge
 
 
@@ -23,8 +23,8 @@ def main() -> int:
     parser.add_argument("--version", action="version", version=f"workqueue {__version__}")
     parser.add_argument("--count", help="push this many messages, then exit (default: forever)")
     parser.add_argument("--interval", default="1.0", help="seconds between pushes (default 1.0)")
-    parser.add_argument("--batch", default="1", help="messages per push, pipelined (default 1)")
-    parser.add_argument("--queue", help="queue name (QUEUE_NAME, default demo-1)")
+    parser.add_argument("--batch", default="1", help="messages per push, in one script call (default 1)")
+    add_flags(parser, "queue_name")
     args = parser.parse_args()
     load_env_file()
     try:

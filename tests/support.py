@@ -11,11 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from workqueue.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -153,27 +155,18 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-SETTING_NAMES = (
-    "REDIS_URL", "QUEUE_NAME", "MAX_ATTEMPTS", "LOG_LEVEL", "LOG_FORMAT", "DELIVERY", "PREFETCH",
-    "WORKER_TIMEOUT", "RETRY_BACKOFF", "RETRY_BACKOFF_MAX", "DEDUP_TTL", "GRACE", "JOB_TIMEOUT", "METRICS_PORT",
-    "REDIS_PASSWORD", "REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE",
-    "MESSAGE_SIGNING_KEY", "MESSAGE_SIGNING_KEY_PREVIOUS", "MAX_MESSAGE_BYTES", "PUSH_MIN_REPLICAS", "PUSH_REPLICA_TIMEOUT",
-)
+SETTING_NAMES = tuple(field.name.upper() for field in fields(Settings))
+# What the tests run with where it differs from the default (quick retries, a smaller batch).
+TEST_SETTINGS = {"RETRY_BACKOFF": "0.05", "RETRY_BACKOFF_MAX": "1", "PREFETCH": "100", "LOG_FORMAT": "json"}
 
 
 def script_env(redis_url: str, queue: str, **overrides: Any) -> dict[str, str]:
-    """An environment that sets every setting, so a developer's .env cannot leak into a test."""
+    """An environment that sets every setting, so a developer's .env cannot leak into a test:
+    the defaults, TEST_SETTINGS, then `overrides` (a setting left empty counts as unset)."""
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
-    env.update(
-        REDIS_URL=redis_url, QUEUE_NAME=queue, MAX_ATTEMPTS="3", LOG_LEVEL="info", LOG_FORMAT="json",
-        DELIVERY="reliable", PREFETCH="100", WORKER_TIMEOUT="30", RETRY_BACKOFF="0.05",
-        RETRY_BACKOFF_MAX="1", DEDUP_TTL="86400", GRACE="30", JOB_TIMEOUT="0", METRICS_PORT="0",
-        PYTHONUNBUFFERED="1",
-        # Set and empty: unset for the settings, and a .env cannot fill them in.
-        REDIS_PASSWORD="", REDIS_TLS_CA_FILE="", REDIS_TLS_CERT_FILE="", REDIS_TLS_KEY_FILE="",
-        MESSAGE_SIGNING_KEY="", MESSAGE_SIGNING_KEY_PREVIOUS="", MAX_MESSAGE_BYTES="1048576",
-        PUSH_MIN_REPLICAS="0", PUSH_REPLICA_TIMEOUT="1",
-    )
+    defaults = Settings(log_format="json")
+    env.update({name.upper(): str(getattr(defaults, name)) for name in (field.name for field in fields(Settings))})
+    env.update(TEST_SETTINGS, REDIS_URL=redis_url, QUEUE_NAME=queue, PYTHONUNBUFFERED="1")
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 

@@ -272,6 +272,10 @@ def test_queues_lists_every_queue_from_the_registry_without_keys_or_scan(tmp_pat
         assert table[0].split() == ["QUEUE", "PENDING", "IN_FLIGHT", "DEAD", "WORKERS", "PAUSED"]
         assert table[1].split() == ["alpha", "2", "0", "0", "0", "no"] and table[2].split() == ["beta", "0", "1", "0", "1", "yes"]
         assert server.client().smembers("workqueue:queues") == {b"alpha", b"beta"}
+        server.client().sadd("workqueue:queues", "old name")  # registered before the queue-name rule refused spaces
+        listed = json.loads(cli("queues", "--json", env=env).stdout)
+        assert listed[-1] == {"queue": "old name", "pending": None, "in_flight": None, "dead": None, "workers": None, "paused": None}
+        assert cli("queues", env=env).stdout.splitlines()[-1].split() == ["old", "name", "-", "-", "-", "-", "-"]
     finally:
         server.stop()
 

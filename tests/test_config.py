@@ -6,6 +6,7 @@ import subprocess
 import pytest
 from support import PYTHON, Process, RedisServer, free_port, parse_events, run, run_raw, script_env
 
+from workqueue import Queue
 from workqueue.settings import ConfigError, Settings, mask_url
 
 
@@ -120,3 +121,32 @@ def test_json_log_lines_survive_any_text_and_keep_the_documented_fields():
     assert plain["event"] == "plain" and plain["level"] == "info" and plain["queue"] == "q" and plain["n"] == 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", plain["timestamp"])
     assert odd["error"] == "cannot read /tmp/\udcff" and odd["big"] == 2**70 and odd["level"] == "warning"
+
+
+BAD_QUEUE_NAMES = ["", "{q}:dead", "a b", "tab\there", "new\nline", "bell\x07", "del\x7f", "nb\u00a0sp", "x" * 201, "é" * 101,
+                   "workqueue:queues", "workqueue:mine"]
+
+
+@pytest.mark.parametrize("name", BAD_QUEUE_NAMES, ids=repr)
+def test_one_queue_name_rule_for_the_library_the_settings_and_the_cli(name):
+    """A name with braces, whitespace or control characters, empty, over 200 bytes or under workqueue: is refused alike by Queue (before any write), Settings and the CLI."""
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"  # a write would fail with a connection error, not this one
+    with pytest.raises(ValueError, match="queue name"):
+        Queue.connect(unreachable, name)
+    if name:  # an empty variable counts as unset
+        with pytest.raises(ConfigError, match=r"^QUEUE_NAME "):
+            Settings.load({"QUEUE_NAME": name})
+    with pytest.raises(ConfigError, match=r"^--queue "):
+        Settings.load({}, queue_name=name)
+    done = subprocess.run([PYTHON, "-m", "workqueue", "--queue", name, "stats"], env=script_env(unreachable, "ignored"),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr.startswith("error: --queue ") and done.stderr.count("\n") == 1
+
+
+def test_the_longest_name_the_rule_allows_works_end_to_end(shared_redis):
+    """A name of exactly 200 bytes, non-ASCII included, pushes and counts like any other."""
+    name = "é" * 99 + "xy"
+    assert len(name.encode()) == 200
+    queue = Queue.connect(shared_redis.url, name)
+    queue.push({"n": 1})
+    assert queue.stats()["pending"] == 1

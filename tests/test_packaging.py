@@ -14,6 +14,8 @@ from support import PYTHON, ROOT, free_port, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 README = (ROOT / "README.md").read_text()
+# The user's documentation: the README and the pages it links to in docs/.
+DOCS = README + "".join(page.read_text() for page in sorted((ROOT / "docs").glob("*.md")))
 
 
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -183,18 +185,22 @@ def test_dockerfile_copies_what_exists_and_runs_exec_form():
     assert cmd.startswith('CMD ["python"')
 
 
-def test_every_setting_and_event_is_in_the_readme():
-    """Each setting, CLI command and log event the code defines appears in the README."""
+def test_every_setting_and_event_is_documented():
+    """Each setting (with its row in the guide's table), CLI command and log event the code defines appears in the documentation."""
     from dataclasses import fields
 
     from workqueue.settings import Settings
 
+    guide = (ROOT / "docs" / "guide.md").read_text()
     for field in fields(Settings):
-        assert f"`{field.name.upper()}`" in README
-    code = "".join(p.read_text() for p in (ROOT / "workqueue").glob("*.py"))
-    for event in set(re.findall(r'log\.(?:info|warning|error|debug|exception)\(\s*"(\w+)"', code)):
-        assert f"`{event}`" in README, event
-    assert "python -m workqueue stats" in README and "python -m workqueue dead" in README
+        assert f"`{field.name.upper()}`" in DOCS
+        assert re.search(rf"^\| [^|]*`{field.name.upper()}`", guide, re.MULTILINE), field.name
+    code = "".join(p.read_text() for p in (ROOT / "workqueue").rglob("*.py"))
+    events = set(re.findall(r'log\.(?:info|info_held|warning|error|debug|exception)\(\s*"(\w+)"', code))
+    assert {"worker_started", "message_recovered", "metrics_serving"} <= events  # the search sees every folder
+    for event in events:
+        assert f"`{event}`" in DOCS, event
+    assert "python -m workqueue stats" in DOCS and "python -m workqueue dead" in DOCS
 
 
 @pytest.mark.slow
@@ -245,11 +251,11 @@ def leftovers(port: int) -> list[str]:
     return found
 
 
-def test_every_redis_key_is_in_the_readme():
-    """Each key name QueueKeys builds appears in the README's key table."""
+def test_every_redis_key_is_documented():
+    """Each key name QueueKeys builds appears in the documentation's key table."""
     from workqueue.store.keys import QueueKeys
 
     keys = QueueKeys("demo-1")
     names = [getattr(keys, attr) for attr in ("pending", "dead_letter", "delayed", "workers", "done", "stats", "settled")]
     for name in names + ["{demo-1}:in_flight:<worker>"]:
-        assert f"| `{name}` |" in README, name
+        assert f"| `{name}` |" in DOCS, name

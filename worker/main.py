@@ -16,7 +16,7 @@ import structlog
 
 from workqueue import ConfigError, Message, Queue, RedisRefused, Settings, Worker, __version__
 from workqueue.logs import configure_logging
-from workqueue.settings import fraction, load_env_file, parse_value, seconds, weak_password_warning
+from workqueue.settings import add_flags, fraction, load_env_file, parse_value, seconds, weak_password_warning
 
 
 class SimulatedFailure(Exception):
@@ -39,25 +39,14 @@ def demo_handler(fail_rate: float, work_seconds: float) -> Callable[[Message], N
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"workqueue {__version__}")
-    parser.add_argument("--queue", help="queue name (QUEUE_NAME, default demo-1)")
-    parser.add_argument("--delivery", help="reliable (default) or simple (DELIVERY)")
-    parser.add_argument("--max-attempts", help="failed tries before dead-lettering (MAX_ATTEMPTS, default 3)")
-    parser.add_argument("--prefetch", help="most messages taken per round trip (PREFETCH, default 200)")
-    parser.add_argument("--worker-timeout", help="seconds of silence before a worker is presumed dead (WORKER_TIMEOUT, default 30)")
-    parser.add_argument("--grace", help="seconds to finish the current message on SIGTERM (GRACE, default 30)")
-    parser.add_argument("--job-timeout", help="seconds a try may run before it is interrupted (JOB_TIMEOUT, default 0: no limit)")
-    parser.add_argument("--metrics-port", help="serve Prometheus metrics on this port, every interface (METRICS_PORT, default 0: off)")
+    add_flags(parser)  # --queue, --delivery, --max-attempts, ... each setting that has a flag
     parser.add_argument("--fail-rate", default="0", help="demo: probability that a try fails (default 0)")
     parser.add_argument("--work-seconds", default="0", help="demo: seconds each message takes (default 0)")
     parser.add_argument("--burst", action="store_true", help="exit 0 once nothing is left to do")
     args = parser.parse_args()
     load_env_file()
     try:
-        settings = Settings.load(
-            queue_name=args.queue, delivery=args.delivery, max_attempts=args.max_attempts,
-            prefetch=args.prefetch, worker_timeout=args.worker_timeout, grace=args.grace,
-            job_timeout=args.job_timeout, metrics_port=args.metrics_port,
-        )
+        settings = Settings.load(**{name: value for name, value in vars(args).items() if name in Settings.flagged()})
         fail_rate = parse_value("--fail-rate", args.fail_rate, fraction)
         work_seconds = parse_value("--work-seconds", args.work_seconds, seconds)
     except ConfigError as error:

@@ -22,7 +22,7 @@ class FilteringLogger(structlog.BoundLoggerBase):
     makes at run time). A call that writes passes the bound context, the keywords and the event
     through the processors and the line to the logger in one frame; structlog's methods pack
     the keywords three times over three calls, then check what the last processor returned,
-    which was a third of an INFO line's cost (a worker at INFO writes a line per message).
+    a cost a worker at INFO pays once per message.
     Custom wrapper classes are a documented structlog extension point; a processor may still
     drop an event (DropEvent), as structlog.testing.capture_logs does. Not provided: the async
     methods and %-style positional arguments, which workqueue does not use."""
@@ -55,7 +55,7 @@ class FilteringLogger(structlog.BoundLoggerBase):
 
     def info_held(self, event: str, **kw: Any) -> None:
         """info(), whose line may wait in stderr's buffer until logs.write_held_lines() or the
-        next line written: a worker's line per message, which a flush each would make a third
+        next line written: a worker's line per message, which a flush each would make much
         dearer. With a logger that cannot hold a line (other formats), it is written at once."""
         if (line := self._line("info", event, kw)) is not None:
             try:  # not getattr with a default, which would be built on every call

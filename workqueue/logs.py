@@ -7,7 +7,7 @@ showed it paid: a filtering bound logger written as one static class per level
 (bound_logger.py), one processor (level, timestamp, a traceback when there is one, orjson rendering), and bytes
 to a buffer of our own on stderr. A worker's message_processed lines wait in that buffer
 (info_held) until the next line written or until the worker sends outcomes to Redis
-(write_held_lines): a flush per line was a third of the line's cost, and a message that Redis
+(write_held_lines): a flush per line was a large part of the line's cost, and a message that Redis
 counts as processed still has its line written.
 """
 

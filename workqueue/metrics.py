@@ -82,7 +82,7 @@ class WorkerMetrics(Collector):
     def timed(self, run: Callable[[Message], None]) -> Callable[[Message], None]:
         """`run` (one try of the handler), measured: the wait since the message's created_at,
         the try's duration whatever its end, and `completed` when it returns. Inlined, bound to
-        locals: this runs for every message (about 0.5 us)."""
+        locals: this runs for every message."""
         counts, clock, now, bucket = self.counts, time.perf_counter, time.time, bisect.bisect_left
         wait_bounds, wait_counts, wait_sums = self.wait_seconds.bounds, self.wait_seconds.counts, self.wait_seconds.sums
         handler_bounds, handler_counts, handler_sums = self.handler_seconds.bounds, self.handler_seconds.counts, self.handler_seconds.sums

@@ -11,6 +11,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from .queue import PUSH_CHUNK, Queue
+from .settings import Settings
 from .shutdown import Shutdown
 from .store.outages import Outage, raise_unless_outage
 
@@ -22,7 +23,7 @@ def produce(
     count: int | None = None,
     interval: float = 1.0,
     batch: int = 1,
-    grace: float = 30.0,
+    grace: float = Settings().grace,
     shutdown: Shutdown | None = None,
 ) -> int:
     """Push make_body(0), make_body(1), ... one batch per `interval` seconds, `count` in all

@@ -71,9 +71,9 @@ class Settings:
     dedup_ttl: float = _setting(86400.0, number(float, 0))  # seconds a completed id is remembered
     grace: float = _setting(30.0, number(float, 0), flag="--grace", help="seconds a stopping worker may take to finish")
     job_timeout: float = _setting(0.0, number(float, 0), flag="--job-timeout",
-                                  help="seconds a try may run before it is interrupted (0: no limit)")
+                                  help="seconds a try may run before it is interrupted, 0 for no limit")
     metrics_port: int = _setting(0, number(int, 0, 65535), flag="--metrics-port",
-                                 help="serve Prometheus metrics on this port, every interface (0: off)")
+                                 help="serve Prometheus metrics on this port, every interface, 0 for off")
     # The password apart from REDIS_URL (one with @ : / needs no URL-encoding there); "": none.
     redis_password: str = _setting("", str, secret=True)
     redis_tls_ca_file: str = _setting("", readable_file)  # CA certificates (PEM) that verify a rediss:// server; "": the system's
@@ -109,6 +109,11 @@ class Settings:
             raise TypeError(f"unknown settings: {', '.join(flags)}")
         values.setdefault("log_format", _default_log_format())
         return cls(**values)
+
+    @classmethod
+    def flagged(cls) -> tuple[str, ...]:
+        """The settings a command-line flag may set (add_flags), by name."""
+        return tuple(field.name for field in fields(cls) if field.metadata["flag"])
 
     def __post_init__(self) -> None:
         if self.message_signing_key_previous and not self.message_signing_key:
@@ -168,9 +173,8 @@ def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
     with its help, the variable it overrides and its default: pass the parsed values to load()."""
     for field in fields(Settings):
         if field.metadata["flag"] and (not names or field.name in names):
-            default = field.default if field.default != "" else "none"
-            parser.add_argument(field.metadata["flag"], dest=field.name,
-                                help=f"{field.metadata['help']} ({field.name.upper()}, default {default})")
+            default = f"{field.default:g}" if isinstance(field.default, (int, float)) else field.default
+            parser.add_argument(field.metadata["flag"], dest=field.name, help=f"{field.metadata['help']} ({field.name.upper()}, default {default})")
 
 
 def _url_password(url: str) -> str | None:

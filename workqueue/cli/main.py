@@ -1,6 +1,6 @@
 """The command line, `workqueue` or `python -m workqueue`: parsing, settings, exit codes.
 
-What each command prints is in report.py (and top.py); what it changes, in queue.py and dead.py.
+What each command prints is in report.py (and top.py); what it changes, in queue.py and store/dead.py.
 Exit codes: 0 done; 1 Redis unreachable or refusing, or a dead letter asked for by id was not
 found or cannot be requeued; 2 bad arguments or settings.
 """

@@ -94,7 +94,12 @@ def print_dead(queue: Queue, count: int, as_json: bool) -> None:
 def print_queues(queue: Queue, as_json: bool) -> None:
     """Every registered queue on this Redis, with its counts."""
     columns = ("pending", "in_flight", "dead", "workers", "paused")
-    rows = {name: Queue(name, queue.client).stats() for name in queue.registered_queues()}
+    rows: dict[str, dict[str, StatValue]] = {}
+    for name in queue.registered_queues():
+        try:
+            rows[name] = Queue(name, queue.client).stats()
+        except ValueError:  # registered before the queue-name rule refused such a name: no figures
+            rows[name] = dict.fromkeys(columns)
     if as_json:
         print(json.dumps([{"queue": name, **{c: stats[c] for c in columns}} for name, stats in rows.items()]))
         return

@@ -86,8 +86,8 @@ class Consumer:
         small woken script, which moves the message into our in-flight list (in simple delivery
         it pops it) and checks its id against completed ones. Whatever else arrived meanwhile is
         taken by the next fetch. The write bypasses redis-py's Pipeline, whose bookkeeping would
-        add tens of microseconds to this, the idle pickup path; and the connection is ours until
-        close(), since taking one from redis-py's pool and giving it back costs as much again.
+        slow this, the idle pickup path; and the connection is ours until close(), since taking
+        one from redis-py's pool and giving it back would slow it as much again.
 
         A wait can outlive our session (we froze and were presumed dead, or the request was
         delayed in the network past a rejoin): the woken script then puts the message back on

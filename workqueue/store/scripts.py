@@ -51,8 +51,7 @@ class Scripts:
     def call_kept(self, name: str, keys: Sequence[Key], args: Sequence[Any]) -> Any:
         """Run a script on a connection kept for it (a producer's pushes), written as a Channel
         writes: redis-py's own path takes a pooled connection and polls its socket on every
-        command, which after an idle moment costs a producer about 0.1 ms of push-to-start
-        latency. A thread that finds the kept connection in use, or a cluster whose slot moved,
+        command, which after an idle moment delays a message's start. A thread that finds the kept connection in use, or a cluster whose slot moved,
         goes redis-py's way instead. Every call must address keys of the slot of the first's."""
         if not self._kept_lock.acquire(blocking=False):
             return self.call(name, keys, args)

@@ -91,7 +91,7 @@ def _connection_for(client: redis.Redis, key: Key) -> tuple[ConnectionPool, Any]
 
     Below redis-py's public API, on purpose and only here: the worker's hot paths write several
     commands in one write and read the replies later, and redis-py's Pipeline bookkeeping would
-    cost tens of microseconds a call. With one Redis any pooled connection will do; on a cluster
+    cost more than the commands themselves. With one Redis any pooled connection will do; on a cluster
     it is one of the node that owns the key's slot. pyproject.toml bounds redis-py to the
     versions this was tested with.
     """

@@ -6,9 +6,9 @@ SIGUSR2, whose handler raises what the slot holds: that lands at the handler's n
 instruction and also cuts short a blocking call such as time.sleep() or a socket read. In any
 other thread it asks CPython to raise JobTimeout there (PyThreadState_SetAsyncExc, as
 Dramatiq's time limits do), which cannot cut a blocking call. A call stuck in C code that
-never returns to Python is not cut; for that the housekeeper ends the process once a try has
-run twice its limit (see worker.py). An async handler runs on an event loop of the runner's
-own, under asyncio.wait_for.
+never returns to Python is not cut; for that the housekeeper (housekeeper.py) has the process
+ended once a try has run twice its limit. An async handler runs on an event loop of the
+runner's own, cancelled at its limit.
 """
 
 from __future__ import annotations

@@ -19,9 +19,7 @@
 -- of those whose id was completed already or appears earlier in this batch. wait_ms is 0 when
 -- something was taken; otherwise the ms until the next retry is due, or -1 when none is waiting; -2 when the queue
 -- is paused (due retries still return to the queue, to wait there).
-if redis.call('HGET', KEYS[7], ARGV[3]) ~= ARGV[5] then
-  return redis.error_reply('FENCED this worker session ended')
-end
+if session_ended(KEYS[7], ARGV[3], ARGV[5]) then return redis.error_reply(FENCED) end
 local now = now_ms()
 local reliable = ARGV[2] == 'reliable'
 redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[3])

@@ -25,24 +25,22 @@ if action == 'join' then
   local previous = tonumber(ARGV[5])
   local kept = previous == 0 or current >= previous
   -- A message a wait moved whose woken script never ran is ours: hand it over with the list.
-  while redis.call('LMOVE', KEYS[5], KEYS[2], 'LEFT', 'RIGHT') do end
+  empty_landing(KEYS[5], KEYS[2], 'LEFT', 'RIGHT')
   redis.call('HSET', KEYS[4], worker, ARGV[4])  -- as sent: the other scripts compare strings
   redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), worker)
   return kept and 1 or 0
 end
 if stored ~= ARGV[4] then
   if action == 'leave' then return 1 end  -- not registered as this session: nothing to leave
-  return redis.error_reply('FENCED this worker session ended')
+  return redis.error_reply(FENCED)
 end
 if action == 'beat' then
   redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), worker)
   return 1
 end
-while redis.call('LMOVE', KEYS[5], KEYS[2], 'LEFT', 'RIGHT') do end
+empty_landing(KEYS[5], KEYS[2], 'LEFT', 'RIGHT')
 if redis.call('LLEN', KEYS[2]) > 0 then
   return 0
 end
-redis.call('ZREM', KEYS[1], worker)
-redis.call('HDEL', KEYS[3], worker)
-redis.call('HDEL', KEYS[4], worker)
+deregister(KEYS[1], KEYS[3], KEYS[4], worker)
 return 1

@@ -7,6 +7,28 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A request made in a session that has ended is refused with this (outages.is_fenced).
+local FENCED = 'FENCED this worker session ended'
+
+-- Whether `session` (as the request sent it) is not the worker's current one in `sessions`.
+local function session_ended(sessions, worker, session)
+  return redis.call('HGET', sessions, worker) ~= session
+end
+
+-- Move everything a worker's landing list holds to `target` (`from_side`, `to_side`: LMOVE's).
+-- A landing key written by hand as another type holds nothing of ours and must stop nothing:
+-- redis.pcall turns its WRONGTYPE into a value that ends the loop (TYPE would need an ACL grant).
+local function empty_landing(landing, target, from_side, to_side)
+  while type(redis.pcall('LMOVE', landing, target, from_side, to_side)) == 'string' do end
+end
+
+-- Take a worker off the registry, its settle numbers and its session: whatever it sends now is refused.
+local function deregister(workers, settled, sessions, worker)
+  redis.call('ZREM', workers, worker)
+  redis.call('HDEL', settled, worker)
+  redis.call('HDEL', sessions, worker)
+end
+
 -- The id of a stored element, or nil when it has none. Our encoder writes the id first, so a
 -- pattern finds it; anything else (hand-written JSON) is decoded in full, under pcall, so that
 -- no element, however broken or deep, can make a script fail.

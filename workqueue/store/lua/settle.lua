@@ -43,9 +43,7 @@ local first = 7
 local n = (#argv - first + 1) / 4
 
 if own then
-  if reliable and redis.call('HGET', KEYS[9], worker) ~= argv[6] then
-    return redis.error_reply('FENCED this worker session ended')
-  end
+  if reliable and session_ended(KEYS[9], worker, argv[6]) then return redis.error_reply(FENCED) end
   if tonumber(redis.call('HGET', KEYS[8], worker) or '0') >= sequence then
     return {}
   end
@@ -139,13 +137,9 @@ if own then
   redis.call('HSET', KEYS[8], worker, sequence)
 else
   -- A message a wait of the dead worker moved, whose woken script never ran: never started.
-  -- A landing key written by hand as another type holds nothing of ours and must not stop this:
-  -- pcall turns its WRONGTYPE into a value that ends the loop (TYPE would need an ACL grant).
-  while type(redis.pcall('LMOVE', KEYS[10], KEYS[2], 'RIGHT', 'LEFT')) == 'string' do end
+  empty_landing(KEYS[10], KEYS[2], 'RIGHT', 'LEFT')
   if redis.call('LLEN', KEYS[1]) == 0 then
-    redis.call('ZREM', KEYS[7], worker)
-    redis.call('HDEL', KEYS[8], worker)
-    redis.call('HDEL', KEYS[9], worker)  -- its session ends: whatever it sends now is refused
+    deregister(KEYS[7], KEYS[8], KEYS[9], worker)  -- its session ends with it
   end
 end
 return applied

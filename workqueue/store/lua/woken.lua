@@ -22,9 +22,9 @@
 -- So does one moved while the queue is paused (a worker waits only when it holds nothing).
 local message = redis.call('RPOP', KEYS[1])  -- the one BLMOVE pushed on the right, if any
 -- An older one left by a wait whose woken never ran (its connection died in between) goes back.
-while redis.call('LMOVE', KEYS[1], KEYS[5], 'RIGHT', 'LEFT') do end
+empty_landing(KEYS[1], KEYS[5], 'RIGHT', 'LEFT')
 if not message then return {} end
-if redis.call('HGET', KEYS[4], ARGV[2]) ~= ARGV[3] or redis.call('EXISTS', KEYS[6]) == 1 then
+if session_ended(KEYS[4], ARGV[2], ARGV[3]) or redis.call('EXISTS', KEYS[6]) == 1 then
   redis.call('LPUSH', KEYS[5], message)
   return {}
 end
