@@ -28,7 +28,7 @@ def main() -> int:
     args = parser.parse_args()
     load_env_file()
     try:
-        settings = Settings.load(queue_name=args.queue)
+        settings = Settings.load(queue_name=args.queue_name)
         total = parse_value("--count", args.count, count) if args.count is not None else None
         interval = parse_value("--interval", args.interval, seconds)
         batch = parse_value("--batch", args.batch, count)

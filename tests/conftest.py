@@ -53,6 +53,22 @@ def client(shared_redis) -> redis.Redis:
 
 
 @pytest.fixture
+def queue(shared_redis, queue_name):
+    """A Queue of this test's own name on the shared Redis, with the default settings."""
+    from workqueue import Queue
+
+    return Queue.connect(shared_redis.url, queue_name)
+
+
+@pytest.fixture
+def env(shared_redis, queue_name) -> dict[str, str]:
+    """The environment of the project's scripts for this test's queue on the shared Redis."""
+    from support import script_env
+
+    return script_env(shared_redis.url, queue_name)
+
+
+@pytest.fixture
 def processes():
     """Start scripts with processes.start(...); every one still running is killed at teardown."""
     from support import Process

@@ -4,12 +4,15 @@
 import sys
 import time
 
+import structlog
+
 from workqueue import JobTimeout, Settings, Worker
 from workqueue.logs import configure_logging
 
 
 def handle(message) -> None:
     if message.body.get("stall"):
+        structlog.get_logger().warning("test_stalling", id=message.id)  # what the test waits for
         time.sleep(120)
     if message.body.get("swallow"):
         for _ in range(120):  # bounded: the worker's housekeeper ends the process long before

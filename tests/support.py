@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def running(worker: Any, timeout: float = 10) -> Iterator[threading.Thread]:
+    """Run `worker` (a Worker) in a thread for the with-block, then stop it and wait for its end."""
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.shutdown.request()
+        thread.join(timeout=timeout)
+    assert not thread.is_alive(), "the worker did not stop"
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:

@@ -39,12 +39,11 @@ def test_stats_json_has_exactly_the_documented_keys_and_balance(shared_redis, cl
                       "duplicates_skipped": 0, "purged": 0, "unaccounted": 0}
 
 
-def test_stats_table_and_dead_listing(shared_redis, client, queue_name):
+def test_stats_table_and_dead_listing(shared_redis, client, queue_name, env):
     """The plain stats table labels the balance and the pause flag; `dead list` prints one line per dead letter."""
     client.rpush(queue_name, "garbage")
     before = time.time()
     Worker(Queue.connect(shared_redis.url, queue_name), print, burst=True).run()
-    env = script_env(shared_redis.url, queue_name)
     table = cli("stats", env=env)
     assert table.returncode == 0
     assert "unaccounted" in table.stdout and "messages unaccounted for" in table.stdout
@@ -88,7 +87,7 @@ def test_every_command_has_help_with_an_example_and_the_console_script_is_declar
         assert done.returncode == 0 and done.stdout.startswith("usage: workqueue ")
 
 
-def test_dead_requeue_all_gives_dead_letters_another_round(shared_redis, client, queue_name):
+def test_dead_requeue_all_gives_dead_letters_another_round(shared_redis, client, queue_name, env):
     """dead requeue --all --yes moves dead messages back with attempts 0, leaves malformed ones, counts requeued, keeps the balance."""
     queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
     failing = {"on": True}
@@ -101,7 +100,6 @@ def test_dead_requeue_all_gives_dead_letters_another_round(shared_redis, client,
     queue.push_encoded([b"garbage"])  # counted as produced, so the balance is exact
     Worker(queue, handler, burst=True).run()
     assert client.llen(f"{{{queue_name}}}:dead") == 2
-    env = script_env(shared_redis.url, queue_name)
     unconfirmed = cli("dead", "requeue", "--all", env=env)
     assert unconfirmed.returncode == 2 and unconfirmed.stderr.count("\n") == 1 and "--yes" in unconfirmed.stderr
     assert client.llen(f"{{{queue_name}}}:dead") == 2
@@ -117,13 +115,12 @@ def test_dead_requeue_all_gives_dead_letters_another_round(shared_redis, client,
     assert result["dead_lettered"] == 2 and result["unaccounted"] == 0
 
 
-def test_dead_requeue_and_purge_by_id_report_what_they_could_not_do(shared_redis, client, queue_name):
+def test_dead_requeue_and_purge_by_id_report_what_they_could_not_do(shared_redis, client, queue_name, env):
     """Requeue by id moves only those ids, with attempts 0, and a worker then processes them; an unknown or malformed id is one error line and exit 1; purge by id, --malformed and --all --yes keep the balance."""
     queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
     ids = queue.push_many([{"n": i} for i in range(4)])
     queue.push_encoded([b'{"id":"bad","attempts":-1}'])
     Worker(queue, lambda m: 1 / 0, burst=True).run()
-    env = script_env(shared_redis.url, queue_name)
     done = cli("dead", "requeue", "--id", ids[0], ids[2], env=env)
     assert done.returncode == 0 and "requeued 2 " in done.stdout
     requeued = [json.loads(raw) for raw in client.lrange(queue_name, 0, -1)]
@@ -190,13 +187,11 @@ def test_cli_reads_the_nearest_env_file_from_the_working_directory(shared_redis,
     assert json.loads(done.stdout)["pending"] == 1
 
 
-def test_peek_shows_the_next_messages_head_first_and_takes_nothing(shared_redis, client, queue_name):
+def test_peek_shows_the_next_messages_head_first_and_takes_nothing(client, queue_name, queue, env):
     """peek --count N lists the first N pending messages in order, garbage as its error and raw text, and leaves the list as it was."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     ids = queue.push_many([{"n": i} for i in range(3)])
     client.rpush(queue_name, "not json")
     before = client.lrange(queue_name, 0, -1)
-    env = script_env(shared_redis.url, queue_name)
     shown = json.loads(cli("peek", "--count", "2", "--json", env=env).stdout)
     assert [(m["id"], m["attempts"], m["body"]) for m in shown] == [(ids[0], 0, {"n": 0}), (ids[1], 0, {"n": 1})]
     everything = json.loads(cli("peek", "--count", "10", "--json", env=env).stdout)
@@ -234,9 +229,8 @@ def test_stats_gives_the_age_of_the_oldest_pending_message(shared_redis, client,
     assert 49 < queue.stats()["oldest_pending_age_seconds"] < 80
 
 
-def test_pause_and_resume_set_the_flag_stats_shows(shared_redis, client, queue_name):
+def test_pause_and_resume_set_the_flag_stats_shows(shared_redis, client, queue_name, env):
     """pause creates the queue's paused key and stats says so; pausing twice says it was paused already; resume deletes it."""
-    env = script_env(shared_redis.url, queue_name)
     queue = Queue.connect(shared_redis.url, queue_name)
     assert not queue.is_paused() and stats(shared_redis.url, queue_name)["paused"] is False
     assert cli("pause", env=env).stdout == f"queue {queue_name} paused\n"
@@ -280,9 +274,8 @@ def test_queues_lists_every_queue_from_the_registry_without_keys_or_scan(tmp_pat
         server.stop()
 
 
-def test_top_prints_one_snapshot_when_stdout_is_not_a_terminal(shared_redis, queue_name):
+def test_top_prints_one_snapshot_when_stdout_is_not_a_terminal(shared_redis, queue_name, queue):
     """top into a pipe prints one frame (depth, dead, paused, each worker's in-flight count) and exits 0."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     queue.push_many([{"n": i} for i in range(5)])
     queue.consumer("worker-one").fetch(2)
     queue.pause()

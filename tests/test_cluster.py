@@ -154,7 +154,9 @@ def test_worker_metrics_read_the_depths_of_a_queue_on_another_node(cluster, queu
 
     queue = Queue.connect(elsewhere(cluster, queue_name), queue_name)
     queue.push_many([{"n": 1}, {"n": 2}])
-    assert WorkerMetrics(queue)._depths() == {"pending": 2, "in_flight": 0, "delayed": 0, "dead": 0}
+    registry = WorkerMetrics(queue).registry
+    depths = {depth: registry.get_sample_value(f"workqueue_{depth}", {"queue": queue_name}) for depth in ("pending", "in_flight", "delayed", "dead")}
+    assert depths == {"pending": 2, "in_flight": 0, "delayed": 0, "dead": 0}
 
 
 def test_a_database_other_than_0_on_a_cluster_is_refused_in_one_line(cluster, queue_name):

@@ -8,9 +8,8 @@ DEEP = b'{"id":"deep","body":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 HOSTILE = [b"", b"\xff\xfe", DEEP, b"x" * 5_000_000, b'{"id":"x","created_at":1e400}', b'{"created_at":"soon"}', b"[1,2]", b'{"id":"\\ud800"}']
 
 
-def test_two_operators_requeueing_everything_at_once_move_each_dead_letter_exactly_once(shared_redis, client, queue_name):
+def test_two_operators_requeueing_everything_at_once_move_each_dead_letter_exactly_once(shared_redis, client, queue_name, queue):
     """Concurrent requeue of the whole list by two operators puts every message back once: none in both lists, none in neither."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     ids = queue.push_many({"n": i} for i in range(2500))
     client.rename(queue_name, f"{{{queue_name}}}:dead")  # as if each had been dead-lettered
     client.hincrby(f"{{{queue_name}}}:stats", "dead_lettered", 2500)

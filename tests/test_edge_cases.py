@@ -1,13 +1,12 @@
 """Edge cases found in review: odd text, full memory, lost replies, big batches."""
 
 import json
-import threading
 import time
 
 import pytest
 import redis
 from structlog.testing import capture_logs
-from support import free_port, wait_until
+from support import free_port, running, wait_until
 
 from workqueue import Queue, RedisRefused, Worker, message
 from workqueue.protocol import Outcomes
@@ -39,15 +38,11 @@ def test_worker_backs_off_while_redis_is_out_of_memory(own_redis, queue_name):
     worker = Worker(queue, lambda m: seen.append(m.id), worker_timeout=5)
     admin = own_redis.client()
     admin.config_set("maxmemory", 1)
-    with capture_logs() as logs:
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
+    with capture_logs() as logs, running(worker):
         wait_until(lambda: any(e["event"] == "redis_unavailable" for e in logs), timeout=10)
         assert seen == []
         admin.config_set("maxmemory", 0)
         wait_until(lambda: seen, timeout=15)
-        worker.shutdown.request()
-        thread.join(timeout=10)
     unavailable = [e for e in logs if e["event"] == "redis_unavailable"][0]
     assert unavailable["log_level"] == "warning" and "OutOfMemoryError" in unavailable["error"]
     assert any(e["event"] == "redis_available" for e in logs)
@@ -71,9 +66,8 @@ def test_resent_settle_after_a_lost_reply_changes_nothing(shared_redis, client, 
     assert result["dead_lettered"] == 1 and result["unaccounted"] == 0
 
 
-def test_a_batch_larger_than_luas_stack_settles_whole(shared_redis, queue_name):
+def test_a_batch_larger_than_luas_stack_settles_whole(queue):
     """4,500 completions in one settle call are all applied (the ZADD is sliced)."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     queue.push_many({"n": i} for i in range(4500))
     outcomes, consumer = Outcomes(), queue.consumer("w1", "reliable")
     while True:
@@ -93,9 +87,8 @@ def test_prefetch_outside_what_lua_can_unpack_is_refused(shared_redis, queue_nam
         Worker(Queue.connect(shared_redis.url, queue_name), print, prefetch=5000)
 
 
-def test_messages_moved_by_a_lost_fetch_reply_are_adopted(shared_redis, queue_name):
+def test_messages_moved_by_a_lost_fetch_reply_are_adopted(queue_name, queue):
     """Messages in a worker's in-flight list that it never received are found and processed."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     ids = queue.push_many({"n": i} for i in range(3))
     queue.consumer("worker-a").fetch(10)  # as if the reply had been lost on the way
     seen = []
@@ -106,9 +99,8 @@ def test_messages_moved_by_a_lost_fetch_reply_are_adopted(shared_redis, queue_na
     assert queue.stats()["unaccounted"] == 0
 
 
-def test_recovery_skips_live_workers_and_takes_from_dead_ones(shared_redis, client, queue_name):
+def test_recovery_skips_live_workers_and_takes_from_dead_ones(client, queue_name, queue):
     """Recovery leaves a live worker's messages alone and requeues a dead one's with attempts + 1."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     queue.push({"n": 1})
     queue.push({"n": 2})
     queue.consumer("alive", worker_timeout=60).fetch(1)
@@ -127,13 +119,8 @@ def test_redis_connection_refused_at_startup_is_not_a_traceback(queue_name):
     """A worker pointed at a closed port logs redis_unavailable warnings rather than crashing."""
     queue = Queue.connect(f"redis://127.0.0.1:{free_port()}/0", queue_name)
     worker = Worker(queue, print)
-    with capture_logs() as logs:
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
+    with capture_logs() as logs, running(worker):
         wait_until(lambda: len([e for e in logs if e["event"] == "redis_unavailable"]) >= 2, timeout=10)
-        worker.shutdown.request()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
     assert all(isinstance(e["retry_in"], float) for e in logs if e["event"] == "redis_unavailable")
 
 
@@ -146,9 +133,8 @@ def test_a_queue_key_of_the_wrong_type_stops_the_worker_with_a_refusal(shared_re
     assert not [e for e in logs if e["event"] in ("worker_error", "redis_unavailable")]
 
 
-def test_an_unexpected_error_is_logged_and_the_worker_goes_on(shared_redis, queue_name, monkeypatch):
+def test_an_unexpected_error_is_logged_and_the_worker_goes_on(monkeypatch, queue):
     """An error of no known kind (here a bug in building a fetch, once) logs worker_error with its traceback; work resumes."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     real_requests, calls = Consumer.requests, []
 
     def requests_failing_once(self, *args, **kwargs):
@@ -160,21 +146,16 @@ def test_an_unexpected_error_is_logged_and_the_worker_goes_on(shared_redis, queu
     monkeypatch.setattr(Consumer, "requests", requests_failing_once)
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id))
-    with capture_logs() as logs:
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
+    with capture_logs() as logs, running(worker):
         wait_until(lambda: any(e["event"] == "worker_error" for e in logs), timeout=10)
         message_id = queue.push({"n": 1})
         wait_until(lambda: seen == [message_id], timeout=10)
-        worker.shutdown.request()
-        thread.join(timeout=10)
     error = [e for e in logs if e["event"] == "worker_error"][0]
     assert error["log_level"] == "error" and error["exc_info"] is True and error["error"] == "ValueError: a bug"
 
 
-def test_a_message_taken_by_block_is_always_in_a_registered_workers_list(shared_redis, client, queue_name):
+def test_a_message_taken_by_block_is_always_in_a_registered_workers_list(client, queue):
     """block() registers the worker in the same write as BLMOVE, so recovery can find what it takes."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     [message_id] = queue.push_many([{"n": 1}])
     client.zrem(queue.keys.workers, "w-unlisted")  # as if recovery had presumed it dead meanwhile
     [(raw, duplicate)] = queue.consumer("w-unlisted", "reliable", worker_timeout=30).block(1.0)
@@ -184,9 +165,8 @@ def test_a_message_taken_by_block_is_always_in_a_registered_workers_list(shared_
     assert queue.stats()["unaccounted"] == 0 and queue.consumer("w-unlisted").block(0.01) == []
 
 
-def test_adopted_messages_get_the_duplicate_check_their_lost_reply_carried(shared_redis, queue_name):
+def test_adopted_messages_get_the_duplicate_check_their_lost_reply_carried(queue):
     """Messages adopted after a lost fetch reply skip copies of completed ids and repeats among themselves."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     queue.push({"n": 0}, message_id="done-before")
     Worker(queue, lambda m: None, burst=True).run()
     queue.push({"n": 0}, message_id="done-before")
@@ -212,9 +192,8 @@ def test_a_sent_request_whose_replies_are_gone_reports_a_connection_error(client
     channel.drop()
 
 
-def test_a_simple_workers_adopted_message_is_adopted_once_however_often_it_resyncs(shared_redis, client, queue_name):
+def test_a_simple_workers_adopted_message_is_adopted_once_however_often_it_resyncs(client, queue):
     """In simple delivery, a message left in the in-flight list by a lost reply runs once across repeated resyncs."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     [message_id] = queue.push_many([{"n": 1}])
     client.lmove(queue.keys.pending, queue.keys.in_flight("w-simple"), "LEFT", "RIGHT")  # BLMOVE ran, the pop did not
     seen = []

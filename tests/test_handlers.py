@@ -85,9 +85,8 @@ def test_an_async_handler_past_job_timeout_is_cancelled(shared_redis, client, qu
     assert [d["error"] for d in dead_letters(client, queue_name)] == ["job timeout after 0.3 s"]
 
 
-def test_a_try_that_ends_in_time_is_never_interrupted_later(shared_redis, queue_name):
+def test_a_try_that_ends_in_time_is_never_interrupted_later(queue):
     """Many quick tries under a short JOB_TIMEOUT all complete; no late JobTimeout lands in the worker."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     queue.push_many({"n": i} for i in range(300))
 
     def handler(message):
@@ -110,9 +109,8 @@ def test_the_shipped_worker_cuts_slow_work_at_job_timeout(shared_redis, client, 
     assert stats(shared_redis.url, queue_name)["dead_lettered"] == 1
 
 
-def test_a_handler_that_swallows_the_timeout_ends_its_worker_and_is_recovered(shared_redis, client, queue_name, processes):
+def test_a_handler_that_swallows_the_timeout_ends_its_worker_and_is_recovered(shared_redis, client, queue_name, processes, queue):
     """A try that ignores JobTimeout: at twice JOB_TIMEOUT the worker exits 1; another recovers the message."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     message_id = queue.push({"swallow": True})
     env = script_env(shared_redis.url, queue_name, JOB_TIMEOUT="0.5", WORKER_TIMEOUT="2", MAX_ATTEMPTS="1")
     doomed = processes.start("tests/stalling_worker.py", env=env)
@@ -164,11 +162,10 @@ def test_a_housekeeper_held_up_by_a_paused_redis_cuts_the_try_instead_of_ending_
     assert [d["error"] for d in dead_letters(own_redis.client(), queue_name)] == ["job timeout after 1 s"]
 
 
-def test_without_an_abort_hook_a_stuck_try_ends_run_even_if_the_handler_swallows_everything(shared_redis, queue_name):
+def test_without_an_abort_hook_a_stuck_try_ends_run_even_if_the_handler_swallows_everything(shared_redis, queue):
     """A handler catching every BaseException past JOB_TIMEOUT: run() still returns 1 (the abort is repeated), and the heartbeat goes on meanwhile."""
     from workqueue import WorkerAborted
 
-    queue = Queue.connect(shared_redis.url, queue_name)
     queue.push({"n": 1})
     caught = []
 
@@ -191,9 +188,8 @@ def test_without_an_abort_hook_a_stuck_try_ends_run_even_if_the_handler_swallows
     shared_redis.client().ping()
 
 
-def test_a_worker_can_run_twice(shared_redis, queue_name):
+def test_a_worker_can_run_twice(queue):
     """run() may be called again on the same Worker (its housekeeper starts anew)."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id), burst=True)
     first = queue.push({"n": 1})

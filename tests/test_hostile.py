@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from structlog.testing import capture_logs
-from support import RedisServer, run, script_env, stats, wait_until
+from support import RedisServer, run, running, script_env, stats, wait_until
 
 from workqueue import Queue, Worker, message
 from workqueue.message import MAX_NESTING, MalformedMessage
@@ -49,9 +49,8 @@ def test_decode_takes_100_megabytes_and_nesting_at_the_limit():
     assert message.decode(at_limit.failed("boom")).attempts == 1
 
 
-def test_push_refuses_bodies_a_worker_would_dead_letter(shared_redis, queue_name):
+def test_push_refuses_bodies_a_worker_would_dead_letter(queue):
     """NaN and nesting past the limit raise ValueError at push time; nothing reaches Redis."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     nested: list = []
     for _ in range(MAX_NESTING):
         nested = [nested]
@@ -61,9 +60,8 @@ def test_push_refuses_bodies_a_worker_would_dead_letter(shared_redis, queue_name
     assert queue.stats()["produced"] == 0 and queue.stats()["pending"] == 0
 
 
-def test_deeply_nested_elements_among_good_messages_end_alone_in_the_dead_letter_list(shared_redis, client, queue_name):
+def test_deeply_nested_elements_among_good_messages_end_alone_in_the_dead_letter_list(shared_redis, client, queue_name, queue):
     """Elements nested 1,000 and 100,000 deep: a --burst worker exits 0, good ones processed, bad ones dead with the reason."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     first = queue.push({"n": 1})
     client.rpush(queue_name, deep(1000))
     second = queue.push({"n": 2})
@@ -80,9 +78,8 @@ def test_deeply_nested_elements_among_good_messages_end_alone_in_the_dead_letter
     assert result["completed"] == 3 and result["dead"] == 2 and result["pending"] == 0 and result["in_flight"] == 0
 
 
-def test_recovery_goes_on_past_a_hostile_element_and_a_hostile_worker_id(shared_redis, client, queue_name):
+def test_recovery_goes_on_past_a_hostile_element_and_a_hostile_worker_id(client, queue_name, queue):
     """Dead workers' lists holding a 100,000-deep element and good messages: the good ones are processed, the bad one dead-lettered, even beside a worker id that is not UTF-8."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     good = queue.push({"n": 1})
     client.rpush(queue_name, deep(100_000))
     taken = queue.consumer("dead-1", worker_timeout=0.001).fetch(10).taken  # registered for 1 ms, then silent
@@ -92,12 +89,8 @@ def test_recovery_goes_on_past_a_hostile_element_and_a_hostile_worker_id(shared_
     client.zadd(queue.keys.workers, {b"\xff\xfe-hand-written": 0})
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id), worker_timeout=5)
-    with capture_logs() as logs:
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
+    with capture_logs() as logs, running(worker):
         wait_until(lambda: sorted(seen) == sorted([good, other]), timeout=15)
-        worker.shutdown.request()
-        thread.join(timeout=10)
     [dead] = [json.loads(raw) for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
     assert dead["raw"].encode() == deep(100_000) and "nested deeper" in dead["error"]
     recovered = [e for e in logs if e["event"] == "message_recovered"]
@@ -206,41 +199,30 @@ def test_a_number_too_large_for_a_float_survives_failed_tries_and_requeueing(sha
     assert b"1e400" in requeued and message.decode(requeued).attempts == 0 and message.decode(requeued).fields.get("error") is None
 
 
-def test_a_hand_written_registration_whose_list_is_not_a_list_is_dropped(shared_redis, client, queue_name):
+def test_a_hand_written_registration_whose_list_is_not_a_list_is_dropped(client, queue):
     """A registered worker id whose in-flight key holds a string: recovery drops it (registration_dropped), stats work, workers go on."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     client.zadd(queue.keys.workers, {"ghost": 0})
     client.set(queue.keys.in_flight("ghost"), "not a list")
     good = queue.push({"n": 1})
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id))
-    with capture_logs() as logs:
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
+    with capture_logs() as logs, running(worker):
         wait_until(lambda: seen == [good] and any(e["event"] == "registration_dropped" for e in logs), timeout=15)
         assert queue.stats()["unaccounted"] == 0
-        worker.shutdown.request()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
     [dropped] = [e for e in logs if e["event"] == "registration_dropped"]
     assert dropped["dead_worker"] == "ghost" and dropped["log_level"] == "error"
     assert client.zscore(queue.keys.workers, "ghost") is None
 
 
-def test_recovery_goes_on_past_a_landing_key_that_is_no_list(shared_redis, client, queue_name):
+def test_recovery_goes_on_past_a_landing_key_that_is_no_list(client, queue):
     """A dead worker whose landing key was written by hand as a string: its message is recovered and processed, and no worker stops."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     good = queue.push({"n": 1})
     queue.consumer("dead-landing", worker_timeout=0.001).fetch(10)  # registered for 1 ms, then silent
     client.set(queue.keys.landing("dead-landing"), "not a list")
     seen = []
     worker = Worker(queue, lambda m: seen.append(m.id), worker_timeout=5)
-    with capture_logs() as logs:
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
+    with capture_logs() as logs, running(worker):
         wait_until(lambda: seen == [good], timeout=15)
-        worker.shutdown.request()
-        thread.join(timeout=10)
     assert [(e["dead_worker"], e["id"]) for e in logs if e["event"] == "message_recovered"] == [("dead-landing", good)]
     assert not [e for e in logs if e["event"] in ("worker_error", "housekeeping_failed")]
     assert client.zscore(queue.keys.workers, "dead-landing") is None and queue.stats()["unaccounted"] == 0

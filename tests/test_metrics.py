@@ -88,9 +88,8 @@ def test_worker_script_serves_outcomes_timings_and_queue_depths(shared_redis, cl
     assert worker.wait() == 0
 
 
-def test_in_process_worker_counts_completed_and_duplicates_and_times_the_wait(shared_redis, queue_name):
+def test_in_process_worker_counts_completed_and_duplicates_and_times_the_wait(queue_name, queue):
     """A Worker given WorkerMetrics counts completed tries and a skipped duplicate, and times a message created 100 s ago as waiting about 100 s."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     with Running(queue) as running:
         queue.push_encoded([message.encode({"id": "old", "attempts": 0, "created_at": time.time() - 100, "body": None})])
         queue.push({"n": 1}, message_id="twice")

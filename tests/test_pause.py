@@ -12,9 +12,8 @@ def heartbeat_deadline(client, queue: Queue, worker: Worker) -> float:
     return client.zscore(queue.keys.workers, worker.id) or 0.0
 
 
-def test_a_paused_queue_keeps_its_messages_from_an_idle_worker_until_resumed(shared_redis, client, queue_name):
+def test_a_paused_queue_keeps_its_messages_from_an_idle_worker_until_resumed(client, queue):
     """A worker blocked waiting takes nothing pushed after pause (its heartbeat goes on); after resume it processes it."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     seen: list[str] = []
     worker = Worker(queue, lambda m: seen.append(m.id), worker_timeout=1.5)
     with capture_logs():
@@ -35,9 +34,8 @@ def test_a_paused_queue_keeps_its_messages_from_an_idle_worker_until_resumed(sha
     assert result["paused"] is False and result["completed"] == 1 and result["unaccounted"] == 0
 
 
-def test_a_worker_with_work_stops_taking_more_once_paused(shared_redis, queue_name):
+def test_a_worker_with_work_stops_taking_more_once_paused(queue):
     """Pausing mid-stream: the worker finishes what it holds and takes no more; the rest stays pending, then drains."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     queue.push_many({"n": i} for i in range(50))
     paused = threading.Event()
     seen: list[int] = []

@@ -11,9 +11,8 @@ def stored_ids(client, queue_name: str) -> list[str]:
     return [json.loads(raw)["id"] for raw in client.lrange(queue_name, 0, -1)]
 
 
-def test_a_push_after_the_script_cache_is_flushed_loads_it_and_pushes_once(shared_redis, client, queue_name):
+def test_a_push_after_the_script_cache_is_flushed_loads_it_and_pushes_once(client, queue_name, queue):
     """SCRIPT FLUSH between two pushes on the kept connection: the second loads the script and lands once."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     first = queue.push({"n": 1})
     client.script_flush()
     second = queue.push({"n": 2})
@@ -21,9 +20,8 @@ def test_a_push_after_the_script_cache_is_flushed_loads_it_and_pushes_once(share
     assert int(client.hget(queue.keys.stats, "produced")) == 2
 
 
-def test_threads_pushing_at_once_lose_nothing_and_mix_no_replies(shared_redis, client, queue_name):
+def test_threads_pushing_at_once_lose_nothing_and_mix_no_replies(client, queue_name, queue):
     """Eight threads push through one Queue at once (one uses the kept connection, the others the pool): every id returned is stored once."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     returned: list[str] = []
     lock = threading.Lock()
 

@@ -80,15 +80,13 @@ def test_failed_message_waits_its_backoff_and_idle_worker_does_not_spin(shared_r
     assert cpu_seconds(worker.popen.pid) - before < 0.2
 
 
-def test_sigterm_mid_job_finishes_acknowledges_and_exits_0(shared_redis, client, queue_name, processes):
+def test_sigterm_mid_job_finishes_acknowledges_and_exits_0(shared_redis, client, queue_name, processes, queue):
     """SIGTERM during a job: the job completes and is acknowledged, exit 0 within the grace, nothing held."""
-    env = script_env(shared_redis.url, queue_name, GRACE=10)
+    env = script_env(shared_redis.url, queue_name, GRACE=10, LOG_LEVEL="debug")
     worker = processes.start("worker/main.py", "--work-seconds", "2", env=env)
     worker.wait_for("worker_started", timeout=15)
-    queue = Queue.connect(shared_redis.url, queue_name)
     first, second = queue.push({"n": 1}), queue.push({"n": 2})
-    wait_until(lambda: in_flight_total(client, queue_name) >= 1, timeout=10)
-    time.sleep(0.5)  # taken is not started: let the 2-second job begin before the signal
+    worker.wait_for("demo_work_started", timeout=10)  # taken is not started: the signal comes once the job has begun
     worker.signal(signal.SIGTERM)
     signalled = time.monotonic()
     assert worker.wait(timeout=15) == 0
@@ -103,11 +101,10 @@ def test_sigterm_mid_job_finishes_acknowledges_and_exits_0(shared_redis, client,
 def test_second_signal_exits_at_once_and_recovery_brings_the_message_back(shared_redis, client, queue_name, processes):
     """A second SIGTERM ends the worker at once; its message comes back through recovery."""
     env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=2)
-    worker = processes.start("worker/main.py", "--work-seconds", "30", env=env)
+    worker = processes.start("worker/main.py", "--work-seconds", "30", env=env | {"LOG_LEVEL": "debug"})
     worker.wait_for("worker_started", timeout=15)
     message_id = Queue.connect(shared_redis.url, queue_name).push({"n": 1})
-    wait_until(lambda: in_flight_total(client, queue_name) == 1, timeout=10)
-    time.sleep(0.5)  # taken is not started (a stop then puts it back): let the job begin
+    worker.wait_for("demo_work_started", timeout=10)  # taken is not started (a stop then puts it back): the job has begun
     worker.signal(signal.SIGTERM)
     worker.wait_for("worker_stopping", timeout=5)
     worker.signal(signal.SIGTERM)
@@ -117,9 +114,8 @@ def test_second_signal_exits_at_once_and_recovery_brings_the_message_back(shared
     assert processed["id"] == message_id and processed["attempts"] == 1
 
 
-def test_same_message_pushed_twice_runs_the_handler_once(shared_redis, queue_name):
+def test_same_message_pushed_twice_runs_the_handler_once(queue):
     """A message pushed twice with one id (in one batch, and again later) runs its handler once."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     seen = []
     queue.push({"n": 1}, message_id="order-42")
     queue.push({"n": 1}, message_id="order-42")
@@ -170,17 +166,15 @@ def test_idle_worker_stopped_during_an_outage_exits_at_once(own_redis, queue_nam
     assert stopped["released"] == 0 and stopped["deregistered"] is False
 
 
-def test_worker_killed_with_a_full_prefetch_batch_loses_none_of_it(shared_redis, client, queue_name, processes):
+def test_worker_killed_with_a_full_prefetch_batch_loses_none_of_it(shared_redis, client, queue_name, processes, queue):
     """SIGKILL while holding a whole prefetched batch: every message of it is recovered and processed."""
     # A worker's first take is one message; its next is a batch sized by the pace of the first,
     # which starts with the stalling message. Warning-level logs keep that pace fast even on a
     # slow machine, so the batch is the full PREFETCH.
     env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=2, PREFETCH=200, MAX_ATTEMPTS=3)
-    queue = Queue.connect(shared_redis.url, queue_name)
     ids = queue.push_many([{"n": 0}, {"stall": True}] + [{"n": i} for i in range(1, 1200)])
     doomed = processes.start("tests/stalling_worker.py", env=env | {"LOG_LEVEL": "warning"})
-    wait_until(lambda: in_flight_total(client, queue_name) > 1, timeout=20)
-    time.sleep(0.3)  # it is stuck on the stalling message, the rest of its batch untouched
+    doomed.wait_for("test_stalling", timeout=20)  # stuck on the stalling message, the rest of its batch untouched
     held = in_flight_total(client, queue_name)
     assert held >= 100 and stats(shared_redis.url, queue_name)["completed"] == 1
     doomed.popen.kill()
@@ -193,9 +187,8 @@ def test_worker_killed_with_a_full_prefetch_batch_loses_none_of_it(shared_redis,
 
 
 @pytest.mark.parametrize("delivery", ["reliable", "simple"])
-def test_copy_of_a_completed_message_that_wakes_an_idle_worker_is_skipped(shared_redis, client, queue_name, delivery):
+def test_copy_of_a_completed_message_that_wakes_an_idle_worker_is_skipped(client, queue_name, delivery, queue):
     """An idle worker blocked in BLMOVE, woken by a second copy of a completed message, skips it."""
-    queue = Queue.connect(shared_redis.url, queue_name)
     seen, shutdown = [], Shutdown()
     worker = Worker(queue, lambda m: seen.append(m.id), delivery=delivery, worker_id="w-idle", shutdown=shutdown)
     thread = threading.Thread(target=worker.run)

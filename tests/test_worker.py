@@ -16,9 +16,8 @@ def dead_entries(client, queue):
 
 
 @pytest.mark.parametrize("delivery", DELIVERIES)
-def test_producer_output_is_consumed_in_order_by_one_worker(shared_redis, client, queue_name, delivery):
+def test_producer_output_is_consumed_in_order_by_one_worker(client, queue_name, delivery, env):
     """One worker processes every pushed message exactly once, oldest first, and logs each."""
-    env = script_env(shared_redis.url, queue_name)
     assert run("app/main.py", "--count", "30", "--interval", "0", env=env)[0] == 0
     ids = [json.loads(raw)["id"] for raw in client.lrange(queue_name, 0, -1)]
     code, events, _ = run("worker/main.py", "--burst", "--delivery", delivery, env=env)
@@ -77,9 +76,8 @@ def test_always_failing_message_retries_then_dead_letters(shared_redis, client, 
 
 
 @pytest.mark.parametrize("delivery", DELIVERIES)
-def test_poison_messages_are_dead_lettered_and_good_ones_processed(shared_redis, client, queue_name, delivery):
+def test_poison_messages_are_dead_lettered_and_good_ones_processed(client, queue_name, delivery, env):
     """Non-JSON, non-object and id-less elements go to the dead-letter list with their reason; the rest run."""
-    env = script_env(shared_redis.url, queue_name)
     client.rpush(queue_name, "not json", "[1,2]", '{"body": 1}', b"\xff\xfe")
     assert run("app/main.py", "--count", "3", "--interval", "0", env=env)[0] == 0
     code, events, _ = run("worker/main.py", "--burst", "--delivery", delivery, env=env)

@@ -28,6 +28,7 @@ def demo_handler(fail_rate: float, work_seconds: float) -> Callable[[Message], N
 
     def handle(message: Message) -> None:
         if work_seconds:  # time.sleep(0) alone costs tens of microseconds a message
+            log.debug("demo_work_started", id=message.id)
             time.sleep(work_seconds)
         if fail_rate and random.random() < fail_rate:
             raise SimulatedFailure(f"simulated failure (fail rate {fail_rate})")
