@@ -217,3 +217,92 @@ def test_a_worker_under_a_tracer_cuts_a_try_and_stops(shared_redis, queue_name):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].split() == ["0", "1", "1"]  # exit code, completed, dead-lettered
+
+
+class Unprintable(Exception):
+    """An exception whose text cannot be built."""
+
+    def __str__(self):
+        raise RuntimeError("no text for you")
+
+    def __repr__(self):
+        raise RuntimeError("no repr either")
+
+
+class Custom(BaseException):
+    """A BaseException of the handler's own."""
+
+
+RAISES = {
+    "sys.exit()": (lambda: sys.exit(), "SystemExit: "),
+    "sys.exit(3)": (lambda: sys.exit(3), "SystemExit: 3"),
+    "KeyboardInterrupt": (lambda: (_ for _ in ()).throw(KeyboardInterrupt("pressed")), "KeyboardInterrupt: pressed"),
+    "a BaseException subclass": (lambda: (_ for _ in ()).throw(Custom("mine")), "Custom: mine"),
+    "an unprintable error": (lambda: (_ for _ in ()).throw(Unprintable()), "Unprintable: (its text could not be built)"),
+}
+
+
+@pytest.mark.parametrize("raise_it, error", RAISES.values(), ids=RAISES.keys())
+def test_anything_a_handler_raises_fails_only_its_try(shared_redis, client, queue_name, raise_it, error):
+    """sys.exit, KeyboardInterrupt, a BaseException subclass or an unprintable error fail the bad message's tries (retried, then dead-lettered with its traceback logged); the others complete and the worker goes on."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=2, retry_backoff=0.01)
+    before = queue.push_many([{"bad": False}] * 3)
+    bad = queue.push({"bad": True})
+    after = queue.push_many([{"bad": False}] * 3)
+    done = []
+
+    def handler(message):
+        if message.body["bad"]:
+            raise_it()
+        done.append(message.id)
+
+    with capture_logs() as logs:
+        assert Worker(queue, handler, burst=True).run() == 0
+    assert sorted(done) == sorted(before + after)
+    [retried] = [e for e in logs if e["event"] == "message_retried"]
+    [dead_event] = [e for e in logs if e["event"] == "message_dead_lettered"]
+    assert retried["id"] == dead_event["id"] == bad and retried["error"] == dead_event["error"] == error
+    assert all(isinstance(e["exc_info"], BaseException) for e in (retried, dead_event))  # rendered as its traceback
+    [dead] = dead_letters(client, queue_name)
+    assert dead["id"] == bad and dead["error"] == error
+    result = queue.stats()
+    assert result["completed"] == 6 and result["dead_lettered"] == 1 and result["unaccounted"] == 0
+
+
+def test_a_handler_that_mangles_its_message_cannot_change_its_identity_or_attempts(shared_redis, client, queue_name):
+    """A handler that removes `id` and rewrites `attempts` in message.fields: its successes count under the real id, its failures retry and dead-letter as stored."""
+    queue = Queue.connect(shared_redis.url, queue_name, retry_backoff=0.01)
+    ok = queue.push({"fail": False})
+    failing = queue.push({"fail": True})
+
+    def handler(message):
+        fail = message.body["fail"]
+        message.fields.pop("id")
+        message.fields["attempts"] = -100
+        if fail:
+            raise ValueError("and it fails")
+
+    with capture_logs() as logs:
+        assert Worker(queue, handler, burst=True).run() == 0
+    assert [e["id"] for e in logs if e["event"] == "message_processed"] == [ok]
+    assert [(e["id"], e["attempts"]) for e in logs if e["event"] in ("message_retried", "message_dead_lettered")] == [
+        (failing, 1), (failing, 2), (failing, 3)]
+    [dead] = dead_letters(client, queue_name)
+    assert dead["id"] == failing and dead["attempts"] == 3
+    result = queue.stats()
+    assert result["completed"] == 1 and result["dead_lettered"] == 1 and result["unaccounted"] == 0
+
+
+def test_a_generator_handler_is_refused_at_start_and_a_returned_generator_is_run(queue):
+    """A generator function cannot be a handler (TypeError at Worker()); a plain handler that returns a generator has it run to its end before the message counts as done."""
+    def generator_function(message):
+        yield message
+
+    with pytest.raises(TypeError, match="generator function"):
+        Worker(queue, generator_function)
+    with pytest.raises(TypeError, match="callable"):
+        Worker(queue, "not a function")
+    ran = []
+    queue.push({"n": 1})
+    assert Worker(queue, lambda message: (ran.append(message.id) for _ in range(1)), burst=True).run() == 0
+    assert len(ran) == 1 and queue.stats()["completed"] == 1

@@ -73,6 +73,8 @@ def test_always_failing_message_retries_then_dead_letters(shared_redis, client, 
     assert entry == {**original, "attempts": 4, "error": entry["error"], "dead_lettered_at": entry["dead_lettered_at"]}
     assert original["created_at"] <= entry["dead_lettered_at"] <= time.time()
     assert entry["error"].startswith("SimulatedFailure")
+    tracebacks = [e["exception"] for e in events if e["event"] in ("message_retried", "message_dead_lettered")]
+    assert len(tracebacks) == 4 and all(t.startswith("Traceback") and "SimulatedFailure" in t for t in tracebacks)
 
 
 @pytest.mark.parametrize("delivery", DELIVERIES)

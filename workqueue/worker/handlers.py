@@ -78,6 +78,37 @@ def close_interrupts(lock: threading.Lock, exception: type[BaseException], reset
             continue
 
 
+def _consume(generator: Any) -> None:
+    """Run a generator a handler returned to its end: its body is the work (a generator function
+    itself is refused as a handler, check_handler)."""
+    for _ in generator:  # bounded by the handler, as any handler's work is
+        pass
+
+
+def check_handler(handler: Any) -> None:
+    """Raise TypeError for what cannot be a handler: not callable, or a generator function
+    (calling one runs none of its body, so every message would count as done unrun)."""
+    if not callable(handler):
+        raise TypeError(f"the handler must be callable, not {type(handler).__name__}")
+    if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+        raise TypeError(f"the handler {getattr(handler, '__qualname__', handler)!r} is a generator function, which would run none of "
+                        "its body when called: make it a plain or async def function")
+
+
+def describe(error: BaseException) -> str:
+    """`Type: text` of an exception, whatever its __str__ does (one that raises, or returns no
+    text, gets its repr, else a note that its text could not be built)."""
+    name = getattr(type(error), "__name__", "an exception")
+    for render in (str, repr):
+        try:
+            text = render(error)
+            if isinstance(text, str):
+                return f"{name}: {text}"
+        except BaseException:  # a broken __str__ is the handler's bug, not the worker's
+            continue
+    return f"{name}: (its text could not be built)"
+
+
 class HandlerRunner:
     """Calls the handler once per try and enforces `job_timeout` (seconds; 0: no limit)."""
 
@@ -113,8 +144,11 @@ class HandlerRunner:
         """Run one try of the handler; raises what the handler raised, or JobTimeout."""
         if not self.job_timeout:
             result = self.handler(message)
-            if result is not None and inspect.isawaitable(result):  # most handlers return None: skip the check
-                self._run_async(result)
+            if result is not None:  # most handlers return None: skip the checks
+                if inspect.isawaitable(result):
+                    self._run_async(result)
+                elif inspect.isgenerator(result):
+                    _consume(result)
             return
         with self._lock:
             self._thread = threading.get_ident()
@@ -132,6 +166,8 @@ class HandlerRunner:
                 with self._lock:
                     self._deadline, self._stuck_after = None, time.monotonic() + 2 * self.job_timeout
                 self._run_async(result)
+            elif result is not None and inspect.isgenerator(result):
+                _consume(result)
         finally:
             # The try is over; a JobTimeout requested too late (the handler had returned) lands
             # and is dropped here, and only then: anything else pending (a WorkerAborted) goes on.

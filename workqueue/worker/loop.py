@@ -26,7 +26,7 @@ from ..queue import Queue
 from ..settings import Settings
 from ..shutdown import Shutdown
 from ..store.outages import Outage, is_fenced, is_outage, raise_if_refused
-from .handlers import Handler, HandlerRunner, LoopAbort, WorkerAborted
+from .handlers import Handler, HandlerRunner, LoopAbort, WorkerAborted, check_handler
 from .held import Holdings
 from .housekeeper import Housekeeper
 from .pipeline import ACK_DELAY, RequestPipeline
@@ -66,6 +66,7 @@ class Worker:
         `metrics` is told every outcome (off, the cost is one `if` on the rarer paths)."""
         if not 1 <= prefetch <= 1000:  # the Lua scripts unpack() up to this many values
             raise ValueError("prefetch must be from 1 to 1000")
+        check_handler(handler)
         self.queue = queue
         self.handler = handler
         self.delivery = Delivery(delivery)

@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 from structlog.typing import FilteringBoundLogger
 
 from .. import message
-from ..message import Message
 from ..protocol import RetryPolicy
-from .handlers import HandlerRunner, JobTimeout
+from .handlers import HandlerRunner, JobTimeout, WorkerAborted, describe
 from .held import Held
 from .pipeline import RequestPipeline
 
@@ -49,24 +48,33 @@ class MessageProcessor:
             if self.metrics is not None:
                 self.metrics.duplicate_skipped()
             return
+        # Read before the handler runs, which may change the fields (not msg.id and msg.attempts:
+        # each is a call, and this runs per message).
+        fields = msg.fields
+        message_id, attempts = fields["id"], fields.get("attempts", 0)
         try:
             self._run(msg)
-        except JobTimeout:
-            self._failed(msg, f"job timeout after {self.job_timeout:g} s")
-        except Exception as error:  # the handler is user code: any failure is a failed try
-            self._failed(msg, f"{type(error).__name__}: {error}")
+        except JobTimeout as error:
+            self._failed(held, f"job timeout after {self.job_timeout:g} s", error)
+        except WorkerAborted:
+            raise
+        except BaseException as error:  # the handler is user code: whatever it raises fails its try
+            self._failed(held, describe(error), error)
         else:
-            fields = msg.fields  # not msg.id and msg.attempts: each is a call, and this runs per message
-            outcomes.done(held.raw, fields["id"])
+            outcomes.done(held.raw, message_id)
             if self._log_processed:  # below INFO, not even the arguments are built
-                self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
+                self._processed_line("message_processed", id=message_id, attempts=attempts)
 
-    def _failed(self, msg: Message, text: str) -> None:
-        """Record a failed try: a retry after backoff, or a dead letter once attempts are used up."""
+    def _failed(self, held: Held, text: str, error: BaseException | None = None) -> None:
+        """Record a failed try: a retry after backoff, or a dead letter once attempts are used up.
+        Decided on the message as stored (the handler may have changed its fields); logged with
+        the traceback of `error`."""
+        msg = message.decode(held.raw)  # decoded before: it decodes again
         dead, delay = self.retry.failed(self.pipeline.outcomes, msg, text)
         if self.metrics is not None:
             self.metrics.failed(dead)
+        traceback = {} if error is None else {"exc_info": error}
         if dead:
-            self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text)
+            self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text, **traceback)
         else:
-            self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3))
+            self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3), **traceback)
