@@ -106,6 +106,13 @@ class WorkerMetrics(Collector):
 
         return timed_run
 
+    def completed_elsewhere(self, seconds: float) -> None:
+        """A try a child process ran succeeded, in `seconds` (a supervisor's worker)."""
+        bounds = self.handler_seconds.bounds
+        self.handler_seconds.counts[bisect.bisect_left(bounds, seconds)] += 1
+        self.handler_seconds.sums[0] += seconds
+        self.counts["completed"] += 1
+
     def failed(self, dead: bool) -> None:
         """A try failed (or the element was malformed): retried, or dead-lettered."""
         self.counts["dead_lettered" if dead else "retried"] += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from .. import message
 from ..message import MalformedMessage, Message
@@ -28,12 +28,22 @@ class Held(NamedTuple):
 _new_tuple = tuple.__new__  # builds a Held without the Python-level __new__ NamedTuple generates
 
 
+class Elsewhere(Protocol):
+    """Messages a worker holds that are not in its Holdings: a supervisor's, in its children."""
+
+    def raws(self) -> list[bytes]: ...
+
+    def forget(self) -> list[Held]: ...
+
+
 class Holdings(deque[Held]):
-    """The messages a worker holds, oldest first."""
+    """The messages a worker holds and has not started, oldest first (and, `elsewhere`, those
+    it started in other processes)."""
 
     def __init__(self, policy: MessagePolicy | None = None) -> None:
         super().__init__()
         self.policy = policy or MessagePolicy()  # the queue's size limit and signing keys
+        self.elsewhere: Elsewhere | None = None
 
     def accept(self, taken: Taken, earlier: frozenset[str] = frozenset()) -> frozenset[str]:
         """Decode new messages; `duplicate` comes from the fetch script's check of completed ids,
@@ -64,6 +74,8 @@ class Holdings(deque[Held]):
         (simple delivery) messages in no list are ours too. Returns the elements of the list we
         did not know of, in order."""
         count = Counter(in_redis)
+        for raw in self.elsewhere.raws() if self.elsewhere is not None else ():
+            count[raw] -= 1  # running elsewhere: ours, and known
         kept = []
         for h in self:
             if count[h.raw] > 0:
@@ -109,6 +121,7 @@ class Holdings(deque[Held]):
         outcome being the op or "not started"."""
         lost = [(raw, op.value) for outcomes in unconfirmed for op, raw in outcomes]
         lost += [(h.raw, "not started") for h in self] + [(raw, "not started") for raw, _ in taken]
+        lost += [(h.raw, "running") for h in (self.elsewhere.forget() if self.elsewhere is not None else [])]
         self.clear()
         forfeited: list[tuple[str | None, int | None, str]] = []
         for raw, outcome in lost:

@@ -21,7 +21,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from ..logs import write_held_lines
-from ..protocol import Delivery
+from ..protocol import Delivery, Fetched
 from ..queue import Queue
 from ..settings import Settings
 from ..shutdown import Shutdown
@@ -85,6 +85,7 @@ class Worker:
         self._processor = MessageProcessor(self._runner, queue.retry, self._pipeline, self.log, metrics)
         self._held = Holdings(queue.policy)  # the queue's size limit and signing keys
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
+        self.fetch_ahead = True  # ask for the next batch while this one runs (quick handlers)
         self._outage = Outage(self.log)
         self._session = SessionKeeper(queue, self.consumer, self._pipeline, self._held, self._outage, self.log)
         self._fenced = False  # the last request was refused as of an ended session
@@ -114,7 +115,7 @@ class Worker:
         code = 1
         try:
             self._loop()
-            self._session.leave(self._housekeeper.stop_heartbeats)
+            self._leave()
             code = 0
         except WorkerAborted:
             pass
@@ -134,9 +135,7 @@ class Worker:
             try:
                 if self._session.needed:
                     self._session.sync()
-                if self._held:
-                    self._work()
-                elif not self._take():
+                if not self._step():
                     return  # burst: nothing left to do
                 self._outage.succeeded()
                 self._fenced = False
@@ -157,11 +156,31 @@ class Worker:
             except Exception as error:
                 self._unexpected(error)
 
+    def _leave(self) -> None:
+        """Put back what was taken but not started, settle the rest, deregister."""
+        self._session.leave(self._housekeeper.stop_heartbeats)
+
     def _unexpected(self, error: Exception) -> None:
         """A bug or an unexpected reply: log it whole, pause, and re-read our state from Redis."""
         self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
         self._session.needed = True
         time.sleep(1)
+
+    def _step(self) -> bool:
+        """One round: work on what we hold, or take more. False when a burst worker is done."""
+        if self._held:
+            self._work()
+            return True
+        return self._take()
+
+    def _busy(self) -> bool:
+        """Whether messages we hold are being worked on elsewhere (a supervisor's children)."""
+        return False
+
+    def _wait_for_work(self, fetched: Fetched) -> None:
+        """Nothing was taken: wait for one message, the shortest path to its start (nothing is
+        fetched ahead)."""
+        self._held.accept(self.consumer.block(self.consumer.wait_seconds(fetched)))
 
     def _take(self) -> bool:
         """Settle what is done and take the next batch, blocking briefly when the queue is empty.
@@ -173,17 +192,16 @@ class Worker:
         else:
             fetched = pipeline.fetch(self._batch)
             taken = fetched.taken
-            if fetched.paused:  # ask again soon; the heartbeat goes on meanwhile
+            if fetched.paused and not self._busy():  # ask again soon; the heartbeat goes on meanwhile
                 self.shutdown.wait(PAUSE_POLL)
                 return True
             if not taken:
-                if self.burst and fetched.next_retry_ms is None:
+                if self.burst and fetched.next_retry_ms is None and not self._busy():
                     return False
-                # One message at most, and nothing fetched ahead: the shortest path to its start.
-                self._held.accept(self.consumer.block(self.consumer.wait_seconds(fetched)))
+                self._wait_for_work(fetched)
                 return True
         # Redis works on the next batch while this one is decoded and run.
-        ahead = pipeline.fetch_ahead(self._batch, taken)
+        ahead = self.fetch_ahead and pipeline.fetch_ahead(self._batch, taken)
         accepted = self._held.accept(taken, earlier)  # we held nothing before: these are all we hold
         if ahead:
             pipeline.holding(accepted)

@@ -65,15 +65,32 @@ class MessageProcessor:
             if self._log_processed:  # below INFO, not even the arguments are built
                 self._processed_line("message_processed", id=message_id, attempts=attempts)
 
-    def _failed(self, held: Held, text: str, error: BaseException | None = None) -> None:
+    def record(self, held: Held, outcome: str, error: str = "", trace: str = "", seconds: float = 0.0) -> None:
+        """Record what a child process said became of a message (a supervisor's worker): done,
+        released (never started: back untouched) or a failed try (failed, timeout, crashed),
+        with its error and the text of its traceback."""
+        if outcome == "done":
+            assert held.message is not None  # only messages go to children
+            fields = held.message.fields  # ours: the handler changed only the child's copy
+            self.pipeline.outcomes.done(held.raw, fields["id"])
+            if self.metrics is not None:
+                self.metrics.completed_elsewhere(seconds)
+            if self._log_processed:
+                self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
+        elif outcome == "released":
+            self.pipeline.outcomes.release(held.raw)
+        else:
+            self._failed(held, error, trace=trace)
+
+    def _failed(self, held: Held, text: str, error: BaseException | None = None, trace: str = "") -> None:
         """Record a failed try: a retry after backoff, or a dead letter once attempts are used up.
         Decided on the message as stored (the handler may have changed its fields); logged with
-        the traceback of `error`."""
+        the traceback of `error` (or its text, `trace`, from a child process)."""
         msg = message.decode(held.raw)  # decoded before: it decodes again
         dead, delay = self.retry.failed(self.pipeline.outcomes, msg, text)
         if self.metrics is not None:
             self.metrics.failed(dead)
-        traceback = {} if error is None else {"exc_info": error}
+        traceback: dict[str, object] = {"exc_info": error} if error is not None else {"exception": trace} if trace else {}
         if dead:
             self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text, **traceback)
         else:

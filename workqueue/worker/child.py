@@ -1,0 +1,248 @@
+"""A child process of a supervised worker: it runs the handler, and nothing else.
+
+The supervisor (pool.py) sends it messages over a pipe, each in a numbered slot, and reads back
+what became of them. Before a try starts, the child writes its start time into the slot's place
+in an array shared with the supervisor, and a finished try's mark after it: memory the child's
+death cannot take back, so whatever ends the child (os._exit, a segfault, a kill at JOB_TIMEOUT)
+the supervisor knows which messages had started, which had finished, and which never began.
+A failed try's error is sent before its mark is written, so it is never lost either.
+
+Frames, supervisor to child: for each message, its slot (2 bytes), its length (4 bytes) and its
+stored bytes; an empty frame asks the child to finish what it has and exit. Child to
+supervisor: a JSON object {"done": [slot, ...], "failed": [[slot, error, traceback, timed_out], ...]}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import mmap
+import os
+import queue
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+
+from .. import message
+from ..logs import configure_logging
+from ..message import Message
+from .handlers import Handler, HandlerRunner, JobTimeout, describe
+from .spec import load_handler
+
+ITEM = struct.Struct("<HI")  # slot, length of the stored message that follows
+DONE = -1.0  # a slot's mark once its try succeeded (a start time is positive; 0: not started)
+FAILED = -2.0  # once its failure was sent
+# The array's last place: the supervisor writes 1 there to ask that no more tries start.
+FLUSH_AFTER = 0.005  # a finished try's result waits at most this long (s) to be sent
+WATCH_TICK = 0.05  # how often (s) the watchdog looks for tries past JOB_TIMEOUT
+
+
+def pack(items: Sequence[tuple[int, bytes]]) -> bytes:
+    """A frame of messages for a child: (slot, stored bytes) each."""
+    return b"".join(ITEM.pack(slot, len(raw)) + raw for slot, raw in items)
+
+
+def unpack(frame: bytes) -> Iterator[tuple[int, bytes]]:
+    at = 0
+    while at < len(frame):
+        slot, size = ITEM.unpack_from(frame, at)
+        at += ITEM.size
+        yield slot, frame[at : at + size]
+        at += size
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to end this process when its supervisor ends (PR_SET_PDEATHSIG, SIGKILL), so a
+    handler stuck in C code never outlives it; elsewhere the pipe's end does it, later."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+class Results:
+    """What finished and was not sent yet; sent in one frame at most FLUSH_AFTER after the oldest."""
+
+    def __init__(self, conn: Any, marks: Any) -> None:
+        self.conn = conn
+        self.marks = marks
+        self.done: list[tuple[int, float]] = []
+        self.first_at = 0.0
+        self.lock = threading.Lock()
+
+    def succeeded(self, slot: int, seconds: float) -> None:
+        self.marks[slot] = DONE
+        with self.lock:
+            if not self.done:
+                self.first_at = time.monotonic()
+            self.done.append((slot, seconds))
+
+    def failed(self, slot: int, error: str, trace: str, timed_out: bool) -> None:
+        with self.lock:  # sent at once, before its mark: a death right after cannot lose it
+            self._send([[slot, error, trace, timed_out]])
+        self.marks[slot] = FAILED
+
+    def flush(self, force: bool = False) -> None:
+        with self.lock:
+            if self.done and (force or time.monotonic() - self.first_at >= FLUSH_AFTER):
+                self._send([])
+
+    def _send(self, failed: list[list[Any]]) -> None:
+        done, self.done = self.done, []
+        self.conn.send_bytes(orjson.dumps({"done": done, "failed": failed}))
+
+
+def _try(run: Any, raw: bytes, slot: int, marks: Any, results: Results, job_timeout: float) -> None:
+    """One try of the handler on the message stored as `raw`, in slot `slot` (none once the
+    supervisor asked that no more start: it puts the message back)."""
+    msg: Message = message.decode(raw)  # the supervisor decoded it already: it is a message
+    if marks[len(marks) - 1]:
+        return
+    marks[slot] = started = time.monotonic()
+    try:
+        run(msg)
+    except JobTimeout:
+        results.failed(slot, f"job timeout after {job_timeout:g} s", traceback.format_exc(), True)
+    except BaseException as error:  # the handler is user code: whatever it raises fails its try
+        results.failed(slot, describe(error), traceback.format_exc(), False)
+    else:
+        results.succeeded(slot, time.monotonic() - started)
+
+
+def _watch(runners: list[HandlerRunner]) -> None:
+    """Interrupt each try past JOB_TIMEOUT where Python can; one stuck beyond reach is ended by
+    the supervisor, which kills this process."""
+    while True:  # a daemon thread: it ends with the process
+        time.sleep(WATCH_TICK)
+        for runner in runners:
+            runner.enforce()
+
+
+def _serve_in_threads(handler: Handler, conn: Any, marks: Any, concurrency: int, job_timeout: float) -> None:
+    """Plain handlers: `concurrency` threads (the main thread alone when it is 1) take messages
+    in the order they came."""
+    results = Results(conn, marks)
+    runners = [HandlerRunner(handler, job_timeout) for _ in range(concurrency)]
+    if job_timeout:
+        runners[0].install()  # the main thread's blocking calls are cut too (SIGUSR2)
+        threading.Thread(target=_watch, args=(runners,), daemon=True).start()
+    if concurrency == 1:
+        while frame := conn.recv_bytes():
+            for slot, raw in unpack(frame):
+                _try(runners[0], raw, slot, marks, results, job_timeout)
+                results.flush()
+            results.flush(force=True)
+        return
+    waiting: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+
+    def work(runner: HandlerRunner) -> None:
+        while (item := waiting.get()) is not None:
+            _try(runner, item[1], item[0], marks, results, job_timeout)
+            results.flush(force=waiting.empty())
+
+    threads = [threading.Thread(target=work, args=(runner,), daemon=True) for runner in runners]
+    for thread in threads:
+        thread.start()
+    while frame := conn.recv_bytes():
+        for item in unpack(frame):
+            waiting.put(item)
+    for _ in threads:
+        waiting.put(None)
+    for thread in threads:
+        thread.join()
+    results.flush(force=True)
+
+
+def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_timeout: float) -> None:
+    """Async handlers: up to `concurrency` tries at once as tasks on one event loop; a try past
+    JOB_TIMEOUT is cancelled."""
+    results = Results(conn, marks)
+    loop = asyncio.new_event_loop()
+    arrived: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+
+    def enqueue(frame: bytes) -> None:
+        for item in unpack(frame):
+            arrived.put_nowait(item)
+
+    def read() -> None:  # the pipe is read in a thread of its own; the loop never blocks on it
+        try:
+            while frame := conn.recv_bytes():
+                loop.call_soon_threadsafe(enqueue, frame)
+        except EOFError:  # the supervisor is gone
+            pass
+        loop.call_soon_threadsafe(arrived.put_nowait, None)
+
+    async def one(slot: int, raw: bytes) -> None:
+        msg = message.decode(raw)
+        if marks[len(marks) - 1]:  # no more tries start: the supervisor puts it back
+            return
+        marks[slot] = started = time.monotonic()
+        task = asyncio.ensure_future(handler(msg))
+        done, _ = await asyncio.wait({task}, timeout=job_timeout or None)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
+            results.failed(slot, f"job timeout after {job_timeout:g} s", "", True)
+        elif task.cancelled():
+            results.failed(slot, "CancelledError: the handler was cancelled", "", False)
+        elif (error := task.exception()) is not None:
+            results.failed(slot, describe(error), "".join(traceback.format_exception(error)), False)
+        else:
+            results.succeeded(slot, time.monotonic() - started)
+        results.flush(force=arrived.empty())
+
+    running: set[asyncio.Task[None]] = set()
+    limit = asyncio.Semaphore(concurrency)
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        limit.release()
+
+    async def serve() -> None:
+        while (item := await arrived.get()) is not None:
+            await limit.acquire()
+            task = loop.create_task(one(*item))
+            running.add(task)
+            task.add_done_callback(finished)
+        if running:
+            await asyncio.wait(running)
+        results.flush(force=True)
+
+    threading.Thread(target=read, daemon=True).start()
+    loop.run_until_complete(serve())
+
+
+def main(argv: Sequence[str]) -> None:
+    """The child's life: load the handler, serve messages until the supervisor says stop.
+    `argv`: the handler's MODULE:ATTR, the descriptors of its socket and of the marks' file,
+    the concurrency, JOB_TIMEOUT, and the log level and format."""
+    spec, conn_fd, marks_fd, concurrency_text, job_timeout_text, log_level, log_format = argv
+    concurrency, job_timeout = int(concurrency_text), float(job_timeout_text)
+    conn = Connection(int(conn_fd))
+    marks = memoryview(mmap.mmap(int(marks_fd), 0)).cast("d")
+    os.close(int(marks_fd))  # the mapping stays
+    _die_with_parent()
+    configure_logging(log_level, log_format)  # for the handler's own log lines
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's: it drains, then stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    handler = load_handler(spec)
+    serve = _serve_async if inspect.iscoroutinefunction(handler) else _serve_in_threads
+    try:
+        serve(handler, conn, marks, concurrency, job_timeout)
+    except EOFError:  # the supervisor is gone
+        pass
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter teardown: a thread still in the handler must not hold the exit up
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

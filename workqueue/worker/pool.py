@@ -1,0 +1,298 @@
+"""The supervisor's children: the processes that run the handler (child.py), started, fed,
+watched and replaced here. The supervisor itself runs no handler code.
+
+Each child has a pipe and an array shared with it, one place per slot: 0 while the message in
+the slot has not started, its start time (time.monotonic(), one clock for every process on
+Linux) once it has, DONE or FAILED once it ended. So when a child dies, whatever the cause,
+Finished tells for each message it held what became of it: done (its result died with the
+child), failed (its error had been sent), crashed (it was running: it gets its attempt), or
+released (it never started: it goes back untouched).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import orjson
+
+from . import child
+from .held import Held
+
+# A try still running this long (s) past JOB_TIMEOUT, after the child was asked to cut it, has
+# its child ended: the handler is stuck where Python cannot reach it (C code holding the GIL).
+KILL_GRACE = 1.0
+# Messages sent to a child beyond what it runs at once, so it never waits for the supervisor;
+# the supervisor adapts each child's window to the handler's pace (about BATCH_SECONDS of work).
+BATCH_SECONDS = 0.05
+CRASH = "crashed: "  # how a try that ended its process is recorded; such a message then runs alone
+STOPPED = -1  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What became of one message a child held: `outcome` is done, failed, timeout, crashed or
+    released; `error` and `trace` (the traceback's text) for the failed ones."""
+
+    held: Held
+    outcome: str
+    error: str = ""
+    trace: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Child:
+    """One child process and what it holds."""
+
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    marks: Any  # the shared array: a double per slot (a memoryview of a mapping)
+    sentinel: int  # readable once the process has ended (a pidfd), else the pipe's own
+    slots: int
+    held: dict[int, Held] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)
+    alone: bool = False  # running a message that crashed a child before: nothing else beside it
+    killed_for: int | None = None  # the slot it was killed for, past JOB_TIMEOUT; STOPPED: by the supervisor
+    window: int = 1  # messages it may hold: its concurrency, up to a batch's worth for quick handlers
+
+    def room(self) -> int:
+        return 0 if self.alone or self.process.poll() is not None else max(0, self.window - len(self.held))
+
+    def free_slot(self) -> int:
+        return next(slot for slot in range(self.slots) if slot not in self.held)
+
+
+class ChildPool:
+    """`processes` children, each running up to `concurrency` tries at once."""
+
+    def __init__(self, spec: str, processes: int, concurrency: int, job_timeout: float, most: int,
+                 log_level: str = "warning", log_format: str = "json") -> None:
+        """`most`: the most messages the pool holds at once (PREFETCH)."""
+        self.spec = spec
+        self.processes = processes
+        self.concurrency = concurrency
+        self.job_timeout = job_timeout
+        self.slots = max(concurrency, most // processes + concurrency)
+        self.log_level, self.log_format = log_level, log_format
+        self.children: list[Child] = []
+        self._pace = 0.0  # seconds a try takes, as measured (0: not yet)
+
+    def start(self) -> None:
+        self.children = [self._start() for _ in range(self.processes)]
+
+    def _start(self) -> Child:
+        """A new child: a fresh interpreter (`python -m workqueue.worker.child`: none of our
+        threads, sockets or state), a socket pair, and the marks in a mapped file no other
+        process can open (it is unlinked at once)."""
+        ours, theirs = socket.socketpair()
+        size = 8 * (self.slots + 1)  # a double per slot, and the stop flag, last
+        with tempfile.TemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as shared:
+            shared.truncate(size)
+            mapping = mmap.mmap(shared.fileno(), size)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "workqueue.worker.child", self.spec, str(theirs.fileno()), str(shared.fileno()),
+                 str(self.concurrency), repr(self.job_timeout), self.log_level, self.log_format],
+                pass_fds=(theirs.fileno(), shared.fileno()), stdin=subprocess.DEVNULL,
+            )
+        theirs.close()
+        conn = Connection(ours.detach())
+        try:
+            sentinel = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: the pipe's end tells, as the child's fds close
+            sentinel = conn.fileno()
+        return Child(process, conn, memoryview(mapping).cast("d"), sentinel, self.slots, window=self.concurrency)
+
+    # -- what the worker loop asks -----------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether any child holds a message."""
+        return any(c.held for c in self.children)
+
+    def room(self) -> int:
+        """How many more messages the children can take now."""
+        return sum(c.room() for c in self.children)
+
+    def held(self) -> list[Held]:
+        """Every message the children hold, oldest first per child."""
+        return [h for c in self.children for h in c.held.values()]
+
+    def dispatch(self, messages: Sequence[Held]) -> list[Held]:
+        """Send `messages` to the children with room, a message that crashed a child before
+        alone to an idle child; returns those no child could take now."""
+        frames: dict[int, list[tuple[int, bytes]]] = {}
+        left = []
+        for held in messages:
+            suspect = held.message is not None and str(held.message.fields.get("error", "")).startswith(CRASH)
+            target = self._idle() if suspect else max(self.children, key=Child.room, default=None)
+            if target is None or target.room() <= 0:
+                left.append(held)
+                continue
+            slot = target.free_slot()
+            target.marks[slot] = 0.0
+            target.held[slot] = held
+            target.sent_at[slot] = time.monotonic()
+            target.alone = suspect
+            frames.setdefault(self.children.index(target), []).append((slot, held.raw))
+        for index, items in frames.items():
+            try:
+                self.children[index].conn.send_bytes(child.pack(items))
+            except OSError:  # it died: found by wait()
+                pass
+        return left
+
+    def _idle(self) -> Child | None:
+        return next((c for c in self.children if not c.held and c.process.poll() is None), None)
+
+    def wait(self, timeout: float) -> list[Finished]:
+        """What finished within `timeout` seconds (less once something did): results the
+        children sent, and every message of a child that died (replaced at once)."""
+        ready = wait([c.conn for c in self.children] + [c.sentinel for c in self.children], timeout=max(0.0, timeout))
+        finished: list[Finished] = []
+        for index, current in enumerate(list(self.children)):
+            if current.conn in ready:
+                finished += self._read(current)
+            if current.process.poll() is not None:
+                finished += self._buried(current)
+                self.children[index] = self._start()
+        self._adapt(finished)
+        return finished
+
+    def enforce(self) -> None:
+        """End each child whose try ran past JOB_TIMEOUT and KILL_GRACE (found dead by wait())."""
+        if not self.job_timeout:
+            return
+        now = time.monotonic()
+        for current in self.children:
+            for slot in current.held:
+                started = current.marks[slot]
+                if started > 0 and now - started > self.job_timeout + KILL_GRACE and current.killed_for is None:
+                    current.killed_for = slot
+                    current.process.kill()
+
+    def raws(self) -> list[bytes]:
+        """The stored bytes of every message the children hold (Holdings.reconcile counts them)."""
+        return [h.raw for h in self.held()]
+
+    def forget(self) -> list[Held]:
+        """End every child and replace it, dropping what it held and whatever it would have
+        said of it: our claim on those messages was lost (they are someone else's now)."""
+        lost = self.held()
+        for index, current in enumerate(self.children):
+            current.process.kill()
+            self._end(current)
+            self.children[index] = self._start()
+        return lost
+
+    def stop_starting(self) -> None:
+        """Ask every child to start no more tries (the worker is stopping)."""
+        for current in self.children:
+            current.marks[self.slots] = 1.0
+
+    def running(self) -> bool:
+        """Whether a try has started and not ended in some child."""
+        return any(current.marks[slot] > 0 for current in self.children for slot in current.held)
+
+    def take_back(self) -> list[Finished]:
+        """End the children (after stop_starting(), once nothing runs) and say what became of
+        every message they held: what never started goes back."""
+        finished: list[Finished] = []
+        for current in self.children:
+            current.killed_for = STOPPED
+            current.process.kill()
+            finished += self._buried(current)
+        self.children = []
+        return finished
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Ask every child to finish and exit; kill what is still running after `timeout`."""
+        for current in self.children:
+            try:
+                current.conn.send_bytes(b"")
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for current in self.children:
+            try:
+                current.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                current.process.kill()
+            self._end(current)
+        self.children = []
+
+    def _end(self, current: Child) -> None:
+        """Reap an ended (or killed) child and close what we kept of it."""
+        try:
+            current.process.wait(5.0)
+        except subprocess.TimeoutExpired:  # a kill takes effect at once: not expected
+            pass
+        current.conn.close()
+        if current.sentinel != -1:
+            try:
+                os.close(current.sentinel)
+            except OSError:  # it was the pipe's, closed with it
+                pass
+            current.sentinel = -1
+
+    # -- inside ------------------------------------------------------------------------------
+
+    def _read(self, current: Child) -> list[Finished]:
+        """The results `current` sent (all of them, when it has died: a pipe keeps what was written)."""
+        finished: list[Finished] = []
+        while True:  # bounded by what the child wrote
+            try:
+                if not current.conn.poll():
+                    return finished
+                frame = current.conn.recv_bytes()
+            except (EOFError, OSError):
+                return finished
+            result = orjson.loads(frame)
+            for slot, seconds in result["done"]:
+                current.sent_at.pop(slot, None)
+                finished.append(Finished(current.held.pop(slot), "done", seconds=seconds))
+            for slot, error, trace, timed_out in result["failed"]:
+                current.sent_at.pop(slot, None)
+                finished.append(Finished(current.held.pop(slot), "timeout" if timed_out else "failed", error, trace))
+            if not current.held:
+                current.alone = False
+
+    def _buried(self, current: Child) -> list[Finished]:
+        """Every message of a child that died, by what its marks say."""
+        finished = self._read(current)
+        self._end(current)
+        code = current.process.returncode
+        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        for slot, held in current.held.items():
+            mark = current.marks[slot]
+            if mark == child.DONE:
+                finished.append(Finished(held, "done"))
+            elif slot == current.killed_for:
+                finished.append(Finished(held, "timeout", f"job timeout after {self.job_timeout:g} s"))
+            elif mark > 0 and current.killed_for is None:
+                finished.append(Finished(held, "crashed", f"{CRASH}the handler's process ended ({how})"))
+            else:  # never started, or cut short by our kill for another message's time limit
+                finished.append(Finished(held, "released"))
+        current.held.clear()
+        return finished
+
+    def _adapt(self, finished: list[Finished]) -> None:
+        """Size each child's window to about BATCH_SECONDS of work at the measured pace."""
+        timed = [f.seconds for f in finished if f.seconds > 0]
+        if not timed:
+            return
+        pace = sum(timed) / len(timed)
+        self._pace = pace if not self._pace else 0.8 * self._pace + 0.2 * pace
+        window = max(self.concurrency, min(self.slots, int(self.concurrency * BATCH_SECONDS / max(self._pace, 1e-6))))
+        for current in self.children:
+            current.window = window
