@@ -6,7 +6,6 @@
 """
 
 import argparse
-import os
 import random
 import sys
 import time
@@ -14,9 +13,9 @@ from collections.abc import Callable
 
 import structlog
 
-from workqueue import ConfigError, Message, Queue, RedisRefused, Settings, Worker, __version__
-from workqueue.logs import configure_logging
-from workqueue.settings import add_flags, fraction, load_env_file, parse_value, seconds, weak_password_warning
+from workqueue import ConfigError, Message, Settings, Worker, __version__
+from workqueue.cli.serve import serve
+from workqueue.settings import SUPERVISOR_ONLY, add_flags, fraction, load_env_file, parse_value, seconds
 
 
 class SimulatedFailure(Exception):
@@ -40,7 +39,7 @@ def demo_handler(fail_rate: float, work_seconds: float) -> Callable[[Message], N
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"workqueue {__version__}")
-    add_flags(parser)  # --queue, --delivery, --max-attempts, ... each setting that has a flag
+    add_flags(parser, exclude=SUPERVISOR_ONLY)  # --queue, --delivery, --max-attempts, ... each setting that has a flag
     parser.add_argument("--fail-rate", default="0", help="demo: probability that a try fails (default 0)")
     parser.add_argument("--work-seconds", default="0", help="demo: seconds each message takes (default 0)")
     parser.add_argument("--burst", action="store_true", help="exit 0 once nothing is left to do")
@@ -53,32 +52,9 @@ def main() -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if settings.metrics_port:
-        try:
-            from workqueue.metrics import WorkerMetrics
-        except ImportError:
-            print("error: --metrics-port (METRICS_PORT) needs prometheus-client: pip install workqueue[metrics]", file=sys.stderr)
-            return 2
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        queue = Queue.from_settings(settings)
-        metrics = WorkerMetrics(queue) if settings.metrics_port else None
-        worker = Worker.from_settings(settings, demo_handler(fail_rate, work_seconds), burst=args.burst, abort=os._exit,
-                                      queue=queue, metrics=metrics)
-        if metrics is not None:
-            try:
-                metrics.serve(settings.metrics_port, worker.log)
-            except OSError as error:
-                print(f"error: --metrics-port (METRICS_PORT) {settings.metrics_port} cannot be served: {error.strerror or error}",
-                      file=sys.stderr)
-                return 2
-        if (weak := weak_password_warning(settings)) is not None:
-            worker.log.warning("redis_password_weak", reason=weak)
-        return worker.run()
-    except RedisRefused as error:
-        print(f"error: Redis at {settings.masked_url} refused the worker: {error}", file=sys.stderr)
-        return 2
-
+    # The handler is made once logging is set up: it binds its logger then.
+    return serve(settings, lambda queue, metrics, abort: Worker.from_settings(
+        settings, demo_handler(fail_rate, work_seconds), burst=args.burst, abort=abort, queue=queue, metrics=metrics))
 
 if __name__ == "__main__":
     sys.exit(main())

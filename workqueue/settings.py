@@ -23,7 +23,10 @@ from dotenv import find_dotenv, load_dotenv
 from .protocol import Delivery
 from .values import ConfigError, choice, count, fraction, mask_url, number, parse_value, queue_name, readable_file, redis_url, seconds
 
-__all__ = ["ConfigError", "Settings", "TlsFiles", "add_flags", "count", "fraction", "load_env_file", "mask_url", "parse_value", "seconds"]
+__all__ = [
+    "SUPERVISOR_ONLY", "ConfigError", "Settings", "TlsFiles", "add_flags", "count",
+    "fraction", "load_env_file", "mask_url", "parse_value", "seconds",
+]
 
 
 def _default_log_format() -> str:
@@ -36,6 +39,9 @@ def _setting(default: Any, parse: Callable[[str], Any], *, flag: str = "", help:
     out of repr()."""
     return dataclasses.field(default=default, repr=not secret, metadata={"parse": parse, "flag": flag, "help": help})
 
+
+# Settings of the supervised worker (`workqueue worker`) alone: the demo's worker runs in-process.
+SUPERVISOR_ONLY = ("processes", "concurrency")
 
 # The password of the example files (.env.example, docker-compose.yml): worth a warning.
 EXAMPLE_PASSWORD = "secret"
@@ -74,6 +80,10 @@ class Settings:
                                   help="seconds a try may run before it is interrupted, 0 for no limit")
     metrics_port: int = _setting(0, number(int, 0, 65535), flag="--metrics-port",
                                  help="serve Prometheus metrics on this port, every interface, 0 for off")
+    processes: int = _setting(0, number(int, 0, 1024), flag="--processes",
+                              help="child processes that run the handler, 0 for one per core")
+    concurrency: int = _setting(1, number(int, 1, 1000), flag="--concurrency",
+                                help="messages each child runs at once: async tasks, or threads for a plain function")
     # The password apart from REDIS_URL (one with @ : / needs no URL-encoding there); "": none.
     redis_password: str = _setting("", str, secret=True)
     redis_tls_ca_file: str = _setting("", readable_file)  # CA certificates (PEM) that verify a rediss:// server; "": the system's
@@ -168,11 +178,12 @@ class Settings:
         return TlsFiles(self.redis_tls_ca_file or None, self.redis_tls_cert_file or None, self.redis_tls_key_file or None)
 
 
-def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
-    """Add to `parser` the flag of each setting named (all that have one when none is named),
-    with its help, the variable it overrides and its default: pass the parsed values to load()."""
+def add_flags(parser: argparse.ArgumentParser, *names: str, exclude: tuple[str, ...] = ()) -> None:
+    """Add to `parser` the flag of each setting named (all that have one when none is named,
+    but those in `exclude`), with its help, the variable it overrides and its default: pass the
+    parsed values to load()."""
     for field in fields(Settings):
-        if field.metadata["flag"] and (not names or field.name in names):
+        if field.metadata["flag"] and (not names or field.name in names) and field.name not in exclude:
             default = f"{field.default:g}" if isinstance(field.default, (int, float)) else field.default
             parser.add_argument(field.metadata["flag"], dest=field.name, help=f"{field.metadata['help']} ({field.name.upper()}, default {default})")
 

@@ -21,7 +21,7 @@ from ..queue import Queue
 from ..settings import ConfigError, Settings, count, load_env_file, parse_value
 from ..store.dead import Changed
 from ..store.outages import is_outage, refusal
-from . import report, top
+from . import report, top, worker_command
 from .report import print_stats
 
 __all__ = ["main", "print_stats"]
@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--count", default="10", metavar="N", help=f"how many {what} at most (default 10)")
 
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    worker = command(commands, "worker", "serve a handler of your own: a supervisor runs it in child processes, each "
+                     "running --concurrency messages at once", "worker tasks:resize --queue images",
+                     "worker tasks:fetch_page --concurrency 50 --processes 2", "worker tasks:quick --in-process")
+    worker_command.add_options(worker)
     stats = command(commands, "stats", "counts, counters, the age of the oldest pending message, the pause flag and the balance "
                     "of messages (unaccounted: 0 when nothing was lost)", "stats", "stats --queue images --json")
     as_json(stats, "one object")
@@ -93,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code."""
     load_env_file()  # the console script's entry; `python -m workqueue` has loaded it already
     args = _parser().parse_args(argv)
+    if args.command == "worker":
+        return worker_command.run(args)
     try:
         settings = Settings.load(queue_name=args.queue)
         limit = parse_value("--count", args.count, count) if "count" in args else 0
