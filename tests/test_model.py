@@ -188,6 +188,29 @@ class QueueModel(RuleBasedStateMachine):
             else:
                 self.operator.retry.failed(worker.outcomes, msg, "model failure")
 
+    @precondition(some_holding)
+    @rule(index=st.integers(0, MAX_WORKERS), order=st.randoms(use_true_random=False), count=st.integers(1, 5))
+    def finish_out_of_order(self, index: int, order, count: int) -> None:
+        """Children of a supervisor finished some held messages in another order than they were taken."""
+        holding = [w for w in self.workers if w.state == "alive" and w.held]
+        worker = holding[index % len(holding)]
+        for _ in range(min(count, len(worker.held))):
+            msg = worker.held.pop(order.randrange(len(worker.held)))
+            worker.outcomes.done(msg.raw, msg.id)
+
+    @precondition(some_holding)
+    @rule(index=st.integers(0, MAX_WORKERS), started=st.integers(0, 3))
+    def child_dies(self, index: int, started: int) -> None:
+        """A supervisor's child died holding the first messages: those it had started are charged
+        a crashed try, those it had not go back to the queue's head untouched, in their order."""
+        holding = [w for w in self.workers if w.state == "alive" and w.held]
+        worker = holding[index % len(holding)]
+        taken, worker.held = worker.held[:started + 2], worker.held[started + 2:]
+        for msg in taken[:started]:
+            self.operator.retry.failed(worker.outcomes, msg, "crashed: the handler's process ended (signal SIGSEGV)")
+        for msg in reversed(taken[started:]):
+            worker.outcomes.release(msg.raw)
+
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS))
     def settle(self, index: int, worker: ModelWorker | None = None) -> None:
