@@ -55,3 +55,15 @@ def handle(message) -> None:
 async def handle_async(message) -> None:
     await asyncio.sleep(float(message.body.get("seconds", 0)))
     _ran(message.id)
+
+
+def noop(message) -> None:
+    """Does nothing: for measuring the worker's own cost."""
+
+
+def io_bound(message) -> None:
+    time.sleep(0.01)
+
+
+async def io_bound_async(message) -> None:
+    await asyncio.sleep(0.01)

@@ -116,6 +116,11 @@ class Channel:
         self._conn: Any = None  # redis-py's Connection: its methods here carry no type hints
         self._unread: deque[int] = deque()  # how many replies each request sent awaits, oldest first
 
+    def fileno(self) -> int | None:
+        """The connection's socket, to wait for replies with select (None: not connected)."""
+        sock = getattr(self._conn, "_sock", None)
+        return None if sock is None else int(sock.fileno())
+
     @property
     def unread(self) -> int:
         """How many requests were sent whose replies are not read yet."""

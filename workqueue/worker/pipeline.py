@@ -107,6 +107,16 @@ class RequestPipeline:
             return True
         return False
 
+    def ask(self, count: int) -> None:
+        """Ask for up to `count` messages (settling the outcomes so far) without waiting for
+        them, unless a batch was asked for already; take_next() reads them."""
+        if not self.has_next:
+            self._send(count)
+
+    def fileno(self) -> int | None:
+        """The socket replies come on, while a batch asked for is unread (else None)."""
+        return self._channel.fileno() if any(request.fetch for request in self._sent) else None
+
     def holding(self, ids: frozenset[str]) -> None:
         """The ids of the batch held while the batch fetched ahead was asked for."""
         self._ahead_of = ids

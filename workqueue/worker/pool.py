@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -39,10 +39,10 @@ CRASH = "crashed: "  # how a try that ended its process is recorded; such a mess
 STOPPED = -1  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
 
 
-@dataclass(frozen=True)
-class Finished:
+class Finished(NamedTuple):
     """What became of one message a child held: `outcome` is done, failed, timeout, crashed or
-    released; `error` and `trace` (the traceback's text) for the failed ones."""
+    released; `error` and `trace` (the traceback's text) for the failed ones; `seconds` the try
+    took, when it succeeded."""
 
     held: Held
     outcome: str
@@ -61,16 +61,23 @@ class Child:
     sentinel: int  # readable once the process has ended (a pidfd), else the pipe's own
     slots: int
     held: dict[int, Held] = field(default_factory=dict)
-    sent_at: dict[int, float] = field(default_factory=dict)
+    free: list[int] = field(default_factory=list)  # slots holding nothing
     alone: bool = False  # running a message that crashed a child before: nothing else beside it
     killed_for: int | None = None  # the slot it was killed for, past JOB_TIMEOUT; STOPPED: by the supervisor
     window: int = 1  # messages it may hold: its concurrency, up to a batch's worth for quick handlers
 
-    def room(self) -> int:
-        return 0 if self.alone or self.process.poll() is not None else max(0, self.window - len(self.held))
+    ended: bool = False  # found dead: wait() buries and replaces it
 
-    def free_slot(self) -> int:
-        return next(slot for slot in range(self.slots) if slot not in self.held)
+    def __post_init__(self) -> None:
+        self.free = list(range(self.slots - 1, -1, -1))
+
+    def room(self) -> int:
+        return 0 if self.alone or self.ended else max(0, self.window - len(self.held))
+
+    def release(self, slot: int) -> Held:
+        """The message in `slot`, whose slot is free again."""
+        self.free.append(slot)
+        return self.held.pop(slot)
 
 
 class ChildPool:
@@ -83,7 +90,8 @@ class ChildPool:
         self.processes = processes
         self.concurrency = concurrency
         self.job_timeout = job_timeout
-        self.slots = max(concurrency, most // processes + concurrency)
+        # A child may hold two batches' worth: the next arrives while it works on the last.
+        self.slots = max(concurrency, 2 * most // processes + concurrency)
         self.log_level, self.log_format = log_level, log_format
         self.children: list[Child] = []
         self._pace = 0.0  # seconds a try takes, as measured (0: not yet)
@@ -124,6 +132,10 @@ class ChildPool:
         """How many more messages the children can take now."""
         return sum(c.room() for c in self.children)
 
+    def capacity(self) -> int:
+        """How many messages the children may hold at most, now."""
+        return sum(c.window for c in self.children if not c.ended)
+
     def held(self) -> list[Held]:
         """Every message the children hold, oldest first per child."""
         return [h for c in self.children for h in c.held.values()]
@@ -133,18 +145,23 @@ class ChildPool:
         alone to an idle child; returns those no child could take now."""
         frames: dict[int, list[tuple[int, bytes]]] = {}
         left = []
+        rooms = [c.room() for c in self.children]
         for held in messages:
-            suspect = held.message is not None and str(held.message.fields.get("error", "")).startswith(CRASH)
-            target = self._idle() if suspect else max(self.children, key=Child.room, default=None)
-            if target is None or target.room() <= 0:
+            error = held.message.fields.get("error") if held.message is not None else None
+            suspect = type(error) is str and error.startswith(CRASH)
+            index = self._idle() if suspect else max(range(len(rooms)), key=rooms.__getitem__, default=-1)
+            if index < 0 or rooms[index] <= 0:
                 left.append(held)
                 continue
-            slot = target.free_slot()
+            target = self.children[index]
+            slot = target.free.pop()
             target.marks[slot] = 0.0
             target.held[slot] = held
-            target.sent_at[slot] = time.monotonic()
-            target.alone = suspect
-            frames.setdefault(self.children.index(target), []).append((slot, held.raw))
+            if suspect:
+                target.alone, rooms[index] = True, 0
+            else:
+                rooms[index] -= 1
+            frames.setdefault(index, []).append((slot, held.raw))
         for index, items in frames.items():
             try:
                 self.children[index].conn.send_bytes(child.pack(items))
@@ -152,18 +169,22 @@ class ChildPool:
                 pass
         return left
 
-    def _idle(self) -> Child | None:
-        return next((c for c in self.children if not c.held and c.process.poll() is None), None)
+    def _idle(self) -> int:
+        """The index of a live child that holds nothing, or -1."""
+        return next((i for i, c in enumerate(self.children) if not c.held and not c.ended), -1)
 
-    def wait(self, timeout: float) -> list[Finished]:
-        """What finished within `timeout` seconds (less once something did): results the
-        children sent, and every message of a child that died (replaced at once)."""
-        ready = wait([c.conn for c in self.children] + [c.sentinel for c in self.children], timeout=max(0.0, timeout))
+    def wait(self, timeout: float, also: int | None = None) -> list[Finished]:
+        """What finished within `timeout` seconds (less once something did, or `also`, another
+        descriptor, became readable): results the children sent, and every message of a child
+        that died (replaced at once)."""
+        watched: list[Any] = [c.conn for c in self.children] + [c.sentinel for c in self.children]
+        ready = wait(watched if also is None else [*watched, also], timeout=max(0.0, timeout))
         finished: list[Finished] = []
         for index, current in enumerate(list(self.children)):
             if current.conn in ready:
                 finished += self._read(current)
-            if current.process.poll() is not None:
+            if current.sentinel in ready or current.process.poll() is not None:
+                current.ended = True
                 finished += self._buried(current)
                 self.children[index] = self._start()
         self._adapt(finished)
@@ -258,12 +279,10 @@ class ChildPool:
             except (EOFError, OSError):
                 return finished
             result = orjson.loads(frame)
-            for slot, seconds in result["done"]:
-                current.sent_at.pop(slot, None)
-                finished.append(Finished(current.held.pop(slot), "done", seconds=seconds))
+            release = current.release
+            finished += [Finished(release(slot), "done", "", "", seconds) for slot, seconds in result["done"]]
             for slot, error, trace, timed_out in result["failed"]:
-                current.sent_at.pop(slot, None)
-                finished.append(Finished(current.held.pop(slot), "timeout" if timed_out else "failed", error, trace))
+                finished.append(Finished(release(slot), "timeout" if timed_out else "failed", error, trace))
             if not current.held:
                 current.alone = False
 

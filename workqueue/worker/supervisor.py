@@ -12,6 +12,7 @@ child is ended: the timed-out message is charged, the others it was running go b
 from __future__ import annotations
 
 import os
+import select
 import time
 from typing import Any
 
@@ -58,12 +59,24 @@ class Supervisor(Worker):
     def _step(self) -> bool:
         if self.shutdown.requested:
             return True
-        room = self.pool.room()
-        if self._held or room == 0:
+        if self._held:
             self._work()
             return True
-        self._batch = min(room, self.prefetch)  # what the children can start soon: never more (no hoarding)
-        return self._take()
+        pool, pipeline = self.pool, self._pipeline
+        if not pool.busy:
+            self._batch = min(pool.room(), self.prefetch)  # what the children can start soon: never more (no hoarding)
+            return self._take()
+        if pipeline.has_next and (self._arrived(pipeline.fileno()) or pool.room() >= pool.capacity()):
+            self._held.accept(*pipeline.take_next())  # asked for while the children worked
+            return True
+        # The children hold messages: once they can take half of what they may hold, ask for
+        # more without waiting, and meanwhile take in their results.
+        room = pool.room()
+        if room >= pool.capacity() / 2:
+            write_held_lines()  # the request settles the outcomes so far
+            pipeline.ask(min(room, self.prefetch))
+        self._collect(TICK)
+        return True
 
     def _busy(self) -> bool:
         return self.pool.busy
@@ -88,13 +101,18 @@ class Supervisor(Worker):
         held.extend(self.pool.dispatch(ready))  # those no child could take wait here, in order
         self._collect(TICK)
 
+    @staticmethod
+    def _arrived(descriptor: int | None) -> bool:
+        """Whether a reply waits to be read on `descriptor` (None: none is awaited there)."""
+        return descriptor is None or bool(select.select([descriptor], [], [], 0)[0])
+
     def _collect(self, timeout: float) -> None:
         """Wait up to `timeout` for results (less when outcomes wait to be sent), record them,
         end children past JOB_TIMEOUT, and send the outcomes once the oldest waited ACK_DELAY."""
         pipeline = self._pipeline
         if pipeline.outcomes:
             timeout = min(timeout, max(0.0, pipeline.outcomes.first_at + ACK_DELAY - time.monotonic()))
-        for finished in self.pool.wait(timeout):
+        for finished in self.pool.wait(timeout, also=pipeline.fileno()):  # a batch's arrival ends the wait too
             self._processor.record(finished.held, finished.outcome, finished.error, finished.trace, finished.seconds)
         self.pool.enforce()
         if pipeline.outcomes and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY:
