@@ -57,6 +57,26 @@ async def handle_async(message) -> None:
     _ran(message.id)
 
 
+def _trace(what: str, message_id: str) -> None:
+    with open(os.environ["TEST_TRACE_FILE"], "a") as trace:
+        trace.write(f"{what} {message_id}\n")
+
+
+def traced(message) -> None:
+    """Sleeps as long as the body says, writing when it starts and ends."""
+    message_id = message.id
+    _trace("start", message_id)
+    time.sleep(float(message.body["seconds"]))
+    _trace("end", message_id)
+
+
+async def traced_async(message) -> None:
+    message_id = message.id
+    _trace("start", message_id)
+    await asyncio.sleep(float(message.body["seconds"]))
+    _trace("end", message_id)
+
+
 def noop(message) -> None:
     """Does nothing: for measuring the worker's own cost."""
 

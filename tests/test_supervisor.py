@@ -98,3 +98,70 @@ def test_the_supervisor_killed_with_tries_in_progress_loses_nothing(shared_redis
     before = runs(ran)
     time.sleep(1.5)  # a child that outlived its supervisor would append a run by now
     assert runs(ran) == before
+
+
+def trace(path) -> list[tuple[str, str]]:
+    return [tuple(line.split()) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def most_at_once(events: list[tuple[str, str]]) -> int:
+    running = peak = 0
+    for what, _ in events:
+        running += 1 if what == "start" else -1
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.parametrize("handler", ["traced", "traced_async"])
+def test_each_child_runs_up_to_concurrency_messages_at_once(shared_redis, queue_name, tmp_path, handler):
+    """--concurrency 4 on one child: four tries run at once and never five, with threads or async tasks; all complete, out of order or not."""
+    traced = tmp_path / "trace"
+    env = script_env(shared_redis.url, queue_name, TEST_TRACE_FILE=traced, LOG_LEVEL="warning")
+    queue = Queue.connect(shared_redis.url, queue_name)
+    ids = queue.push_many([{"seconds": 0.2 + 0.1 * (i % 3)} for i in range(16)])
+    worker = Process("-m", "workqueue", "worker", f"tests.misbehaving:{handler}", "--processes", "1", "--concurrency", "4", "--burst", env=env)
+    assert worker.wait(timeout=60) == 0
+    events = trace(traced)
+    assert sorted(i for what, i in events if what == "end") == sorted(ids)
+    assert most_at_once(events) == 4
+    result = stats(shared_redis.url, queue_name)
+    assert result["completed"] == 16 and result["unaccounted"] == 0
+
+
+def test_sigterm_lets_running_tries_end_and_puts_back_what_never_started(shared_redis, client, queue_name, tmp_path):
+    """SIGTERM while two tries run and eight wait: the two end and complete, the eight go back to the queue untouched, exit 0."""
+    traced = tmp_path / "trace"
+    env = script_env(shared_redis.url, queue_name, TEST_TRACE_FILE=traced, LOG_LEVEL="warning")
+    queue = Queue.connect(shared_redis.url, queue_name)
+    ids = queue.push_many([{"seconds": 1} for _ in range(10)])
+    worker = Process("-m", "workqueue", "worker", "tests.misbehaving:traced", "--processes", "1", "--concurrency", "2", env=env)
+    wait_until(lambda: len(trace(traced)) >= 2, timeout=15)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    events = trace(traced)
+    started = [i for what, i in events if what == "start"]
+    assert len(started) == 2 and sorted(i for what, i in events if what == "end") == sorted(started)
+    waiting = list(client.lrange(queue_name, 0, -1))
+    assert len(waiting) == 8 and all(b'"attempts":0' in raw for raw in waiting)
+    assert set(ids) - set(started) == {raw.decode().split('"')[3] for raw in waiting}
+    result = stats(shared_redis.url, queue_name)
+    assert result["completed"] == 2 and result["pending"] == 8 and result["in_flight"] == 0 and result["unaccounted"] == 0
+
+
+def test_a_supervisor_with_slow_handlers_hoards_nothing(shared_redis, client, queue_name, tmp_path):
+    """With handlers of half a second, one child of concurrency 2 holds at most twice its window (two running, two asked for ahead) while twenty wait."""
+    traced = tmp_path / "trace"
+    env = script_env(shared_redis.url, queue_name, TEST_TRACE_FILE=traced, LOG_LEVEL="warning")
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many([{"seconds": 0.5} for _ in range(20)])
+    worker = Process("-m", "workqueue", "worker", "tests.misbehaving:traced", "--processes", "1", "--concurrency", "2", env=env)
+    try:
+        peak = 0
+        for _ in range(40):  # bounded: about four seconds of samples
+            peak = max(peak, queue.stats()["in_flight"])
+            time.sleep(0.1)
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    assert 2 <= peak <= 4
+    assert stats(shared_redis.url, queue_name)["unaccounted"] == 0
