@@ -36,7 +36,11 @@ KILL_GRACE = 1.0
 # the supervisor adapts each child's window to the handler's pace (about BATCH_SECONDS of work).
 BATCH_SECONDS = 0.05
 CRASH = "crashed: "  # how a try that ended its process is recorded; such a message then runs alone
-STOPPED = -1  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
+# The end of the error of tries ended together past JOB_TIMEOUT: when C code holds the GIL, every
+# try of that child stalls, and which one holds it cannot be told from outside. Each is charged,
+# and runs alone next time, where only the culprit times out again.
+SHARED = " (with other tries in its process, all stalled: it runs alone next time)"
+STOPPED: frozenset[int] = frozenset()  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
 
 
 class Finished(NamedTuple):
@@ -63,7 +67,7 @@ class Child:
     held: dict[int, Held] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)  # slots holding nothing
     alone: bool = False  # running a message that crashed a child before: nothing else beside it
-    killed_for: int | None = None  # the slot it was killed for, past JOB_TIMEOUT; STOPPED: by the supervisor
+    killed_for: frozenset[int] | None = None  # the slots it was ended for, past JOB_TIMEOUT; STOPPED: to stop
     window: int = 1  # messages it may hold: its concurrency, up to a batch's worth for quick handlers
 
     ended: bool = False  # found dead: wait() buries and replaces it
@@ -148,7 +152,7 @@ class ChildPool:
         rooms = [c.room() for c in self.children]
         for held in messages:
             error = held.message.fields.get("error") if held.message is not None else None
-            suspect = type(error) is str and error.startswith(CRASH)
+            suspect = type(error) is str and (error.startswith(CRASH) or error.endswith(SHARED))
             index = self._idle() if suspect else max(range(len(rooms)), key=rooms.__getitem__, default=-1)
             if index < 0 or rooms[index] <= 0:
                 left.append(held)
@@ -194,13 +198,12 @@ class ChildPool:
         """End each child whose try ran past JOB_TIMEOUT and KILL_GRACE (found dead by wait())."""
         if not self.job_timeout:
             return
-        now = time.monotonic()
+        now, limit = time.monotonic(), self.job_timeout + KILL_GRACE
         for current in self.children:
-            for slot in current.held:
-                started = current.marks[slot]
-                if started > 0 and now - started > self.job_timeout + KILL_GRACE and current.killed_for is None:
-                    current.killed_for = slot
-                    current.process.kill()
+            late = frozenset(slot for slot in current.held if current.marks[slot] > 0 and now - current.marks[slot] > limit)
+            if late and current.killed_for is None:
+                current.killed_for = late
+                current.process.kill()
 
     def raws(self) -> list[bytes]:
         """The stored bytes of every message the children hold (Holdings.reconcile counts them)."""
@@ -296,8 +299,9 @@ class ChildPool:
             mark = current.marks[slot]
             if mark == child.DONE:
                 finished.append(Finished(held, "done"))
-            elif slot == current.killed_for:
-                finished.append(Finished(held, "timeout", f"job timeout after {self.job_timeout:g} s"))
+            elif current.killed_for and slot in current.killed_for:
+                shared = SHARED if len(current.killed_for) > 1 else ""
+                finished.append(Finished(held, "timeout", f"job timeout after {self.job_timeout:g} s{shared}"))
             elif mark > 0 and current.killed_for is None:
                 finished.append(Finished(held, "crashed", f"{CRASH}the handler's process ended ({how})"))
             else:  # never started, or cut short by our kill for another message's time limit
