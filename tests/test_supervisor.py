@@ -202,3 +202,32 @@ def test_a_try_stuck_holding_the_gil_among_others_ends_dead_and_the_others_compl
     assert runs(ran) == {first: 1, last: 1}
     result = stats(shared_redis.url, queue_name)
     assert result["completed"] == 2 and result["dead_lettered"] == 1 and result["unaccounted"] == 0
+
+
+def test_a_frozen_supervisor_loses_its_claim_and_counts_nothing_twice(shared_redis, queue_name, tmp_path):
+    """A supervisor frozen (SIGSTOP) past WORKER_TIMEOUT while its children run: another worker recovers and completes the messages; thawed, the supervisor drops what its children did (message_claim_lost), rejoins and serves new work; each id counts once in completed."""
+    ran = tmp_path / "runs"
+    env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=1, TEST_RUNS_FILE=ran, LOG_LEVEL="info")
+    queue = Queue.connect(shared_redis.url, queue_name)
+    ids = queue.push_many([{"do": "sleep", "seconds": 2} for _ in range(2)])
+    frozen = Process("-m", "workqueue", "worker", "tests.misbehaving:handle", "--processes", "1", "--concurrency", "2", env=env)
+    try:
+        wait_until(lambda: stats(shared_redis.url, queue_name)["in_flight"] == 2, timeout=15)
+        frozen.popen.send_signal(signal.SIGSTOP)
+        rescuer = Process("-m", "workqueue", "worker", "tests.misbehaving:handle", "--in-process", env=env)
+        try:
+            wait_until(lambda: stats(shared_redis.url, queue_name)["completed"] == 2, timeout=30, interval=0.2)
+        finally:
+            rescuer.signal(signal.SIGTERM)
+            assert rescuer.wait(timeout=30) == 0
+        frozen.popen.send_signal(signal.SIGCONT)
+        frozen.wait_for("worker_rejoined", timeout=15)
+        late = queue.push({"n": "late"})
+        wait_until(lambda: runs(ran)[late] == 1, timeout=15)
+    finally:
+        frozen.popen.send_signal(signal.SIGCONT)
+        frozen.signal(signal.SIGTERM)
+        assert frozen.wait(timeout=30) == 0
+    assert {e["id"] for e in frozen.named("message_claim_lost")} == set(ids)
+    result = stats(shared_redis.url, queue_name)
+    assert result["completed"] == 3 and result["recovered"] == 2 and result["unaccounted"] == 0
