@@ -66,6 +66,8 @@ def test_a_misbehaving_handler_costs_only_its_own_message(shared_redis, client, 
         codes = [worker.wait(timeout=30) for worker in workers]
     counted = runs(ran)
     assert exits == 0 and codes == [0, 0]
+    ended = [e for worker in workers for e in worker.named("worker_child_exited")]
+    assert len(ended) == (3 if error and error.startswith("crashed") else 0) and all(e["held"] >= 1 for e in ended)
     assert all(counted[message_id] == 1 for message_id in good), {m: counted[m] for m in good if counted[m] != 1}
     result = stats(shared_redis.url, queue_name)
     assert result["unaccounted"] == 0 and result["completed"] == (122 if fate == "completed" else 121)
@@ -231,3 +233,21 @@ def test_a_frozen_supervisor_loses_its_claim_and_counts_nothing_twice(shared_red
     assert {e["id"] for e in frozen.named("message_claim_lost")} == set(ids)
     result = stats(shared_redis.url, queue_name)
     assert result["completed"] == 3 and result["recovered"] == 2 and result["unaccounted"] == 0
+
+
+def test_children_that_cannot_start_are_restarted_at_a_bounded_pace_and_charge_nothing(shared_redis, client, queue_name):
+    """A handler module that fails to import in every child: the children are replaced at most once a second each, each end is logged, and the messages go back untouched."""
+    env = script_env(shared_redis.url, queue_name, LOG_LEVEL="warning")
+    queue = Queue.connect(shared_redis.url, queue_name)
+    ids = queue.push_many([{"n": i} for i in range(5)])
+    worker = Process("-m", "workqueue", "worker", "tests.broken_in_child:handle", "--processes", "2", env=env)
+    started = time.monotonic()
+    try:
+        worker.wait_for("worker_child_exited", timeout=15, count=4)
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    assert len(worker.named("worker_child_exited")) <= 2 * (time.monotonic() - started + 1)
+    waiting = list(client.lrange(queue_name, 0, -1))
+    assert sorted(raw.decode().split('"')[3] for raw in waiting) == sorted(ids) and all(b'"attempts":0' in raw for raw in waiting)
+    assert stats(shared_redis.url, queue_name)["unaccounted"] == 0

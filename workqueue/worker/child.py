@@ -36,7 +36,7 @@ from .. import message
 from ..logs import configure_logging
 from ..message import Message
 from .handlers import Handler, HandlerRunner, JobTimeout, describe
-from .spec import load_handler
+from .spec import HandlerNotFound, load_handler
 
 ITEM = struct.Struct("<HI")  # slot, length of the stored message that follows
 DONE = -1.0  # a slot's mark once its try succeeded (a start time is positive; 0: not started)
@@ -234,7 +234,11 @@ def main(argv: Sequence[str]) -> None:
     configure_logging(log_level, log_format)  # for the handler's own log lines
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's: it drains, then stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    handler = load_handler(spec)
+    try:
+        handler = load_handler(spec)
+    except HandlerNotFound as error:  # it loaded in the supervisor: something differs here
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os._exit(2)
     serve = _serve_async if inspect.iscoroutinefunction(handler) else _serve_in_threads
     try:
         serve(handler, conn, marks, concurrency, job_timeout)

@@ -40,6 +40,9 @@ CRASH = "crashed: "  # how a try that ended its process is recorded; such a mess
 # try of that child stalls, and which one holds it cannot be told from outside. Each is charged,
 # and runs alone next time, where only the culprit times out again.
 SHARED = " (with other tries in its process, all stalled: it runs alone next time)"
+# A child that ended sooner than this (s) after it started is replaced no sooner: a handler
+# whose module cannot be imported in a child must not have children started in a tight loop.
+RESTART_PAUSE = 1.0
 STOPPED: frozenset[int] = frozenset()  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
 
 
@@ -70,7 +73,8 @@ class Child:
     killed_for: frozenset[int] | None = None  # the slots it was ended for, past JOB_TIMEOUT; STOPPED: to stop
     window: int = 1  # messages it may hold: its concurrency, up to a batch's worth for quick handlers
 
-    ended: bool = False  # found dead: wait() buries and replaces it
+    ended: bool = False  # found dead: wait() buries it, and replaces it once it may
+    started_at: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.free = list(range(self.slots - 1, -1, -1))
@@ -98,6 +102,7 @@ class ChildPool:
         self.slots = max(concurrency, 2 * most // processes + concurrency)
         self.log_level, self.log_format = log_level, log_format
         self.children: list[Child] = []
+        self.exits: list[tuple[str, int]] = []  # children that ended unasked: how, and how many messages they held
         self._pace = 0.0  # seconds a try takes, as measured (0: not yet)
 
     def start(self) -> None:
@@ -181,15 +186,21 @@ class ChildPool:
         """What finished within `timeout` seconds (less once something did, or `also`, another
         descriptor, became readable): results the children sent, and every message of a child
         that died (replaced at once)."""
-        watched: list[Any] = [c.conn for c in self.children] + [c.sentinel for c in self.children]
+        live = [c for c in self.children if not c.ended]
+        watched: list[Any] = [c.conn for c in live] + [c.sentinel for c in live]
         ready = wait(watched if also is None else [*watched, also], timeout=max(0.0, timeout))
         finished: list[Finished] = []
-        for index, current in enumerate(list(self.children)):
-            if current.conn in ready:
-                finished += self._read(current)
-            if current.sentinel in ready or current.process.poll() is not None:
-                current.ended = True
-                finished += self._buried(current)
+        for index, current in enumerate(self.children):
+            if not current.ended:
+                if current.conn in ready:
+                    finished += self._read(current)
+                if current.sentinel in ready or current.process.poll() is not None:
+                    current.ended = True
+                    held = len(current.held)
+                    finished += self._buried(current)
+                    if current.killed_for is None:
+                        self.exits.append((self._how(current), held))
+            if current.ended and time.monotonic() - current.started_at >= RESTART_PAUSE:
                 self.children[index] = self._start()
         self._adapt(finished)
         return finished
@@ -293,8 +304,7 @@ class ChildPool:
         """Every message of a child that died, by what its marks say."""
         finished = self._read(current)
         self._end(current)
-        code = current.process.returncode
-        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        how = self._how(current)
         for slot, held in current.held.items():
             mark = current.marks[slot]
             if mark == child.DONE:
@@ -308,6 +318,17 @@ class ChildPool:
                 finished.append(Finished(held, "released"))
         current.held.clear()
         return finished
+
+    @staticmethod
+    def _how(current: Child) -> str:
+        """How an ended child ended: its exit code, or the signal that ended it."""
+        code = current.process.returncode
+        if code is not None and code < 0:
+            try:
+                return f"signal {signal.Signals(-code).name}"
+            except ValueError:  # a signal Python has no name for
+                return f"signal {-code}"
+        return f"exit code {code}"
 
     def _adapt(self, finished: list[Finished]) -> None:
         """Size each child's window to about BATCH_SECONDS of work at the measured pace."""

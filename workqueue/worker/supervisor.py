@@ -114,6 +114,9 @@ class Supervisor(Worker):
             timeout = min(timeout, max(0.0, pipeline.outcomes.first_at + ACK_DELAY - time.monotonic()))
         for finished in self.pool.wait(timeout, also=pipeline.fileno()):  # a batch's arrival ends the wait too
             self._processor.record(finished.held, finished.outcome, finished.error, finished.trace, finished.seconds)
+        while self.pool.exits:
+            how, held = self.pool.exits.pop(0)
+            self.log.warning("worker_child_exited", exit=how, held=held)
         self.pool.enforce()
         if pipeline.outcomes and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY:
             write_held_lines()  # a message's line is written before Redis hears its outcome
