@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from support import Process, script_env, stats, wait_until
+from support import Process, free_port, script_env, stats, wait_until
 
 from workqueue import Queue
 
@@ -251,3 +251,27 @@ def test_children_that_cannot_start_are_restarted_at_a_bounded_pace_and_charge_n
     waiting = list(client.lrange(queue_name, 0, -1))
     assert sorted(raw.decode().split('"')[3] for raw in waiting) == sorted(ids) and all(b'"attempts":0' in raw for raw in waiting)
     assert stats(shared_redis.url, queue_name)["unaccounted"] == 0
+
+
+def test_pause_and_metrics_keep_their_meaning_under_a_supervisor(shared_redis, queue_name, tmp_path):
+    """A paused queue starts nothing in a supervised worker; once resumed its messages complete, and its metrics count them with their handler times."""
+    from test_metrics import scrape
+
+    ran, port = tmp_path / "runs", free_port()
+    env = script_env(shared_redis.url, queue_name, TEST_RUNS_FILE=ran, LOG_LEVEL="info", METRICS_PORT=port)
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.pause()
+    worker = Process("-m", "workqueue", "worker", "tests.misbehaving:handle", "--processes", "1", env=env)
+    try:
+        worker.wait_for("metrics_serving", timeout=20)
+        ids = queue.push_many([{"n": i} for i in range(5)])
+        time.sleep(1)  # paused: nothing may start meanwhile
+        assert not runs(ran) and stats(shared_redis.url, queue_name)["pending"] == 5
+        queue.resume()
+        wait_until(lambda: set(runs(ran)) == set(ids) and stats(shared_redis.url, queue_name)["completed"] == 5, timeout=15)
+        scraped = scrape(port)
+        assert scraped("workqueue_messages_total", queue=queue_name, outcome="completed") == 5
+        assert scraped("workqueue_handler_seconds_count", queue=queue_name) == 5
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
