@@ -121,6 +121,10 @@ class Channel:
         sock = getattr(self._conn, "_sock", None)
         return None if sock is None else int(sock.fileno())
 
+    def ready(self) -> bool:
+        """Whether a reply has begun to arrive (read() may still wait for its end)."""
+        return bool(self._unread) and self._conn is not None and bool(self._conn.can_read(timeout=0))
+
     @property
     def unread(self) -> int:
         """How many requests were sent whose replies are not read yet."""

@@ -38,7 +38,7 @@ from ..message import Message
 from .handlers import Handler, HandlerRunner, JobTimeout, describe
 from .spec import HandlerNotFound, load_handler
 
-ITEM = struct.Struct("<HI")  # slot, length of the stored message that follows
+COUNT = struct.Struct("<I")  # how many messages a frame carries
 DONE = -1.0  # a slot's mark once its try succeeded (a start time is positive; 0: not started)
 FAILED = -2.0  # once its failure was sent
 # The array's last place: the supervisor writes 1 there to ask that no more tries start.
@@ -46,16 +46,20 @@ FLUSH_AFTER = 0.005  # a finished try's result waits at most this long (s) to be
 WATCH_TICK = 0.05  # how often (s) the watchdog looks for tries past JOB_TIMEOUT
 
 
-def pack(items: Sequence[tuple[int, bytes]]) -> bytes:
-    """A frame of messages for a child: (slot, stored bytes) each."""
-    return b"".join(ITEM.pack(slot, len(raw)) + raw for slot, raw in items)
+def pack(slots: Sequence[int], raws: Sequence[bytes]) -> bytes:
+    """A frame of messages for a child: their count, their slots (2 bytes each), their lengths
+    (4 bytes each), then their stored bytes one after another."""
+    count = len(raws)
+    return struct.pack(f"<I{count}H{count}I", count, *slots, *map(len, raws)) + b"".join(raws)
 
 
 def unpack(frame: bytes) -> Iterator[tuple[int, bytes]]:
-    at = 0
-    while at < len(frame):
-        slot, size = ITEM.unpack_from(frame, at)
-        at += ITEM.size
+    """The (slot, stored bytes) of each message of a frame, in order."""
+    (count,) = COUNT.unpack_from(frame)
+    slots = struct.unpack_from(f"<{count}H", frame, COUNT.size)
+    sizes = struct.unpack_from(f"<{count}I", frame, COUNT.size + 2 * count)
+    at = COUNT.size + 6 * count
+    for slot, size in zip(slots, sizes, strict=True):
         yield slot, frame[at : at + size]
         at += size
 

@@ -113,6 +113,16 @@ class RequestPipeline:
         if not self.has_next:
             self._send(count)
 
+    def read_arrived(self) -> bool:
+        """Read the replies that have arrived, oldest first, without waiting for others; True
+        once a batch asked for is read (take_next() then returns it at once)."""
+        while self._sent and self._channel.ready():
+            replies = self._channel.read()
+            if self._sent.popleft().fetch:
+                self._next += Fetched.from_reply(replies[-1]).taken
+                return True
+        return not self._sent and bool(self._next)
+
     def fileno(self) -> int | None:
         """The socket replies come on, while a batch asked for is unread (else None)."""
         return self._channel.fileno() if any(request.fetch for request in self._sent) else None

@@ -43,7 +43,8 @@ SHARED = " (with other tries in its process, all stalled: it runs alone next tim
 # A child that ended sooner than this (s) after it started is replaced no sooner: a handler
 # whose module cannot be imported in a child must not have children started in a tight loop.
 RESTART_PAUSE = 1.0
-STOPPED: frozenset[int] = frozenset()  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
+STOPPED: frozenset[int] = frozenset()
+CRASH_BYTES, SHARED_BYTES = CRASH.encode(), SHARED.encode()  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
 
 
 class Finished(NamedTuple):
@@ -86,6 +87,12 @@ class Child:
         """The message in `slot`, whose slot is free again."""
         self.free.append(slot)
         return self.held.pop(slot)
+
+
+def _suspect(held: Held) -> bool:
+    """Whether a message's last try ended its process, or stalled with others: it runs alone."""
+    error = held.message.fields.get("error") if held.message is not None else None
+    return type(error) is str and (error.startswith(CRASH) or error.endswith(SHARED))
 
 
 class ChildPool:
@@ -152,31 +159,44 @@ class ChildPool:
     def dispatch(self, messages: Sequence[Held]) -> list[Held]:
         """Send `messages` to the children with room, a message that crashed a child before
         alone to an idle child; returns those no child could take now."""
-        frames: dict[int, list[tuple[int, bytes]]] = {}
-        left = []
-        rooms = [c.room() for c in self.children]
+        left: list[Held] = []
+        ordinary: list[Held] = []
         for held in messages:
-            error = held.message.fields.get("error") if held.message is not None else None
-            suspect = type(error) is str and (error.startswith(CRASH) or error.endswith(SHARED))
-            index = self._idle() if suspect else max(range(len(rooms)), key=rooms.__getitem__, default=-1)
-            if index < 0 or rooms[index] <= 0:
-                left.append(held)
-                continue
-            target = self.children[index]
-            slot = target.free.pop()
-            target.marks[slot] = 0.0
-            target.held[slot] = held
-            if suspect:
-                target.alone, rooms[index] = True, 0
+            # The bytes first: a message's own text seldom holds these, and most have no error.
+            if (held.raw.find(CRASH_BYTES) >= 0 or held.raw.find(SHARED_BYTES) >= 0) and _suspect(held):
+                index = self._idle()
+                if index < 0:
+                    left.append(held)
+                else:
+                    self.children[index].alone = True
+                    self._send(index, [held])
             else:
-                rooms[index] -= 1
-            frames.setdefault(index, []).append((slot, held.raw))
-        for index, items in frames.items():
-            try:
-                self.children[index].conn.send_bytes(child.pack(items))
-            except OSError:  # it died: found by wait()
-                pass
-        return left
+                ordinary.append(held)
+        # Shared out evenly over the children with room, so that they work in parallel.
+        rooms = [(c.room(), index) for index, c in enumerate(self.children)]
+        open_rooms = sorted((pair for pair in rooms if pair[0] > 0), reverse=True)
+        at = 0
+        for position, (room, index) in enumerate(open_rooms):
+            share = min(room, -(-(len(ordinary) - at) // (len(open_rooms) - position)))
+            if share > 0:
+                self._send(index, ordinary[at : at + share])
+                at += share
+        return left + ordinary[at:]
+
+    def _send(self, index: int, messages: Sequence[Held]) -> None:
+        """Give `messages` to child `index`, each in a free slot marked not started, in one frame."""
+        target = self.children[index]
+        free, marks, held_by = target.free, target.marks, target.held
+        slots = []
+        for held in messages:
+            slot = free.pop()
+            marks[slot] = 0.0
+            held_by[slot] = held
+            slots.append(slot)
+        try:
+            target.conn.send_bytes(child.pack(slots, [held.raw for held in messages]))
+        except OSError:  # it died: found by wait()
+            pass
 
     def _idle(self) -> int:
         """The index of a live child that holds nothing, or -1."""

@@ -12,7 +12,6 @@ child is ended: the timed-out message is charged, the others it was running go b
 from __future__ import annotations
 
 import os
-import select
 import time
 from typing import Any
 
@@ -66,13 +65,13 @@ class Supervisor(Worker):
         if not pool.busy:
             self._batch = min(pool.room(), self.prefetch)  # what the children can start soon: never more (no hoarding)
             return self._take()
-        if pipeline.has_next and (self._arrived(pipeline.fileno()) or pool.room() >= pool.capacity()):
+        if pipeline.has_next and (pipeline.read_arrived() or pool.room() >= pool.capacity()):
             self._held.accept(*pipeline.take_next())  # asked for while the children worked
             return True
-        # The children hold messages: once they can take half of what they may hold, ask for
+        # The children hold messages: once they can take a quarter of what they may hold, ask for
         # more without waiting, and meanwhile take in their results.
         room = pool.room()
-        if room >= pool.capacity() / 2:
+        if room >= pool.capacity() / 4:
             write_held_lines()  # the request settles the outcomes so far
             pipeline.ask(min(room, self.prefetch))
         self._collect(TICK)
@@ -100,11 +99,6 @@ class Supervisor(Worker):
                 ready.append(item)
         held.extend(self.pool.dispatch(ready))  # those no child could take wait here, in order
         self._collect(TICK)
-
-    @staticmethod
-    def _arrived(descriptor: int | None) -> bool:
-        """Whether a reply waits to be read on `descriptor` (None: none is awaited there)."""
-        return descriptor is None or bool(select.select([descriptor], [], [], 0)[0])
 
     def _collect(self, timeout: float) -> None:
         """Wait up to `timeout` for results (less when outcomes wait to be sent), record them,
