@@ -87,3 +87,11 @@ def io_bound(message) -> None:
 
 async def io_bound_async(message) -> None:
     await asyncio.sleep(0.01)
+
+
+async def handle_async_misbehaving(message) -> None:
+    """Sleeps as long as the body says, or raises."""
+    if message.body.get("raise"):
+        raise ValueError("async failure")
+    await asyncio.sleep(float(message.body.get("seconds", 0)))
+    _ran(message.id)

@@ -275,3 +275,22 @@ def test_pause_and_metrics_keep_their_meaning_under_a_supervisor(shared_redis, q
     finally:
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
+
+
+def test_async_tries_past_job_timeout_are_cancelled_in_their_child_and_failures_carry_their_traceback(shared_redis, queue_name, tmp_path):
+    """An async handler under a supervisor with JOB_TIMEOUT: a try past it is cancelled (its child lives on), one that raises fails with its traceback; the others complete once."""
+    ran = tmp_path / "runs"
+    env = script_env(shared_redis.url, queue_name, JOB_TIMEOUT=0.5, MAX_ATTEMPTS=2, TEST_RUNS_FILE=ran, LOG_LEVEL="info")
+    queue = Queue.connect(shared_redis.url, queue_name)
+    quick = queue.push_many([{"seconds": 0.1} for _ in range(4)])
+    slow = queue.push({"seconds": 60})
+    failing = queue.push({"raise": True})
+    worker = Process("-m", "workqueue", "worker", "tests.misbehaving:handle_async_misbehaving", "--processes", "1",
+                     "--concurrency", "3", "--burst", env=env)
+    assert worker.wait(timeout=60) == 0
+    assert runs(ran) == dict.fromkeys(quick, 1)
+    dead = {e["id"]: e for e in worker.named("message_dead_lettered")}
+    assert dead[slow]["error"] == "job timeout after 0.5 s" and dead[failing]["error"] == "ValueError: async failure"
+    assert "Traceback" in dead[failing]["exception"] and not worker.named("worker_child_exited")
+    result = stats(shared_redis.url, queue_name)
+    assert result["completed"] == 4 and result["dead_lettered"] == 2 and result["unaccounted"] == 0

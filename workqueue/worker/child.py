@@ -80,18 +80,28 @@ class Results:
         self.conn = conn
         self.marks = marks
         self.done: list[tuple[int, float]] = []
+        self.running = 0  # tries started and not ended
         self.first_at = 0.0
         self.lock = threading.Lock()
+
+    def started(self, slot: int) -> float:
+        """Mark the try in `slot` started; returns when."""
+        with self.lock:
+            self.running += 1
+        self.marks[slot] = now = time.monotonic()
+        return now
 
     def succeeded(self, slot: int, seconds: float) -> None:
         self.marks[slot] = DONE
         with self.lock:
+            self.running -= 1
             if not self.done:
                 self.first_at = time.monotonic()
             self.done.append((slot, seconds))
 
     def failed(self, slot: int, error: str, trace: str, timed_out: bool) -> None:
         with self.lock:  # sent at once, before its mark: a death right after cannot lose it
+            self.running -= 1
             self._send([[slot, error, trace, timed_out]])
         self.marks[slot] = FAILED
 
@@ -111,7 +121,7 @@ def _try(run: Any, raw: bytes, slot: int, marks: Any, results: Results, job_time
     msg: Message = message.decode(raw)  # the supervisor decoded it already: it is a message
     if marks[len(marks) - 1]:
         return
-    marks[slot] = started = time.monotonic()
+    started = results.started(slot)
     try:
         run(msg)
     except JobTimeout:
@@ -120,6 +130,13 @@ def _try(run: Any, raw: bytes, slot: int, marks: Any, results: Results, job_time
         results.failed(slot, describe(error), traceback.format_exc(), False)
     else:
         results.succeeded(slot, time.monotonic() - started)
+
+
+def _flush_now_and_then(results: Results) -> None:
+    """Send what finished at most FLUSH_AFTER after it did, while other tries run on."""
+    while True:  # a daemon thread: it ends with the process
+        time.sleep(FLUSH_AFTER)
+        results.flush()
 
 
 def _watch(runners: list[HandlerRunner]) -> None:
@@ -151,8 +168,9 @@ def _serve_in_threads(handler: Handler, conn: Any, marks: Any, concurrency: int,
     def work(runner: HandlerRunner) -> None:
         while (item := waiting.get()) is not None:
             _try(runner, item[1], item[0], marks, results, job_timeout)
-            results.flush(force=waiting.empty())
+            results.flush(force=waiting.empty() and not results.running)
 
+    threading.Thread(target=_flush_now_and_then, args=(results,), daemon=True).start()
     threads = [threading.Thread(target=work, args=(runner,), daemon=True) for runner in runners]
     for thread in threads:
         thread.start()
@@ -189,20 +207,29 @@ def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_
         msg = message.decode(raw)
         if marks[len(marks) - 1]:  # no more tries start: the supervisor puts it back
             return
-        marks[slot] = started = time.monotonic()
+        started = results.started(slot)
+        if not job_timeout:  # awaited right here: no task of its own to make and watch
+            try:
+                await handler(msg)
+            except BaseException as error:  # the handler is user code: whatever it raises fails its try
+                results.failed(slot, describe(error), "".join(traceback.format_exception(error)), False)
+            else:
+                results.succeeded(slot, time.monotonic() - started)
+            results.flush(force=arrived.empty() and not results.running)
+            return
         task = asyncio.ensure_future(handler(msg))
-        done, _ = await asyncio.wait({task}, timeout=job_timeout or None)
+        done, _ = await asyncio.wait({task}, timeout=job_timeout)  # not wait_for: the handler's own TimeoutError stays its own
         if not done:
             task.cancel()
             await asyncio.wait({task})
             results.failed(slot, f"job timeout after {job_timeout:g} s", "", True)
         elif task.cancelled():
             results.failed(slot, "CancelledError: the handler was cancelled", "", False)
-        elif (error := task.exception()) is not None:
-            results.failed(slot, describe(error), "".join(traceback.format_exception(error)), False)
+        elif (raised := task.exception()) is not None:
+            results.failed(slot, describe(raised), "".join(traceback.format_exception(raised)), False)
         else:
             results.succeeded(slot, time.monotonic() - started)
-        results.flush(force=arrived.empty())
+        results.flush(force=arrived.empty() and not results.running)
 
     running: set[asyncio.Task[None]] = set()
     limit = asyncio.Semaphore(concurrency)
@@ -222,6 +249,7 @@ def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_
         results.flush(force=True)
 
     threading.Thread(target=read, daemon=True).start()
+    threading.Thread(target=_flush_now_and_then, args=(results,), daemon=True).start()
     loop.run_until_complete(serve())
 
 
