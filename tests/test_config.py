@@ -150,3 +150,19 @@ def test_the_longest_name_the_rule_allows_works_end_to_end(shared_redis):
     queue = Queue.connect(shared_redis.url, name)
     queue.push({"n": 1})
     assert queue.stats()["pending"] == 1
+
+
+def test_unix_socket_urls_work_for_the_producer_the_worker_and_the_cli(tmp_path, queue_name):
+    """With REDIS_URL unix://..., the producer pushes, the worker drains and the CLI reports, each exiting 0."""
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "redis", extra=("--unixsocket", str(socket_path))).start()
+    try:
+        env = script_env(f"unix://{socket_path}", queue_name)
+        assert run("app/main.py", "--count", "5", "--interval", "0", env=env)[0] == 0
+        code, events, _ = run("worker/main.py", "--burst", env=env)
+        assert code == 0 and len([e for e in events if e["event"] == "message_processed"]) == 5
+        assert [e["redis"] for e in events if e["event"] == "worker_started"] == [f"unix://{socket_path}"]
+        done = subprocess.run([PYTHON, "-m", "workqueue", "stats", "--json"], env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and '"completed": 5' in done.stdout
+    finally:
+        server.stop()

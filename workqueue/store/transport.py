@@ -54,6 +54,8 @@ def connect(url: str, *, password: str | None = None, tls: TlsFiles | None = Non
         "health_check_interval": 0,
         "decode_responses": False,
     }
+    if url.startswith("unix://"):  # a local socket: no TCP options (redis-py refuses them there)
+        del options["socket_keepalive"], options["socket_keepalive_options"]
     if password is not None:
         options["password"] = password  # a password in the URL wins (redis-py's rule)
     if tls is not None:
@@ -75,7 +77,9 @@ def location(client: redis.Redis | RedisCluster) -> str:
     if isinstance(client, RedisCluster):
         return cluster_location(client)
     kw = client.connection_pool.connection_kwargs
-    where = f"{kw.get('host', kw.get('path'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
+    if "path" in kw:  # a unix socket
+        return f"unix://{kw['path']}" + (f"?db={kw['db']}" if kw.get("db") else "")
+    where = f"{kw.get('host')}:{kw.get('port', '')}/{kw.get('db', 0)}"
     return where if cluster_of(client, ask=False) is None else f"{where} (cluster)"
 
 
