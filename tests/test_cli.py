@@ -317,3 +317,23 @@ def test_top_on_a_terminal_redraws_and_quits_on_q(shared_redis, queue_name):
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
     assert b"\x1b[?1049h" in seen and seen.rstrip().endswith(b"\x1b[?1049l") and b"Traceback" not in seen
+
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x9b31m\u202e"
+
+
+def test_text_from_redis_reaches_the_terminal_escaped(shared_redis, client, queue_name):
+    """Ids, errors, bodies, raw elements, queue names and worker ids holding escape sequences, C1 controls or a direction override are printed escaped by peek, dead list, queues, top and the dead letter errors."""
+    client.rpush(queue_name, json.dumps({"id": HOSTILE, "attempts": 0, "body": HOSTILE}), HOSTILE)
+    client.rpush(f"{{{queue_name}}}:dead", json.dumps({"id": HOSTILE + "d", "attempts": 3, "error": HOSTILE, "body": HOSTILE}), HOSTILE)
+    client.rpush(f"{{{queue_name}}}:dead", json.dumps({"error": "malformed message: x", "raw": json.dumps({"id": HOSTILE + "m"})}))
+    client.sadd("workqueue:queues", HOSTILE)
+    client.zadd(f"{{{queue_name}}}:workers", {HOSTILE: 0})
+    env = script_env(shared_redis.url, queue_name)
+    runs = [cli("peek", env=env), cli("dead", "list", env=env), cli("queues", env=env), cli("top", env=env),
+            cli("dead", "requeue", "--id", HOSTILE + "m", HOSTILE + "x", env=env)]
+    for done in runs:
+        shown = done.stdout + done.stderr
+        assert all(c.isprintable() or c == "\n" for c in shown), (done.args, shown)
+    assert "\\x1b]0;pwned\\x07" in runs[0].stdout and "\\x1b]0;pwned\\x07" in runs[1].stdout
+    assert "\\x1b]0;pwned" in runs[2].stdout and "\\x1b]0;pwned" in runs[3].stdout and "\\x1b]0;pwned" in runs[4].stderr

@@ -178,3 +178,12 @@ def test_lines_of_processes_sharing_a_pipe_stay_whole(tmp_path):
     lines = b"".join(chunks).splitlines()
     assert len(lines) == 4 * 100 * 100
     assert all(json.loads(line)["event"] == "message_processed" for line in lines)
+
+
+def test_console_lines_show_text_from_redis_escaped(log_file):
+    """In the console format a value holding escape sequences, C1 controls or a direction override is written escaped."""
+    log_file.configure("info", "console")
+    structlog.get_logger().warning("message_retried", id="\x1b]0;pwned\x07", error="\x9b2J\u202eevil")
+    text = log_file.path.read_text()
+    assert "message_retried" in text and "\\x1b]0;pwned\\x07" in text and "\\x9b2J\\u202eevil" in text
+    assert all(c.isprintable() or c == "\n" for c in text.replace("\x1b[", ""))  # the renderer's own colours aside

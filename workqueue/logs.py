@@ -39,6 +39,21 @@ def _std_dumps(event: EventDict) -> bytes:
 _DIGITS3 = [f"{n:03d}" for n in range(1000)]
 
 
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: every character that is not printable (escape and
+    other control characters, C1 controls, direction overrides, lone surrogates) written as its
+    Python escape, so text from Redis can neither move the cursor, retitle the window, write the
+    clipboard, nor hide what follows it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", errors="backslashreplace").decode() for c in text)
+
+
+def _printable_values(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+    """The console renderer's guard: every text value made printable (JSON lines escape it)."""
+    return {key: printable(value) if isinstance(value, str) else value for key, value in event.items()}
+
+
 class IsoTimestamp:
     """`timestamp` as ISO 8601 UTC with microseconds, as structlog's TimeStamper(fmt="iso",
     utc=True) writes it, with everything up to the millisecond cached (a worker at INFO writes
@@ -139,7 +154,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     elif fmt == "json":
         processors.append(structlog.processors.JSONRenderer())
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        processors += [_printable_values, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     structlog.configure(
         processors=processors,
         wrapper_class=FILTERING_LOGGERS[LEVELS[level]],

@@ -17,6 +17,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .. import __version__
+from ..logs import printable
 from ..queue import Queue
 from ..settings import ConfigError, Settings, count, load_env_file, parse_value
 from ..store.dead import Changed
@@ -155,12 +156,12 @@ def _run(args: argparse.Namespace, queue: Queue, limit: int) -> int:
         print(f"requeued {outcome.changed} dead letters to {queue.name}"
               + (f"; left {outcome.malformed_left} malformed entries (dead purge --malformed removes them)" if args.all else ""))
         for message_id in outcome.malformed:
-            print(f"error: the dead letter {message_id} is malformed and cannot be requeued", file=sys.stderr)
+            print(f"error: the dead letter {printable(message_id)} is malformed and cannot be requeued", file=sys.stderr)
         return max(_missing(outcome), 1 if outcome.malformed else 0)
     return 0
 
 
 def _missing(outcome: Changed) -> int:
     for message_id in outcome.missing:
-        print(f"error: no dead letter with id {message_id}", file=sys.stderr)
+        print(f"error: no dead letter with id {printable(message_id)}", file=sys.stderr)
     return 1 if outcome.missing else 0

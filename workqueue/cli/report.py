@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from .. import message
+from ..logs import printable
 from ..message import MalformedMessage
 from ..queue import Queue
 from ..store.dead import DeadLetter
@@ -32,8 +33,8 @@ def when(unix: float | None) -> str:
 
 def cut(text: str) -> str:
     """Text for one line of a table: at most CUT characters, and printable whatever it holds
-    (a lone surrogate from a hand-written escape is shown escaped)."""
-    text = text.encode(errors="backslashreplace").decode().replace("\n", "\\n")
+    (logs.printable)."""
+    text = printable(text)
     return text if len(text) <= CUT else text[: CUT - 1] + "…"
 
 
@@ -70,15 +71,15 @@ def print_peek(queue: Queue, count: int, as_json: bool) -> None:
         else:
             created = fields.get("created_at")
             created = created if type(created) in (int, float) else None
-            print(f"{fields['id']}  attempts={fields.get('attempts', 0)}  created={when(created)}  {cut(json.dumps(fields.get('body')))}")
+            print(f"{printable(fields['id'])}  attempts={fields.get('attempts', 0)}  created={when(created)}  {cut(json.dumps(fields.get('body')))}")
 
 
 def dead_line(entry: DeadLetter) -> str:
     """One dead letter on one line: when, id, attempts, error (a malformed one with its text)."""
     if entry.msg is not None:
-        return f"{when(entry.dead_lettered_at)}  {entry.id}  attempts={entry.attempts}  {cut(entry.error or '-')}"
+        return f"{when(entry.dead_lettered_at)}  {printable(entry.id or '')}  attempts={entry.attempts}  {cut(entry.error or '-')}"
     original = entry.original.get("raw", entry.original.get("raw_base64", ""))
-    return f"{when(entry.dead_lettered_at)}  (malformed{' ' + entry.id if entry.id else ''})  {cut(entry.error or '-')}  {cut(original)}"
+    return f"{when(entry.dead_lettered_at)}  (malformed{' ' + printable(entry.id) if entry.id else ''})  {cut(entry.error or '-')}  {cut(original)}"
 
 
 def print_dead(queue: Queue, count: int, as_json: bool) -> None:
@@ -103,7 +104,8 @@ def print_queues(queue: Queue, as_json: bool) -> None:
     if as_json:
         print(json.dumps([{"queue": name, **{c: stats[c] for c in columns}} for name, stats in rows.items()]))
         return
-    width = max([len("QUEUE"), *map(len, rows)])
+    names = {name: printable(name) for name in rows}
+    width = max([len("QUEUE"), *map(len, names.values())])
     print(f"{'QUEUE':<{width}}" + "".join(f"  {c.upper():>9}" for c in columns))
     for name, stats in rows.items():
-        print(f"{name:<{width}}" + "".join(f"  {show(stats[c]):>9}" for c in columns))
+        print(f"{names[name]:<{width}}" + "".join(f"  {show(stats[c]):>9}" for c in columns))

@@ -14,6 +14,7 @@ import time
 import tty
 from dataclasses import dataclass
 
+from ..logs import printable
 from ..queue import Queue
 from ..store.stats import Snapshot
 from .report import show
@@ -57,7 +58,7 @@ def frame(queue: Queue, now: Reading, before: Reading | None, interactive: bool)
     ]
     for worker in sorted(now.snapshot.workers, key=lambda w: w.id):
         state = "alive" if worker.alive else "silent (to be recovered)"
-        lines.append(f"{worker.id.decode(errors='replace'):<40} {worker.in_flight:>9}  {state}")
+        lines.append(f"{printable(worker.id.decode(errors='backslashreplace')):<40} {worker.in_flight:>9}  {state}")
     if not now.snapshot.workers:
         lines.append("(no registered workers)")
     return lines
