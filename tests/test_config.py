@@ -4,7 +4,7 @@ import re
 import subprocess
 
 import pytest
-from support import PYTHON, Process, RedisServer, free_port, parse_events, run, run_raw, script_env
+from support import PYTHON, Process, RedisServer, free_port, parse_events, run, run_raw, script_env, stats
 
 from workqueue import Queue
 from workqueue.settings import ConfigError, Settings, mask_url
@@ -24,6 +24,9 @@ def test_flags_override_environment_which_overrides_defaults():
     [
         ("MAX_ATTEMPTS", "abc"), ("MAX_ATTEMPTS", "0"), ("REDIS_URL", "http://x"), ("REDIS_URL", "redis://:pw@host:notaport/0"),
         ("LOG_FORMAT", "xml"), ("LOG_LEVEL", "loud"), ("DELIVERY", "maybe"), ("QUEUE_NAME", "a{b}"), ("WORKER_TIMEOUT", "nan"),
+        ("WORKER_TIMEOUT", "1e306"), ("DEDUP_TTL", "1e306"), ("RETRY_BACKOFF", "1e306"), ("RETRY_BACKOFF_MAX", "1e306"),
+        ("GRACE", "1e306"), ("JOB_TIMEOUT", "1e306"), ("MAX_ATTEMPTS", "10000000000"),
+        ("REDIS_URL", "redis://localhost:6379/0?decode_responses=True"), ("REDIS_URL", "redis://localhost:6379/0?socket_timeout=0.001"),
     ],
 )
 def test_bad_setting_raises_config_error_naming_it(name, value):
@@ -166,3 +169,13 @@ def test_unix_socket_urls_work_for_the_producer_the_worker_and_the_cli(tmp_path,
         assert done.returncode == 0 and '"completed": 5' in done.stdout
     finally:
         server.stop()
+
+
+def test_the_largest_values_the_settings_allow_work_end_to_end(queue_name, env):
+    """Every time and count setting at the largest value it allows, and a URL with ?db=: the producer and the worker run three messages through."""
+    env = env | {"WORKER_TIMEOUT": "86400", "DEDUP_TTL": str(365 * 86400), "RETRY_BACKOFF": str(7 * 86400), "RETRY_BACKOFF_MAX": str(7 * 86400),
+                 "GRACE": "86400", "JOB_TIMEOUT": str(7 * 86400), "MAX_ATTEMPTS": "1000000", "REDIS_URL": env["REDIS_URL"] + "?db=0"}
+    assert run("app/main.py", "--count", "3", "--interval", "0", env=env)[0] == 0
+    code, events, _ = run("worker/main.py", "--burst", env=env)
+    assert code == 0 and len([e for e in events if e["event"] == "message_processed"]) == 3
+    assert stats(env["REDIS_URL"], queue_name)["completed"] == 3

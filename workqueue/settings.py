@@ -40,6 +40,8 @@ def _setting(default: Any, parse: Callable[[str], Any], *, flag: str = "", help:
     return dataclasses.field(default=default, repr=not secret, metadata={"parse": parse, "flag": flag, "help": help})
 
 
+DAY, WEEK, YEAR = 86400, 7 * 86400, 365 * 86400  # seconds
+
 # Settings of the supervised worker (`workqueue worker`) alone: the demo's worker runs in-process.
 SUPERVISOR_ONLY = ("processes", "concurrency")
 
@@ -64,19 +66,20 @@ class Settings:
 
     redis_url: str = _setting("redis://localhost:6379/0", redis_url, secret=True)  # may hold a password
     queue_name: str = _setting("demo-1", queue_name, flag="--queue", help="queue name")
-    max_attempts: int = _setting(3, number(int, 1), flag="--max-attempts", help="failed tries before a message is dead-lettered")
+    # Upper bounds keep every value one that works end to end (deadlines in ms stay exact in Lua).
+    max_attempts: int = _setting(3, number(int, 1, 1_000_000), flag="--max-attempts", help="failed tries before a message is dead-lettered")
     log_level: str = _setting("info", choice("debug", "info", "warning", "error"))
     log_format: str = _setting("json", choice("json", "console"))  # load(): console on a terminal
     delivery: str = _setting("reliable", choice(*(mode.value for mode in Delivery)), flag="--delivery", help="reliable or simple")
     # Lua unpack() stays far below its stack limit.
     prefetch: int = _setting(200, number(int, 1, 1000), flag="--prefetch", help="most messages taken per round trip")
-    worker_timeout: float = _setting(30.0, number(float, 1), flag="--worker-timeout",
+    worker_timeout: float = _setting(30.0, number(float, 1, DAY), flag="--worker-timeout",
                                      help="seconds of silence before a worker is presumed dead")
-    retry_backoff: float = _setting(1.0, number(float, 0))  # base of the exponential retry backoff, seconds
-    retry_backoff_max: float = _setting(300.0, number(float, 0))  # its cap
-    dedup_ttl: float = _setting(86400.0, number(float, 0))  # seconds a completed id is remembered
-    grace: float = _setting(30.0, number(float, 0), flag="--grace", help="seconds a stopping worker may take to finish")
-    job_timeout: float = _setting(0.0, number(float, 0), flag="--job-timeout",
+    retry_backoff: float = _setting(1.0, number(float, 0, WEEK))  # base of the exponential retry backoff, seconds
+    retry_backoff_max: float = _setting(300.0, number(float, 0, WEEK))  # its cap
+    dedup_ttl: float = _setting(86400.0, number(float, 0, YEAR))  # seconds a completed id is remembered
+    grace: float = _setting(30.0, number(float, 0, DAY), flag="--grace", help="seconds a stopping worker may take to finish")
+    job_timeout: float = _setting(0.0, number(float, 0, WEEK), flag="--job-timeout",
                                   help="seconds a try may run before it is interrupted, 0 for no limit")
     metrics_port: int = _setting(0, number(int, 0, 65535), flag="--metrics-port",
                                  help="serve Prometheus metrics on this port, every interface, 0 for off")

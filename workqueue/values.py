@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 
 class ConfigError(Exception):
@@ -49,6 +49,9 @@ def redis_url(value: str) -> str:
     db = parts.path.lstrip("/") if parts.scheme != "unix" else "0"
     if db and not db.isdigit():
         raise ValueError("must end with a database number, as in redis://localhost:6379/0")
+    options = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if name != "db"]
+    if options:  # redis-py would apply them over ours (decode_responses, timeouts, retries): not ours to allow
+        raise ValueError(f"may carry no option but db ({', '.join(sorted(set(options)))}): workqueue sets the client's options itself")
     return value
 
 
