@@ -218,3 +218,22 @@ def test_a_simple_workers_adopted_message_is_adopted_once_however_often_it_resyn
 def test_decode_reads_every_element_as_the_standard_library_does(raw: bytes) -> None:
     """The fast decoder's reading of an element equals the standard library's: no big integer turns into a float, no float changes."""
     assert repr(message.decode(raw).fields) == repr(json.loads(raw))
+
+
+def test_timestamps_and_ages_follow_the_redis_clock_not_a_skewed_host(shared_redis, client, queue_name, monkeypatch):
+    """On a host whose clock is two hours behind, created_at, dead_lettered_at and a pause's time follow Redis's clock, so the oldest pending age is seconds, not hours."""
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 7200)
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    queue.push({"n": 1})
+    queue.push({"n": 2})
+    seconds, micros = client.time()
+    redis_now = seconds + micros / 1e6
+    created = [json.loads(raw)["created_at"] for raw in client.lrange(queue_name, 0, -1)]
+    assert all(abs(at - redis_now) < 60 for at in created)
+    assert queue.stats()["oldest_pending_age_seconds"] < 60
+    Worker(queue, lambda message: 1 / 0, burst=True).run()
+    dead = [json.loads(raw)["dead_lettered_at"] for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
+    assert len(dead) == 2 and all(abs(at - redis_now) < 60 for at in dead)
+    queue.pause()
+    assert abs(float(client.get(f"{{{queue_name}}}:paused")) - redis_now) < 60

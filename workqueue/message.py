@@ -73,9 +73,9 @@ class Message(NamedTuple):
     def body(self) -> Any:
         return self.fields.get("body")
 
-    def failed(self, error: str, *, dead: bool = False) -> bytes:
+    def failed(self, error: str, *, dead: bool = False, now: float | None = None) -> bytes:
         """Encode this message after one more failed try, carrying the error (and, when it goes
-        to the dead-letter list, `dead_lettered_at`, Unix seconds). Built from the stored text,
+        to the dead-letter list, `dead_lettered_at`: `now`, Unix seconds, the host's clock by default). Built from the stored text,
         not from `fields`, which the handler may have changed (or filled with things JSON
         cannot hold): the retry gets the message as it was pushed. An `error` longer than
         MAX_ERROR_CHARS is cut there, ending in an ellipsis."""
@@ -84,7 +84,7 @@ class Message(NamedTuple):
             error = error[: MAX_ERROR_CHARS - 1] + "\u2026"
         changes: dict[str, Any] = {"attempts": stored.get("attempts", 0) + 1, "error": error}
         if dead:
-            changes["dead_lettered_at"] = round(time.time(), 6)
+            changes["dead_lettered_at"] = round(time.time() if now is None else now, 6)
         return rewrite(self.raw, stored, changes)
 
     def as_pushed(self) -> bytes:
@@ -116,11 +116,13 @@ def rewrite(raw: bytes, stored: dict[str, Any], changes: dict[str, Any], drop: t
         return (text[:-1] + "".join(f",{_dumps(name)}:{_dumps(value)}" for name, value in extra.items()) + "}").encode()
 
 
-def new(body: Any, message_id: str | None = None) -> tuple[str, bytes]:
-    """Build a fresh message; returns its id and its encoded form. A body that is not JSON (NaN,
-    a set, too deep) raises ValueError or TypeError here rather than poison a worker later."""
+def new(body: Any, message_id: str | None = None, now: float | None = None) -> tuple[str, bytes]:
+    """Build a fresh message created at `now` (Unix seconds; the host's clock by default);
+    returns its id and its encoded form. A body that is not JSON (NaN, a set, too deep) raises
+    ValueError or TypeError here rather than poison a worker later."""
     message_id = message_id or secrets.token_hex(16)
-    return message_id, encode({"id": message_id, "attempts": 0, "created_at": round(time.time(), 6), "body": body})
+    created = round(time.time() if now is None else now, 6)
+    return message_id, encode({"id": message_id, "attempts": 0, "created_at": created, "body": body})
 
 
 def decode(raw: bytes) -> Message:
@@ -182,11 +184,11 @@ def _too_deep(raw: bytes, value: Any) -> bool:
     return False
 
 
-def dead_letter_malformed(raw: bytes, reason: str) -> bytes:
+def dead_letter_malformed(raw: bytes, reason: str, now: float | None = None) -> bytes:
     """Wrap an element that is not a message for the dead-letter list, keeping it whole: as
     text under `raw`, or, when it is not UTF-8 or escaping would more than double it (control
     characters), as base64 under `raw_base64`, so a big element stays within what Redis takes."""
-    error, at = f"malformed message: {reason}", round(time.time(), 6)
+    error, at = f"malformed message: {reason}", round(time.time() if now is None else now, 6)
     try:
         wrapped = json.dumps({"error": error, "raw": raw.decode(), "dead_lettered_at": at}, ensure_ascii=False, separators=(",", ":")).encode()
         if len(wrapped) <= 2 * len(raw) + 1024:

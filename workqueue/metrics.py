@@ -83,7 +83,7 @@ class WorkerMetrics(Collector):
         """`run` (one try of the handler), measured: the wait since the message's created_at,
         the try's duration whatever its end, and `completed` when it returns. Inlined, bound to
         locals: this runs for every message."""
-        counts, clock, now, bucket = self.counts, time.perf_counter, time.time, bisect.bisect_left
+        counts, clock, now, bucket = self.counts, time.perf_counter, self.queue.store.clock.now, bisect.bisect_left
         wait_bounds, wait_counts, wait_sums = self.wait_seconds.bounds, self.wait_seconds.counts, self.wait_seconds.sums
         handler_bounds, handler_counts, handler_sums = self.handler_seconds.bounds, self.handler_seconds.counts, self.handler_seconds.sums
 
@@ -91,7 +91,7 @@ class WorkerMetrics(Collector):
             created = msg.fields.get("created_at")
             if type(created) is float or type(created) is int:  # absent or odd in a hand-written message
                 waited = now() - created
-                if waited < 0:  # this clock is behind the producer's
+                if waited < 0:  # created an instant ahead of the clock this host reads Redis's by
                     waited = 0.0
                 wait_counts[bucket(wait_bounds, waited)] += 1
                 wait_sums[0] += waited

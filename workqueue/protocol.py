@@ -144,12 +144,14 @@ class RetryPolicy:
         ceiling = min(self.backoff_max, self.backoff * 2 ** min(attempts - 1, 62))
         return random.uniform(0, ceiling)
 
-    def failed(self, outcomes: Outcomes, msg: Message, error: str, *, recovered: bool = False) -> tuple[bool, float]:
+    def failed(self, outcomes: Outcomes, msg: Message, error: str, *, recovered: bool = False,
+               now: float | None = None) -> tuple[bool, float]:
         """Record a failed try of `msg` in `outcomes`: the dead-letter list once its attempts are
         used up, else a retry after backoff (or, `recovered` from a dead worker, straight back
-        to the queue). Returns (dead-lettered, backoff seconds)."""
+        to the queue). `now` dates a dead letter (Message.failed). Returns (dead-lettered,
+        backoff seconds)."""
         if self.exhausted(msg.attempts + 1):
-            outcomes.dead(msg.raw, msg.failed(error, dead=True), recovered=recovered)
+            outcomes.dead(msg.raw, msg.failed(error, dead=True, now=now), recovered=recovered)
             return True, 0.0
         new_raw = msg.failed(error)
         if recovered:

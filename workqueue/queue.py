@@ -6,7 +6,6 @@ Queue.consumer(). Every change of state is one Lua script (store/lua/).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -121,7 +120,7 @@ class Queue:
     def build(self, body: Any, message_id: str | None = None) -> tuple[str, bytes]:
         """A new message, signed when the queue has a key: (id, encoded). Raises ValueError or
         TypeError for a body that is not JSON; push_encoded() checks the size."""
-        message_id, raw = message.new(body, message_id)
+        message_id, raw = message.new(body, message_id, self.store.clock.now())
         if self.policy.signing is not None:
             raw = self.policy.signing.sign(raw)
         return message_id, raw
@@ -164,7 +163,7 @@ class Queue:
     def pause(self) -> bool:
         """Pause the queue: workers take no new messages until resume() (what they hold they
         finish). Returns False when it was paused already."""
-        return bool(self.scripts.call("pause", [self.keys.paused], ["pause", repr(time.time())]))
+        return bool(self.scripts.call("pause", [self.keys.paused], ["pause", repr(self.store.clock.now())]))
 
     def resume(self) -> bool:
         """Let workers take messages again. Returns False when the queue was not paused."""

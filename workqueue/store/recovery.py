@@ -18,7 +18,7 @@ def recover_dead_workers(consumer: Consumer, retry: RetryPolicy, limit: int = 10
     message returns to the queue with one more attempt, or goes to the dead-letter list when its
     attempts are used up (`retry`). Safe to run from many workers at once: settle re-checks the
     heartbeat and moves a message only if it is still in the dead worker's list."""
-    keys, client = consumer.keys, consumer.client
+    keys, client, now = consumer.keys, consumer.client, consumer.store.clock.now()
     recovered: list[Recovered] = []
     for worker_id in consumer.scripts.call("expired", [keys.workers], [limit]):
         # Kept as bytes: an id written by hand need not be UTF-8, and must not stop the rest.
@@ -39,10 +39,10 @@ def recover_dead_workers(consumer: Consumer, retry: RetryPolicy, limit: int = 10
             try:
                 msg = message.decode(raw)
             except MalformedMessage as error:
-                outcomes.dead(raw, message.dead_letter_malformed(raw, str(error)), recovered=True)
+                outcomes.dead(raw, message.dead_letter_malformed(raw, str(error), now), recovered=True)
                 found.append(Recovered(name, None, 0, True))
                 continue
-            dead, _ = retry.failed(outcomes, msg, f"worker {name} stopped responding", recovered=True)
+            dead, _ = retry.failed(outcomes, msg, f"worker {name} stopped responding", recovered=True, now=now)
             found.append(Recovered(name, msg.id, msg.attempts + 1, dead))
         # Runs even with nothing held, so that the dead worker is deregistered.
         applied = consumer.settle_recovered(worker_id, outcomes)

@@ -82,7 +82,7 @@ class Worker:
         self._runner = HandlerRunner(handler, job_timeout)
         self.metrics = metrics
         self._pipeline = RequestPipeline(self.consumer)
-        self._processor = MessageProcessor(self._runner, queue.retry, self._pipeline, self.log, metrics)
+        self._processor = MessageProcessor(self._runner, queue.retry, self._pipeline, self.log, metrics, queue.store.clock)
         self._held = Holdings(queue.policy)  # the queue's size limit and signing keys
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self.fetch_ahead = True  # ask for the next batch while this one runs (quick handlers)

@@ -5,12 +5,14 @@ waits in the pipeline's outcomes until the loop settles them with Redis."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
 from .. import message
 from ..protocol import RetryPolicy
+from ..store.clock import RedisClock
 from .handlers import HandlerRunner, JobTimeout, WorkerAborted, describe
 from .held import Held
 from .pipeline import RequestPipeline
@@ -23,9 +25,11 @@ class MessageProcessor:
     """Runs one held message and records what became of it."""
 
     def __init__(self, runner: HandlerRunner, retry: RetryPolicy, pipeline: RequestPipeline,
-                 log: FilteringBoundLogger, metrics: WorkerMetrics | None) -> None:
-        """`metrics` is told every outcome (off, the cost is one `if` on the rarer paths)."""
+                 log: FilteringBoundLogger, metrics: WorkerMetrics | None, clock: RedisClock | None = None) -> None:
+        """`metrics` is told every outcome (off, the cost is one `if` on the rarer paths);
+        `clock` dates dead letters (the host's clock without one)."""
         self.retry = retry
+        self.now = time.time if clock is None else clock.now
         self.pipeline = pipeline  # its outcomes are a new object after every send: read at each use
         self.log = log
         self.metrics = metrics
@@ -37,7 +41,7 @@ class MessageProcessor:
     def process(self, held: Held) -> None:
         log, msg, outcomes = self.log, held.message, self.pipeline.outcomes
         if msg is None:
-            outcomes.dead(held.raw, message.dead_letter_malformed(held.raw, held.problem))
+            outcomes.dead(held.raw, message.dead_letter_malformed(held.raw, held.problem, self.now()))
             log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {held.problem}")
             if self.metrics is not None:
                 self.metrics.failed(dead=True)
@@ -87,7 +91,7 @@ class MessageProcessor:
         Decided on the message as stored (the handler may have changed its fields); logged with
         the traceback of `error` (or its text, `trace`, from a child process)."""
         msg = message.decode(held.raw)  # decoded before: it decodes again
-        dead, delay = self.retry.failed(self.pipeline.outcomes, msg, text)
+        dead, delay = self.retry.failed(self.pipeline.outcomes, msg, text, now=self.now())
         if self.metrics is not None:
             self.metrics.failed(dead)
         traceback: dict[str, object] = {"exc_info": error} if error is not None else {"exception": trace} if trace else {}
