@@ -95,3 +95,9 @@ async def handle_async_misbehaving(message) -> None:
         raise ValueError("async failure")
     await asyncio.sleep(float(message.body.get("seconds", 0)))
     _ran(message.id)
+
+
+def busy_1ms(message) -> None:
+    end = time.perf_counter() + 0.001
+    while time.perf_counter() < end:
+        pass

@@ -185,23 +185,24 @@ def _serve_in_threads(handler: Handler, conn: Any, marks: Any, concurrency: int,
 
 
 def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_timeout: float) -> None:
-    """Async handlers: up to `concurrency` tries at once as tasks on one event loop; a try past
-    JOB_TIMEOUT is cancelled."""
+    """Async handlers: `concurrency` tasks on one event loop, each taking the next message as it
+    ends the last (no task made per message); a try past JOB_TIMEOUT is cancelled."""
     results = Results(conn, marks)
     loop = asyncio.new_event_loop()
     arrived: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
 
-    def enqueue(frame: bytes) -> None:
+    def read() -> None:  # the loop reads the pipe when it is readable: a frame is written whole
+        try:
+            frame = conn.recv_bytes()
+        except EOFError:  # the supervisor is gone
+            frame = b""
+        if not frame:
+            loop.remove_reader(conn.fileno())
+            for _ in range(concurrency):
+                arrived.put_nowait(None)
+            return
         for item in unpack(frame):
             arrived.put_nowait(item)
-
-    def read() -> None:  # the pipe is read in a thread of its own; the loop never blocks on it
-        try:
-            while frame := conn.recv_bytes():
-                loop.call_soon_threadsafe(enqueue, frame)
-        except EOFError:  # the supervisor is gone
-            pass
-        loop.call_soon_threadsafe(arrived.put_nowait, None)
 
     async def one(slot: int, raw: bytes) -> None:
         msg = message.decode(raw)
@@ -215,7 +216,6 @@ def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_
                 results.failed(slot, describe(error), "".join(traceback.format_exception(error)), False)
             else:
                 results.succeeded(slot, time.monotonic() - started)
-            results.flush(force=arrived.empty() and not results.running)
             return
         task = asyncio.ensure_future(handler(msg))
         done, _ = await asyncio.wait({task}, timeout=job_timeout)  # not wait_for: the handler's own TimeoutError stays its own
@@ -229,26 +229,17 @@ def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_
             results.failed(slot, describe(raised), "".join(traceback.format_exception(raised)), False)
         else:
             results.succeeded(slot, time.monotonic() - started)
-        results.flush(force=arrived.empty() and not results.running)
 
-    running: set[asyncio.Task[None]] = set()
-    limit = asyncio.Semaphore(concurrency)
-
-    def finished(task: asyncio.Task[None]) -> None:
-        running.discard(task)
-        limit.release()
+    async def work() -> None:
+        while (item := await arrived.get()) is not None:
+            await one(*item)
+            results.flush(force=arrived.empty() and not results.running)
 
     async def serve() -> None:
-        while (item := await arrived.get()) is not None:
-            await limit.acquire()
-            task = loop.create_task(one(*item))
-            running.add(task)
-            task.add_done_callback(finished)
-        if running:
-            await asyncio.wait(running)
+        loop.add_reader(conn.fileno(), read)
+        await asyncio.gather(*(work() for _ in range(concurrency)))
         results.flush(force=True)
 
-    threading.Thread(target=read, daemon=True).start()
     threading.Thread(target=_flush_now_and_then, args=(results,), daemon=True).start()
     loop.run_until_complete(serve())
 
