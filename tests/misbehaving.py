@@ -11,6 +11,8 @@ HOLDING_THE_GIL = ctypes.PyDLL(None)  # its C functions run without releasing th
 
 
 class Unprintable(Exception):
+    """An exception whose text cannot be built."""
+
     def __str__(self):
         raise RuntimeError("no text")
 
@@ -19,7 +21,7 @@ class Unprintable(Exception):
 
 
 class Custom(BaseException):
-    pass
+    """A BaseException of the handler's own."""
 
 
 def _ran(message_id: str) -> None:

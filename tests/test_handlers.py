@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from misbehaving import Custom, Unprintable
 from structlog.testing import capture_logs
 from support import ROOT, run, script_env, stats
 
@@ -217,20 +218,6 @@ def test_a_worker_under_a_tracer_cuts_a_try_and_stops(shared_redis, queue_name):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].split() == ["0", "1", "1"]  # exit code, completed, dead-lettered
-
-
-class Unprintable(Exception):
-    """An exception whose text cannot be built."""
-
-    def __str__(self):
-        raise RuntimeError("no text for you")
-
-    def __repr__(self):
-        raise RuntimeError("no repr either")
-
-
-class Custom(BaseException):
-    """A BaseException of the handler's own."""
 
 
 RAISES = {

@@ -169,16 +169,21 @@ def test_a_supervisor_with_slow_handlers_hoards_nothing(shared_redis, client, qu
     assert stats(shared_redis.url, queue_name)["unaccounted"] == 0
 
 
-def test_a_try_past_job_timeout_among_others_charges_only_itself(shared_redis, queue_name, tmp_path):
-    """A try in a blocking call that JobTimeout cannot cut (a thread's sleep), beside two quick ones in the same child: the child is ended past JOB_TIMEOUT, only the late message is charged (then dead-lettered), the other two complete with attempts 0."""
+def three_in_one_child(url: str, queue_name: str, tmp_path, bad: dict, seconds: float):
+    """A `bad` message between two that sleep `seconds`, run by one child of three threads with
+    JOB_TIMEOUT 0.5 s, until the queue is empty: the worker, the runs file, the three ids."""
     ran = tmp_path / "runs"
-    env = script_env(shared_redis.url, queue_name, JOB_TIMEOUT=0.5, TEST_RUNS_FILE=ran, LOG_LEVEL="info")
-    queue = Queue.connect(shared_redis.url, queue_name)
-    first = queue.push({"do": "sleep", "seconds": 0.2})
-    late = queue.push({"do": "sleep", "seconds": 60})
-    last = queue.push({"do": "sleep", "seconds": 0.2})
+    env = script_env(url, queue_name, JOB_TIMEOUT=0.5, TEST_RUNS_FILE=ran, LOG_LEVEL="info")
+    queue = Queue.connect(url, queue_name)
+    ids = (queue.push({"do": "sleep", "seconds": seconds}), queue.push(bad), queue.push({"do": "sleep", "seconds": seconds}))
     worker = Process("-m", "workqueue", "worker", "tests.misbehaving:handle", "--processes", "1", "--concurrency", "3", "--burst", env=env)
     assert worker.wait(timeout=60) == 0
+    return worker, ran, ids
+
+
+def test_a_try_past_job_timeout_among_others_charges_only_itself(shared_redis, queue_name, tmp_path):
+    """A try in a blocking call that JobTimeout cannot cut (a thread's sleep), beside two quick ones in the same child: the child is ended past JOB_TIMEOUT, only the late message is charged (then dead-lettered), the other two complete with attempts 0."""
+    worker, ran, (first, late, last) = three_in_one_child(shared_redis.url, queue_name, tmp_path, {"do": "sleep", "seconds": 60}, 0.2)
     assert sorted((e["id"], e["attempts"]) for e in worker.named("message_processed")) == sorted([(first, 0), (last, 0)])
     assert [(e["id"], e["attempts"], e["error"]) for e in worker.named("message_retried") + worker.named("message_dead_lettered")] == [
         (late, 1, "job timeout after 0.5 s"), (late, 2, "job timeout after 0.5 s"), (late, 3, "job timeout after 0.5 s")]
@@ -189,14 +194,7 @@ def test_a_try_past_job_timeout_among_others_charges_only_itself(shared_redis, q
 
 def test_a_try_stuck_holding_the_gil_among_others_ends_dead_and_the_others_complete(shared_redis, queue_name, tmp_path):
     """C code holding the GIL stalls every thread of its child, so which try is stuck cannot be told: each late one is charged and runs alone next time, where only the stuck one times out again; it is dead-lettered, the others complete once."""
-    ran = tmp_path / "runs"
-    env = script_env(shared_redis.url, queue_name, JOB_TIMEOUT=0.5, TEST_RUNS_FILE=ran, LOG_LEVEL="info")
-    queue = Queue.connect(shared_redis.url, queue_name)
-    first = queue.push({"do": "sleep", "seconds": 0.3})
-    stuck = queue.push({"do": "stuck"})
-    last = queue.push({"do": "sleep", "seconds": 0.3})
-    worker = Process("-m", "workqueue", "worker", "tests.misbehaving:handle", "--processes", "1", "--concurrency", "3", "--burst", env=env)
-    assert worker.wait(timeout=60) == 0
+    worker, ran, (first, stuck, last) = three_in_one_child(shared_redis.url, queue_name, tmp_path, {"do": "stuck"}, 0.3)
     processed = {e["id"]: e["attempts"] for e in worker.named("message_processed")}
     assert processed.keys() == {first, last} and set(processed.values()) <= {0, 1}
     [dead] = worker.named("message_dead_lettered")
