@@ -237,3 +237,24 @@ def test_a_session_written_by_hand_does_not_stop_a_worker_joining(client, queue_
     queue.push({"n": 1})
     [(raw, _)] = consumer.fetch(1).taken
     assert consumer.in_flight() == [raw]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fill", [b'"', b"\xff"], ids=["quotes (escaping doubles them)", "not UTF-8 (base64 grows by a third)"])
+def test_an_element_too_big_to_keep_whole_is_dead_lettered_as_its_head_size_and_hash(own_redis, queue_name, fill):
+    """An element of 70 MB that is not a message (quotes, or bytes that are not UTF-8) is dead-lettered as its first 64 KiB, its size and its SHA-256, and the messages around it complete."""
+    import base64
+    import hashlib
+
+    client = own_redis.client()
+    queue = Queue.connect(own_redis.url, queue_name)
+    before = queue.push({"n": 1})
+    huge = fill * (70 * 1024 * 1024)
+    client.rpush(queue_name, huge)
+    after = queue.push({"n": 2})
+    seen = []
+    assert Worker(queue, lambda m: seen.append(m.id), burst=True).run() == 0
+    [dead] = [json.loads(raw) for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
+    assert dead["truncated"] is True and dead["size"] == len(huge) and dead["sha256"] == hashlib.sha256(huge).hexdigest()
+    assert base64.b64decode(dead["raw_base64"]) == huge[: 64 * 1024] and dead["error"].startswith("malformed message: ")
+    assert seen == [before, after] and queue.stats()["unaccounted"] == -1  # pushed by hand: never counted as produced

@@ -9,6 +9,7 @@ text of its last failure. Fields we do not know are kept as they are.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import time
@@ -16,6 +17,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
+# A malformed element larger than this is dead-lettered as its first KEPT_PART bytes, its size
+# and its hash: whole, escaped (up to twice its size) or in base64 (four thirds), it could pass
+# Redis's 512 MB string limit, or a command's, and never be settled.
+KEEP_WHOLE = 64 * 1024 * 1024
+KEPT_PART = 64 * 1024
 # Deeper documents are malformed: far below Python's recursion limit (about 1000 frames, which
 # json's C code counts too), so a message that decodes can always be encoded again from inside
 # a handler's failure path, and below Lua cjson's own limit of 1000 used by the scripts.
@@ -187,8 +193,13 @@ def _too_deep(raw: bytes, value: Any) -> bool:
 def dead_letter_malformed(raw: bytes, reason: str, now: float | None = None) -> bytes:
     """Wrap an element that is not a message for the dead-letter list, keeping it whole: as
     text under `raw`, or, when it is not UTF-8 or escaping would more than double it (control
-    characters), as base64 under `raw_base64`, so a big element stays within what Redis takes."""
+    characters), as base64 under `raw_base64`. An element over KEEP_WHOLE bytes keeps only its
+    first KEPT_PART bytes, with its size and SHA-256 (`truncated` true): escaped or encoded
+    whole, it could outgrow what Redis takes in one string or one command."""
     error, at = f"malformed message: {reason}", round(time.time() if now is None else now, 6)
+    if len(raw) > KEEP_WHOLE:
+        return _dumps({"error": error, "raw_base64": base64.b64encode(raw[:KEPT_PART]).decode(), "truncated": True,
+                       "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "dead_lettered_at": at}).encode()
     try:
         wrapped = json.dumps({"error": error, "raw": raw.decode(), "dead_lettered_at": at}, ensure_ascii=False, separators=(",", ":")).encode()
         if len(wrapped) <= 2 * len(raw) + 1024:
