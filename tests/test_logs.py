@@ -1,8 +1,10 @@
 """Logging: the filtering logger's levels, held INFO lines, and lines in step with what Redis settled."""
 
+import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -187,3 +189,40 @@ def test_console_lines_show_text_from_redis_escaped(log_file):
     text = log_file.path.read_text()
     assert "message_retried" in text and "\\x1b]0;pwned\\x07" in text and "\\x9b2J\\u202eevil" in text
     assert all(c.isprintable() or c == "\n" for c in text.replace("\x1b[", ""))  # the renderer's own colours aside
+
+
+def test_lines_a_failing_sink_cannot_take_are_counted_and_reported_when_it_takes_them_again():
+    """A sink that fails (EPIPE) drops what the buffer held and the line being written, counted; the next line that gets through follows log_lines_dropped with that count."""
+    written, failures = [], [True]
+
+    class Sink(io.BytesIO):
+        def flush(self):
+            if failures and failures.pop():
+                raise BrokenPipeError(32, "Broken pipe")
+            written.append(self.getvalue())
+            self.seek(0)
+            self.truncate()
+
+    writer = logs.LineWriter(Sink)
+    writer.hold(b"held\n")
+    writer.msg(b"lost\n")
+    writer.msg(b"through\n")
+    lines = b"".join(written).splitlines()
+    assert json.loads(lines[0])["event"] == "log_lines_dropped" and json.loads(lines[0])["count"] == 2
+    assert lines[1:] == [b"through"]
+
+
+def test_a_worker_whose_log_reader_went_away_works_on(shared_redis, queue_name):
+    """With its stderr a pipe whose reader closed (EPIPE on every line), the worker processes every message and stops with exit code 0."""
+    env = script_env(shared_redis.url, queue_name)
+    reading, writing = os.pipe()
+    worker = subprocess.Popen([PYTHON, "worker/main.py"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=writing)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as lines:
+        assert b"worker_started" in lines.readline() + lines.readline()  # the weak-password warning may come first
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many([{"n": i} for i in range(20)])
+    wait_until(lambda: queue.stats()["completed"] == 20, timeout=15)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert queue.stats()["workers"] == 0

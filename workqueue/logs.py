@@ -96,24 +96,70 @@ class JsonLine:
             return _std_dumps(event)
 
 
+def _dropped_line(count: int) -> bytes:
+    """The line that says `count` lines could not be written (the sink failed)."""
+    return orjson.dumps({"event": "log_lines_dropped", "count": count, "level": "warning", "timestamp": IsoTimestamp().now()},
+                        option=orjson.OPT_APPEND_NEWLINE)
+
+
 class LineWriter:
     """A structlog logger writing each rendered line (bytes) whole to a binary file and flushing
     it: BytesLogger without its lock, which a buffered file's own lock makes redundant. A line
     given to hold() waits in the buffer until the next line written by any thread, a full
-    buffer or write_held_lines()."""
+    buffer or write_held_lines().
 
-    def __init__(self, file: Any) -> None:
-        self._write, self._flush = file.write, file.flush
+    A sink that fails (a reader gone: EPIPE) never stops the work: the lines that could not be
+    written are counted and dropped with the buffer, and the next line written at once that
+    gets through is preceded by `log_lines_dropped` with their count."""
+
+    def __init__(self, open_file: Any) -> None:
+        """`open_file()` gives a fresh buffered binary file on the sink (after a failure too)."""
+        self._open = open_file
+        self._write, self._flush = self._fresh()
+        self._unflushed = 0  # lines written since the last flush that went through
+        self.dropped = 0
+
+    def _fresh(self) -> tuple[Any, Any]:
+        file = self._open()
+        return file.write, file.flush
 
     def msg(self, line: bytes) -> None:
-        self._write(line)  # JsonLine ends it with a newline
-        self._flush()
+        dropped = self.dropped
+        try:
+            if dropped:
+                self._write(_dropped_line(dropped))
+            self._write(line)  # JsonLine ends it with a newline
+            self._flush()
+        except OSError:
+            self._failed(1)
+            return
+        self._unflushed = 0
+        self.dropped -= dropped
 
     def hold(self, line: bytes) -> None:
-        self._write(line)
+        try:
+            self._write(line)
+        except OSError:
+            self._failed(1)
+            return
+        self._unflushed += 1
 
     def flush(self) -> None:
-        self._flush()
+        try:
+            self._flush()
+        except OSError:
+            self._failed(0)
+            return
+        self._unflushed = 0
+
+    def _failed(self, lines: int) -> None:
+        """Count what the buffer held and `lines` more as dropped; start again on a fresh buffer."""
+        self.dropped += self._unflushed + lines
+        self._unflushed = 0
+        try:
+            self._write, self._flush = self._fresh()
+        except OSError:  # the descriptor itself is gone: keep the old buffer, and its errors
+            pass
 
     log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg
 
@@ -148,8 +194,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     processors: list[Any] = [structlog.processors.add_log_level, IsoTimestamp(), structlog.processors.format_exc_info]
     factory: Any = structlog.WriteLoggerFactory(file=sys.stderr)
     _writer = None
-    if fmt == "json" and (binary := _stderr_file()) is not None:
-        writer = _writer = LineWriter(binary)
+    if fmt == "json" and _stderr_file() is not None:
+        writer = _writer = LineWriter(_stderr_file)
         processors, factory = [JsonLine()], lambda *args: writer  # structlog asks its factory for each logger
     elif fmt == "json":
         processors.append(structlog.processors.JSONRenderer())
