@@ -6,7 +6,7 @@ Starts its own redis-server on a free loopback port (no persistence), measures, 
 docs/benchmarks.md, docs/benchmarks.json, docs/benchmarks.png (drain rates) and
 docs/benchmarks-efficiency.png (handler efficiency). Every figure is taken in this run on this
 machine; the targets are ratios between figures of the same run.
---quick skips the peers (RQ, Dramatiq, Celery, huey, arq) and uses fewer messages.
+--quick skips the peers (RQ, Dramatiq, Celery, huey, arq, saq, taskiq) and uses fewer messages.
 """
 
 from __future__ import annotations
@@ -40,6 +40,19 @@ PEERS = {  # peer -> (virtualenv, messages to drain in a full run)
 }
 
 
+# The worker command (`python -m workqueue worker`, bench/command.py): I/O-bound handlers sleeping
+# IO_SLEEPS seconds, run N at once by one worker (async tasks or threads); the peers at the same N.
+IO_SLEEPS = (0.01, 0.05)
+IO_CONCURRENCY = {"async": (50, 100), "threads": (20, 50)}
+IO_TARGETS = {"async": 0.90, "threads": 0.85}  # share of the limit N / handler time
+IO_PEERS = {  # peer -> (virtualenv, kind of handler it runs)
+    "arq": ("arq", "async"), "saq": ("async", "async"), "taskiq": ("async", "async"),
+    "dramatiq": ("main", "threads"), "celery": ("main", "threads"), "huey": ("main", "threads"),
+}
+IO_PEER_MESSAGES, IO_PEER_CAP = 3_000, 6.0  # a peer's jobs per run at most, and its seconds after its first job
+CRASH = (50, 0.05, 2_000, 30.0)  # concurrency, handler sleep (s), jobs, seconds waited after the restart
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,6 +76,20 @@ def scale(*args: str, url: str) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"scale.py {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def command(python: str, *args: str, url: str) -> dict:
+    """Run bench/command.py (worker commands, ours and the peers') in the given interpreter; it prints one JSON object."""
+    env = dict(os.environ, BENCH_REDIS_URL=url, **(OURS_ENV if python == OURS else {}))
+    done = subprocess.run([python, str(BENCH / "command.py"), *args], cwd=BENCH, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"command.py {' '.join(args)} failed:\n{done.stdout[-1000:]}{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peer_python(venv: str) -> str:
+    return str(BENCH / ".peers" / venv / "bin" / "python")
 
 
 def median_run(results: list[dict]) -> dict:
@@ -164,6 +191,75 @@ def efficiency(python: str, system: str, drain: float, seconds_each: float, url:
     return runs
 
 
+def paired_commands(args: dict[str, tuple[str, ...]], url: str, pairs: int, key: str) -> dict:
+    """Two workqueue worker-command runs in back-to-back pairs, ABBA order, as paired_drains:
+    each one's median run (by `key`) with every run's figure, and the ratios second / first
+    taken within each pair (sorted)."""
+    first, second = args
+    runs: dict[str, list[dict]] = {first: [], second: []}
+    for i in range(pairs):
+        for name in (first, second) if i % 2 == 0 else (second, first):
+            runs[name].append(command(OURS, *args[name], url=url))
+    ratios = sorted(b[key] / a[key] for a, b in zip(runs[first], runs[second], strict=True))
+    medians = {name: sorted(results, key=lambda r: r[key])[len(results) // 2] | {"runs": [round(r[key]) for r in results]}
+               for name, results in runs.items()}
+    return medians | {"ratios": [round(ratio, 3) for ratio in ratios]}
+
+
+def worker_command(url: str, quick: bool) -> dict:
+    """The worker command: I/O-bound throughput (ours: the median of three runs; quick: one),
+    the peers at the same concurrency, a SIGKILL mid-run, CPU-bound scaling with processes, and
+    the supervised path beside --in-process (no-op drain, idle pickup). Each part's wall time too."""
+    r: dict = {"seconds": {}, "io": [], "peers_io": [], "crash": []}
+    clock = time.monotonic()
+
+    def lap(part: str) -> None:
+        nonlocal clock
+        r["seconds"][part] = round(time.monotonic() - clock, 1)
+        print(f"  {part}: {r['seconds'][part]:.0f} s", file=sys.stderr)
+        clock = time.monotonic()
+
+    span, runs = (1.0, 1) if quick else (2.0, 3)  # seconds of work at the limit per run; runs of ours
+    print("worker command: I/O-bound ...", file=sys.stderr)
+    for kind, counts in IO_CONCURRENCY.items():
+        for n in counts:
+            for seconds in IO_SLEEPS:
+                args = ("io", "workqueue", kind, str(n), repr(seconds), str(round(n / seconds * span)), "30")
+                results = [command(OURS, *args, url=url) for _ in range(runs)]
+                ordered = sorted(results, key=lambda run: run["rate"])
+                r["io"].append(ordered[len(ordered) // 2] | {"runs": [round(run["rate"]) for run in results]})
+    lap("io")
+    if not quick:
+        for peer, (venv, kind) in IO_PEERS.items():
+            print(f"worker command: {peer} ...", file=sys.stderr)
+            for n in IO_CONCURRENCY[kind]:
+                for seconds in IO_SLEEPS:
+                    messages = min(IO_PEER_MESSAGES, round(n / seconds * span))
+                    r["peers_io"].append(command(peer_python(venv), "io", peer, kind, str(n), repr(seconds), str(messages),
+                                                 repr(IO_PEER_CAP), url=url))
+        lap("peers_io")
+    print("worker command: SIGKILL mid-run ...", file=sys.stderr)
+    n, seconds, jobs, window = CRASH
+    crashes = [("workqueue", OURS, "async"), ("workqueue", OURS, "threads")]
+    if not quick:
+        crashes += [(peer, peer_python(venv), kind) for peer, (venv, kind) in IO_PEERS.items()]
+    for name, python, kind in crashes:
+        r["crash"].append(command(python, "crash", name, kind, str(n), repr(seconds), str(jobs), repr(window), url=url))
+    lap("crash")
+    print("worker command: CPU-bound, no-op drain, pickup ...", file=sys.stderr)
+    busy = str(1_500 if quick else 3_000)
+    r["cpu"] = paired_commands({"1": ("cpu", "1", busy), "2": ("cpu", "2", busy)}, url, 3 if quick else 5, "rate")
+    lap("cpu")
+    noops = str(50_000 if quick else 100_000)
+    r["drain"] = paired_commands({"in-process": ("drain", "in-process", noops), "supervised": ("drain", "supervised", noops)},
+                                 url, 3 if quick else 5, "drain")
+    lap("drain")
+    r["pickup"] = command(OURS, "pickup", str(300 if quick else PICKUP_SAMPLES), url=url)
+    lap("pickup")
+    r["seconds"]["total"] = round(sum(r["seconds"].values()), 1)
+    return r
+
+
 def measure(url: str, quick: bool, messages: int) -> dict:
     """Every figure of the page, in one run against one Redis."""
     client = redis.Redis.from_url(url)
@@ -205,6 +301,7 @@ def measure(url: str, quick: bool, messages: int) -> dict:
             r["peers"][peer] = systems(python, "drain", peer, str(n), url=url)
             r["peers"][peer].update(systems(python, "pickup", peer, "50", url=url))
             r["efficiency"][peer] = efficiency(python, peer, r["peers"][peer]["drain"], seconds_each, url)
+    r["command"] = worker_command(url, quick)
     return r
 
 
@@ -353,6 +450,117 @@ def peers_section(r: dict) -> list[str]:
     ]
 
 
+KIND_LABELS = {"async": "async def (asyncio.sleep)", "threads": "plain def (time.sleep)"}
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms"
+
+
+def best_peer(r: dict, n: int, seconds: float) -> dict | None:
+    """The fastest peer run at concurrency n and this handler sleep, if the peers ran."""
+    runs = [run for run in r["command"]["peers_io"] if run["concurrency"] == n and run["handler_seconds"] == seconds]
+    return max(runs, key=lambda run: run["rate"], default=None)
+
+
+def command_section(r: dict) -> list[str]:
+    c = r["command"]
+    io_rows = sorted(c["io"] + c["peers_io"], key=lambda run: (run["handler_seconds"], run["concurrency"],
+                                                              run["system"] != "workqueue", -run["rate"]))
+    lines = [
+        "## The worker command", "",
+        "`python -m workqueue worker handlers:NAME` (bench/handlers.py), started in bench/ with LOG_LEVEL=warning and",
+        f"WORKER_TIMEOUT={c['crash'][0]['worker_timeout']}, each worker in a process group of its own; supervised unless it says",
+        "`--in-process`. Every run is timed from the first job's start (a supervised worker's children take a while to",
+        "start): jobs / (last job's end − first job's start). RSS = VmRSS summed over the worker's process group (the",
+        "worker and its children), the largest of samples every 0.25 s while it works.", "",
+        "### I/O-bound handlers, one worker running N at once", "",
+        "Jobs sleep (asyncio.sleep in an `async def` handler, N tasks on one event loop; time.sleep in a plain one, N",
+        "threads). workqueue: `--processes 1 --concurrency N`, so the limit is N / sleep; its figure is the median of",
+        f"{len(c['io'][0]['runs'])} run(s) of {'about 1 s' if r['quick'] else 'about 2 s'} of work at the limit.",
+        f"The peers run the same job at the same N, up to {IO_PEER_MESSAGES:,} jobs or {IO_PEER_CAP:g} s from their first.", "",
+        "| Sleep | N | System | Handler | msg/s | % of N / sleep | RSS MiB |", "| ---: | ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    for run in io_rows:
+        lines.append(f"| {ms(run['handler_seconds'])} | {run['concurrency']} | {run['system']} {run['version']} | "
+                     f"{KIND_LABELS[run['kind']]} | {run['rate']:,.0f} | {run['efficiency'] * 100:.1f}% | {run['rss_mib']:.0f} |")
+    if c["peers_io"]:
+        lines += ["", "Peer set-ups (one worker process each, as documented): arq `Worker(max_jobs=N)` (it polls every 0.5 s,",
+                  "its default); saq `Worker(concurrency=N)`; taskiq-redis `RedisStreamBroker` (acknowledged), `taskiq worker",
+                  "--workers 1 --max-async-tasks N`; Dramatiq `Worker(worker_threads=N)`; Celery `--pool=threads",
+                  "--concurrency=N`; huey consumer with N thread workers."]
+    n, seconds, jobs, window = CRASH
+    lines += [
+        "", "### A SIGKILL mid-run", "",
+        f"{jobs:,} jobs sleeping {ms(seconds)}, N = {n}; once 40% have run (or 10 s after the first did) the worker's whole",
+        "process group is SIGKILLed and the same command started again. Each job pushes its id before it returns, so a",
+        f"job the system took as done has said so. Lost = never run within {window:g} s of the restart (workqueue: or until",
+        "every job has run and its queue holds nothing pending, in flight or delayed); duplicated = runs beyond one a job.",
+        "Peers at their defaults: some take back a dead worker's jobs only later (Dramatiq after its 60 s heartbeat",
+        "timeout, taskiq-redis after a 10 min idle time, saq at its sweeps), some never (at-most-once).", "",
+        "| System | Handler | Run before the kill | Lost | Duplicated | Waited after the restart |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for run in c["crash"]:
+        lines.append(f"| {run['system']} | {KIND_LABELS[run['kind']]} | {run['ran_before_kill']:,} | {run['lost']:,} | "
+                     f"{run['duplicated']:,} | {run['waited']:.1f} s |")
+    cpu, drain, pickup = c["cpu"], c["drain"], c["pickup"]
+    lines += [
+        "", "### CPU-bound handler, one or two child processes", "",
+        f"Jobs busy-wait 1 ms (`handlers:busy_1ms`), {cpu['1']['messages']:,} a run, `--processes 1` and `--processes 2` (concurrency",
+        f"1) in {len(cpu['ratios'])} back-to-back pairs (ABBA); the machine has {r['machine']['cores']} cores, shared with Redis and the supervisor.", "",
+        "| Processes | msg/s (median) | Runs | RSS MiB |", "| ---: | ---: | --- | ---: |",
+    ]
+    for key in ("1", "2"):
+        lines.append(f"| {key} | {cpu[key]['rate']:,.0f} | {', '.join(f'{x:,}' for x in cpu[key]['runs'])} | {cpu[key]['rss_mib']:.0f} |")
+    lines += [
+        "", "### Supervised beside `--in-process`", "",
+        f"No-op drain: `handlers:noop --burst`, {drain['supervised']['messages']:,} messages, supervised at its defaults (one child",
+        f"per core, concurrency 1) and `--in-process`, in {len(drain['ratios'])} back-to-back pairs (ABBA), timed from job 0's start to",
+        f"job N−1's. Idle pickup: both idle side by side on queues of their own, {pickup['supervised']['samples']:,} samples each,",
+        "alternating, 20 ms apart.", "",
+        "| Worker | No-op drain msg/s (median) | Runs | Idle pickup p50 / p99 ms |", "| --- | ---: | --- | ---: |",
+    ]
+    for key in ("in-process", "supervised"):
+        lines.append(f"| {key} | {drain[key]['drain']:,.0f} | {', '.join(f'{x:,}' for x in drain[key]['runs'])} | "
+                     f"{pickup[key]['p50_ms']:.2f} / {pickup[key]['p99_ms']:.2f} |")
+    parts = ", ".join(f"{part} {value:.0f} s" for part, value in c["seconds"].items() if part != "total")
+    return lines + ["", f"This section took {c['seconds']['total']:.0f} s ({parts}).", ""]
+
+
+def command_targets(r: dict) -> list[tuple[str, str, bool]]:
+    """The worker command's targets: each a figure of this run against a limit or a figure of the same run."""
+    c = r["command"]
+    rows = []
+    for run in c["io"]:
+        kind, n, seconds, share = run["kind"], run["concurrency"], run["handler_seconds"], run["efficiency"] * 100
+        goal = IO_TARGETS[kind] * 100
+        rows.append((f"worker command, {kind} N = {n}, {ms(seconds)} sleeps ≥ {goal:.0f}% of N / sleep ({run['limit']:,.0f} msg/s)",
+                     f"{share:.1f}% ({run['rate']:,.0f} msg/s)", share >= goal))
+    for run in c["io"]:
+        peer = best_peer(r, run["concurrency"], run["handler_seconds"])
+        if peer is not None:
+            ratio = run["rate"] / peer["rate"]
+            rows.append((f"worker command, {run['kind']} N = {run['concurrency']}, {ms(run['handler_seconds'])} ≥ 2× the best peer "
+                         f"at that N (best: {peer['system']}, {peer['rate']:,.0f} msg/s)", f"{ratio:.2f}×", ratio >= 2))
+    for run in c["crash"]:
+        if run["system"] == "workqueue":
+            rows.append((f"SIGKILL of the worker's process group mid-run, then a restart: no job lost ({run['kind']})",
+                         f"{run['lost']} lost, {run['duplicated']} duplicated", run["lost"] == 0))
+    cpu = middle(c["cpu"]["ratios"])
+    rows.append(("CPU-bound (1 ms busy-wait): `--processes 2` ≥ 1.8× `--processes 1` (median of paired runs' ratios)",
+                 f"{cpu:.2f}× (pairs: {', '.join(f'{x:.2f}' for x in c['cpu']['ratios'])})", cpu >= 1.8))
+    drain = middle(c["drain"]["ratios"])
+    rows.append(("supervised no-op drain ≥ 0.5× `--in-process` (median of paired runs' ratios)",
+                 f"{drain:.2f}× (pairs: {', '.join(f'{x:.2f}' for x in c['drain']['ratios'])})", drain >= 0.5))
+    pickup = c["pickup"]
+    for p in ("p50", "p99"):
+        ours, base = pickup["supervised"][f"{p}_ms"], pickup["in-process"][f"{p}_ms"]
+        rows.append((f"idle pickup {p}, supervised ≤ `--in-process` + 0.5 ms (in-process: {base:.2f} ms)", f"{ours:.2f} ms",
+                     ours <= base + 0.5))
+    return rows
+
+
 def targets(r: dict) -> list[tuple[str, str, bool]]:
     """(target, this run's figure, met) for each target: ratios or differences of this run's figures."""
     wq = r["efficiency"]["workqueue"]
@@ -385,12 +593,12 @@ def targets(r: dict) -> list[tuple[str, str, bool]]:
         ("no-op simple drain ≥ 15× the per-message raw loop", f"{simple:.1f}×", simple >= 15),
         ("batched push ≥ 50% of raw pipelined RPUSH", f"{push:.1f}%", push >= 50),
         (f"worker RSS after {rss['messages']:,} within 10% of after 10 000", f"{growth:+.1f}%", abs(growth) <= 10),
-    ]
+    ] + command_targets(r)
 
 
 def report(r: dict) -> str:
     """The markdown page: figures, then the targets as ratios of this run's figures."""
-    lines = intro(r) + figures(r) + many_section(r) + load_section(r) + efficiency_section(r) + peers_section(r)
+    lines = intro(r) + figures(r) + many_section(r) + load_section(r) + efficiency_section(r) + peers_section(r) + command_section(r)
     lines += ["## Targets", "", "| Target | This run | Met |", "| --- | ---: | :---: |"]
     lines += [f"| {name} | {value} | {'yes' if met else 'no'} |" for name, value, met in targets(r)]
     lines += ["", "![drain rates](benchmarks.png)", ""]
