@@ -292,3 +292,21 @@ def test_async_tries_past_job_timeout_are_cancelled_in_their_child_and_failures_
     assert "Traceback" in dead[failing]["exception"] and not worker.named("worker_child_exited")
     result = stats(shared_redis.url, queue_name)
     assert result["completed"] == 4 and result["dead_lettered"] == 2 and result["unaccounted"] == 0
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_redis_outage_lets_the_tries_end_and_settles_them_once_redis_is_back(own_redis, queue_name, tmp_path):
+    """Redis down while two tries run and SIGTERM arrives: the tries end, the supervisor waits Redis out, settles them, puts back what never started and exits 0."""
+    traced = tmp_path / "trace"
+    env = script_env(own_redis.url, queue_name, TEST_TRACE_FILE=traced, LOG_LEVEL="warning")
+    queue = Queue.connect(own_redis.url, queue_name)
+    queue.push_many([{"seconds": 1} for _ in range(6)])
+    worker = Process("-m", "workqueue", "worker", "tests.misbehaving:traced", "--processes", "1", "--concurrency", "2", env=env)
+    wait_until(lambda: len(trace(traced)) >= 2, timeout=15)
+    own_redis.kill()
+    worker.signal(signal.SIGTERM)
+    wait_until(lambda: len([e for e in trace(traced) if e[0] == "end"]) >= 2, timeout=15)
+    own_redis.start()
+    assert worker.wait(timeout=60) == 0
+    result = stats(own_redis.url, queue_name)
+    assert result["completed"] == 2 and result["pending"] == 4 and result["in_flight"] == 0 and result["unaccounted"] == 0

@@ -68,14 +68,19 @@ class Supervisor(Worker):
         if pipeline.has_next and (pipeline.read_arrived() or pool.room() >= pool.capacity()):
             self._held.accept(*pipeline.take_next())  # asked for while the children worked
             return True
-        # The children hold messages: once they can take a quarter of what they may hold, ask for
-        # more without waiting, and meanwhile take in their results.
-        room = pool.room()
-        if room >= pool.capacity() / 4:
-            write_held_lines()  # the request settles the outcomes so far
-            pipeline.ask(min(room, self.prefetch))
+        self._ask_ahead()
         self._collect(TICK)
         return True
+
+    def _ask_ahead(self) -> None:
+        """While the children hold messages: once they can take a quarter of what they may hold,
+        ask for more without waiting (settling the outcomes so far), so that it comes while
+        they work."""
+        pool, pipeline = self.pool, self._pipeline
+        room = pool.room()
+        if pool.busy and not pipeline.has_next and room >= pool.capacity() / 4:
+            write_held_lines()  # the request settles the outcomes so far
+            pipeline.ask(min(room, self.prefetch))
 
     def _busy(self) -> bool:
         return self.pool.busy
@@ -98,13 +103,16 @@ class Supervisor(Worker):
             else:
                 ready.append(item)
         held.extend(self.pool.dispatch(ready))  # those no child could take wait here, in order
+        if not held:
+            self._ask_ahead()
         self._collect(TICK)
 
-    def _collect(self, timeout: float) -> None:
+    def _collect(self, timeout: float, settle: bool = True) -> None:
         """Wait up to `timeout` for results (less when outcomes wait to be sent), record them,
-        end children past JOB_TIMEOUT, and send the outcomes once the oldest waited ACK_DELAY."""
+        end children past JOB_TIMEOUT, and (with `settle`) send the outcomes once the oldest
+        waited ACK_DELAY."""
         pipeline = self._pipeline
-        if pipeline.outcomes:
+        if settle and pipeline.outcomes:
             timeout = min(timeout, max(0.0, pipeline.outcomes.first_at + ACK_DELAY - time.monotonic()))
         for finished in self.pool.wait(timeout, also=pipeline.fileno()):  # a batch's arrival ends the wait too
             self._processor.record(finished.held, finished.outcome, finished.error, finished.trace, finished.seconds)
@@ -112,7 +120,7 @@ class Supervisor(Worker):
             how, held = self.pool.exits.pop(0)
             self.log.warning("worker_child_exited", exit=how, held=held)
         self.pool.enforce()
-        if pipeline.outcomes and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY:
+        if settle and pipeline.outcomes and time.monotonic() - pipeline.outcomes.first_at >= ACK_DELAY:
             write_held_lines()  # a message's line is written before Redis hears its outcome
             pipeline.settle()
 
@@ -122,7 +130,7 @@ class Supervisor(Worker):
         self.pool.stop_starting()
         deadline = time.monotonic() + self.grace
         while self.pool.running() and time.monotonic() < deadline:  # bounded by the grace
-            self._collect(TICK)
+            self._collect(TICK, settle=False)  # leaving settles them, riding out an outage
         time.sleep(TICK)  # a child that was about to start a try has marked it by now
         for finished in self.pool.wait(0) + self.pool.take_back():
             self._processor.record(finished.held, finished.outcome, finished.error, finished.trace, finished.seconds)
