@@ -59,33 +59,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def systems(python: str, *args: str, url: str) -> dict:
-    """Run bench/systems.py in the given interpreter; it prints one JSON object."""
+def bench_script(python: str, script: str, *args: str, url: str) -> dict:
+    """Run bench/`script` in the given interpreter against `url`; it prints one JSON object last."""
     env = dict(os.environ, BENCH_REDIS_URL=url, **(OURS_ENV if python == OURS else {}))
-    done = subprocess.run([python, str(BENCH / "systems.py"), *args], cwd=BENCH, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([python, str(BENCH / script), *args], cwd=BENCH, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
-        raise SystemExit(f"systems.py {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"{script} {' '.join(args)} failed:\n{done.stdout[-1000:]}{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def systems(python: str, *args: str, url: str) -> dict:
+    """bench/systems.py: one system measured, in that system's interpreter."""
+    return bench_script(python, "systems.py", *args, url=url)
 
 
 def scale(*args: str, url: str) -> dict:
-    """Run bench/scale.py (several workers, the worker script) in workqueue's venv; it prints one JSON object."""
-    done = subprocess.run([OURS, str(BENCH / "scale.py"), *args], cwd=BENCH, env=dict(os.environ, BENCH_REDIS_URL=url, **OURS_ENV),
-                          capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"scale.py {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """bench/scale.py: several workers (the worker script), in workqueue's interpreter."""
+    return bench_script(OURS, "scale.py", *args, url=url)
 
 
 def command(python: str, *args: str, url: str) -> dict:
-    """Run bench/command.py (worker commands, ours and the peers') in the given interpreter; it prints one JSON object."""
-    env = dict(os.environ, BENCH_REDIS_URL=url, **(OURS_ENV if python == OURS else {}))
-    done = subprocess.run([python, str(BENCH / "command.py"), *args], cwd=BENCH, env=env,
-                          capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"command.py {' '.join(args)} failed:\n{done.stdout[-1000:]}{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """bench/command.py: worker commands, ours and the peers', in the given interpreter."""
+    return bench_script(python, "command.py", *args, url=url)
 
 
 def peer_python(venv: str) -> str:
