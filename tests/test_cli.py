@@ -12,7 +12,8 @@ from support import PYTHON, ROOT, free_port, script_env, stats
 from workqueue import Queue, Worker, message
 
 STATS_KEYS = ["pending", "in_flight", "delayed", "dead", "workers", "paused", "oldest_pending_age_seconds", "produced",
-              "requeued", "completed", "retried", "recovered", "dead_lettered", "duplicates_skipped", "purged", "unaccounted"]
+              "requeued", "completed", "retried", "recovered", "dead_lettered", "duplicates_skipped", "purged", "unaccounted",
+              "memory_used_bytes", "memory_limit_bytes", "maxmemory_policy"]
 
 
 def cli(*args, env):
@@ -34,6 +35,8 @@ def test_stats_json_has_exactly_the_documented_keys_and_balance(shared_redis, cl
     assert list(result) == STATS_KEYS
     age = result.pop("oldest_pending_age_seconds")
     assert 0 <= age < 30
+    assert result.pop("memory_used_bytes") > 0 and result.pop("memory_limit_bytes") == 0
+    assert result.pop("maxmemory_policy") == "noeviction"
     assert result == {"pending": 1, "in_flight": 0, "delayed": 0, "dead": 1, "workers": 0, "paused": False, "produced": 4,
                       "requeued": 0, "completed": 2, "retried": 0, "recovered": 0, "dead_lettered": 1,
                       "duplicates_skipped": 0, "purged": 0, "unaccounted": 0}

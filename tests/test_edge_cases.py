@@ -30,8 +30,8 @@ def test_unencodable_id_is_dead_lettered_and_odd_error_text_survives(shared_redi
     assert failed["error"] == "ValueError: cannot read /tmp/\udcff" and failed["attempts"] == 1
 
 
-def test_worker_backs_off_while_redis_is_out_of_memory(own_redis, queue_name):
-    """With Redis refusing writes (maxmemory), the worker warns and waits, then goes on."""
+def test_worker_runs_what_waits_while_redis_is_out_of_memory_and_warns_while_it_cannot_wait(own_redis, queue_name):
+    """With Redis refusing writes (maxmemory), the worker still runs the message waiting, warns while Redis refuses its wait for more (BLMOVE), then goes on."""
     queue = Queue.connect(own_redis.url, queue_name)
     queue.push({"n": 1})
     seen = []
@@ -39,13 +39,14 @@ def test_worker_backs_off_while_redis_is_out_of_memory(own_redis, queue_name):
     admin = own_redis.client()
     admin.config_set("maxmemory", 1)
     with capture_logs() as logs, running(worker):
-        wait_until(lambda: any(e["event"] == "redis_unavailable" for e in logs), timeout=10)
-        assert seen == []
+        wait_until(lambda: seen and any(e["event"] == "redis_unavailable" for e in logs), timeout=10)
         admin.config_set("maxmemory", 0)
-        wait_until(lambda: seen, timeout=15)
+        queue.push({"n": 2})
+        wait_until(lambda: len(seen) == 2, timeout=15)
     unavailable = [e for e in logs if e["event"] == "redis_unavailable"][0]
     assert unavailable["log_level"] == "warning" and "OutOfMemoryError" in unavailable["error"]
     assert any(e["event"] == "redis_available" for e in logs)
+    assert queue.stats()["completed"] == 2
 
 
 @pytest.mark.parametrize("delivery", ["reliable", "simple"])

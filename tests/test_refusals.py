@@ -121,9 +121,13 @@ def test_a_busy_script_on_the_server_is_waited_out(tmp_path, queue_name):
     ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
     ("LOADING Redis is loading the dataset in memory", True),
     ("ERR Error running script (call to f_1): @user_script:1: WRONGTYPE Operation against a key holding the wrong kind of value", False),
+    # Redis 6.2 wraps the reply of a command a script ran: these wait, as they do unwrapped.
+    ("ERR Error running script (call to f_1): @user_script:9: -OOM command not allowed when used memory > 'maxmemory'.", True),
+    ("ERR Error running script (call to f_1): @user_script:9: -READONLY You can't write against a read only replica.", True),
+    ("ERR Error running script (call to f_1): @user_script:9: -MISCONF Redis is configured to save RDB snapshots", True),
 ])
 def test_cluster_and_script_replies_are_classified_as_redis_py_parses_them(reply, outage):
-    """Replies parsed by redis-py's own parser: MOVED and WRONGTYPE (even wrapped by a script) refuse; ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING wait."""
+    """Replies parsed by redis-py's own parser: MOVED and WRONGTYPE (even wrapped by a script) refuse; ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING, and OOM, READONLY, MISCONF wrapped by a script, wait."""
     from redis._parsers.base import BaseParser
 
     from workqueue.store.outages import is_outage, refusal

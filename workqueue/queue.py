@@ -19,6 +19,7 @@ from .store import Store
 from .store.consumer import Consumer
 from .store.dead import DeadLetters
 from .store.keys import QueueKeys
+from .store.memory import refuse_evicting_policy
 from .store.outages import ReplicasShortfall
 from .store.scripts import Scripts
 from .store.stats import Snapshot, StatValue
@@ -150,7 +151,9 @@ class Queue:
 
     def register(self) -> None:
         """List this queue in the registry of queues on its Redis (idempotent). Pushing does
-        this once per Queue object; a starting worker calls it."""
+        this once per Queue object; a starting worker calls it. Raises RedisRefused when Redis's
+        maxmemory-policy may evict the queue's keys (memory.py)."""
+        refuse_evicting_policy(self.store)
         self.scripts.call("register", [self.keys.registry], [self.name])
         self._registered = True
 

@@ -191,5 +191,6 @@ class Consumer:
         return bool(self.scripts.call("heartbeat", *self._heartbeat_call("leave")))
 
     def _heartbeat_call(self, action: str) -> tuple[list[Key], list[Any]]:
-        keys: list[Key] = [self.keys.workers, self.in_flight_key, self.keys.settled, self.keys.sessions, self.landing_key]
+        keys: list[Key] = [self.keys.workers, self.in_flight_key, self.keys.settled, self.keys.sessions, self.landing_key,
+                           self.keys.done]
         return keys, [self.worker_id, action, _ms(self.worker_timeout), self.session, self._joined]

@@ -72,6 +72,9 @@ REDIS_UNAVAILABLE = (
 # Replies redis-py leaves as a plain ResponseError that are outages too: a script running too
 # long, a failed snapshot stopping writes, too few replicas, a dataset still loading.
 OUTAGE_REPLIES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "LOADING ")
+# Redis 6.2 wraps the error of a command a script ran: "Error running script (call to f_...):
+# @user_script:1: -OOM command not allowed...". What follows ": -" is the command's own reply.
+WRAPPED_OUTAGES = tuple(f": -{code}" for code in ("OOM ", "READONLY ", *OUTAGE_REPLIES, "TRYAGAIN ", "CLUSTERDOWN "))
 # What redis-py's cluster client says (as a RedisClusterException) while no node answers or
 # while its map of slots is incomplete: it reads the map again on its next command.
 CLUSTER_OUTAGES = ("TTL exhausted", "Redis Cluster cannot be connected", "All slots are not covered", "is not covered by the cluster")
@@ -146,7 +149,11 @@ def is_outage(error: BaseException) -> bool:
     if isinstance(error, (ClusterClientError, RedisClusterException)) and not isinstance(error, SlotNotCoveredError):
         cause = error.__cause__ or error.__context__
         return (cause is not None and is_outage(cause)) or any(words in str(error) for words in CLUSTER_OUTAGES)
-    return isinstance(error, REDIS_UNAVAILABLE) or (isinstance(error, ResponseError) and str(error).startswith(OUTAGE_REPLIES))
+    if isinstance(error, REDIS_UNAVAILABLE):
+        return True
+    text = str(error)
+    return isinstance(error, ResponseError) and (
+        text.startswith(OUTAGE_REPLIES) or ("Error running script" in text and any(code in text for code in WRAPPED_OUTAGES)))
 
 
 def raise_if_refused(error: Exception) -> None:

@@ -1,4 +1,5 @@
-"""What `stats` reports: every figure, read from Redis at one instant by one script.
+"""What `stats` reports: every figure of the queue, read from Redis at one instant by one script,
+and beside them how full Redis is and what it does when full (memory.py).
 
 The balance `unaccounted` is 0 when every message pushed is accounted for: processed, dead-
 lettered, skipped as a duplicate, or still waiting, delayed or held by a worker.
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from .handle import Store
+from .memory import read_memory
 from .transport import Key
 
 # Every figure `stats` reports, in order, with what it counts: the CLI prints these labels.
@@ -30,10 +32,13 @@ STATS_FIELDS = {
     "duplicates_skipped": "duplicates skipped",
     "purged": "dead letters purged",
     "unaccounted": "messages unaccounted for (0: nothing lost)",
+    "memory_used_bytes": "memory Redis uses, for every key it holds",
+    "memory_limit_bytes": "its maxmemory (0: none)",
+    "maxmemory_policy": "what a full Redis does (allkeys-*: evicts messages)",
 }
 # The counters the scripts keep in the stats hash, each in the step of the transition it counts.
 COUNTERS = ("produced", "requeued", "completed", "retried", "recovered", "dead_lettered", "duplicates_skipped", "purged")
-StatValue = int | float | bool | None
+StatValue = int | float | bool | str | None
 
 
 @dataclass(frozen=True)
@@ -86,4 +91,6 @@ def read(store: Store, attempts: int = 50) -> Snapshot:
         c["produced"] + c["requeued"] - c["completed"] - c["dead_lettered"] - c["duplicates_skipped"]
         - pending - delayed - in_flight
     )
+    memory = read_memory(store)  # beside the script: INFO may not be run by one
+    result.update(memory_used_bytes=memory.used, memory_limit_bytes=memory.maximum, maxmemory_policy=memory.policy)
     return Snapshot({name: result[name] for name in STATS_FIELDS}, workers)

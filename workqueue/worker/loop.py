@@ -25,7 +25,7 @@ from ..protocol import Delivery, Fetched
 from ..queue import Queue
 from ..settings import Settings
 from ..shutdown import Shutdown
-from ..store.outages import Outage, is_fenced, is_outage, raise_if_refused
+from ..store.outages import Outage, RedisRefused, is_fenced, is_outage, raise_if_refused
 from .handlers import Handler, HandlerRunner, LoopAbort, WorkerAborted, check_handler
 from .held import Holdings
 from .housekeeper import Housekeeper
@@ -153,6 +153,8 @@ class Worker:
                         self._unexpected(error)
                         continue
                 self._outage.failed(error, lambda: self.shutdown.requested)
+            except RedisRefused:
+                raise
             except Exception as error:
                 self._unexpected(error)
 

@@ -22,6 +22,7 @@
 if session_ended(KEYS[7], ARGV[3], ARGV[5]) then return redis.error_reply(FENCED) end
 local now = now_ms()
 local reliable = ARGV[2] == 'reliable'
+forget_expired(KEYS[4], now)  -- the first write: see the prelude
 redis.call('ZADD', KEYS[5], now + tonumber(ARGV[4]), ARGV[3])
 
 -- Bounded so one call never stalls Redis; the rest are promoted by the next fetch.

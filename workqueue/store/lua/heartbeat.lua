@@ -4,6 +4,8 @@
 -- KEYS[3] settled      hash of worker id -> last applied settle sequence number
 -- KEYS[4] sessions     hash of worker id -> its current session number
 -- KEYS[5] landing      the worker's landing list (see woken.lua)
+-- KEYS[6] done         sorted set of completed ids (the expired are forgotten first, so that
+--                      this script runs, and frees memory, while Redis is full)
 -- ARGV[1] worker id
 -- ARGV[2] action       'join': start session ARGV[4], registered for ARGV[3] ms; 'beat': alive
 --                      for ARGV[3] more ms; 'leave': deregister, which succeeds only if the
@@ -17,6 +19,8 @@
 -- refused because messages are held. A request of an older session is refused with FENCED.
 local worker, action = ARGV[1], ARGV[2]
 local stored = redis.call('HGET', KEYS[4], worker)
+local now = now_ms()
+forget_expired(KEYS[6], now)  -- the first write: see the prelude
 if action == 'join' then
   local session, current = tonumber(ARGV[4]), tonumber(stored or '0') or 0  -- any text: none
   -- A join delayed in the network, arriving after a newer one, must not undo it. The number
@@ -27,7 +31,7 @@ if action == 'join' then
   -- A message a wait moved whose woken script never ran is ours: hand it over with the list.
   empty_landing(KEYS[5], KEYS[2], 'LEFT', 'RIGHT')
   redis.call('HSET', KEYS[4], worker, ARGV[4])  -- as sent: the other scripts compare strings
-  redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), worker)
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), worker)
   return kept and 1 or 0
 end
 if stored ~= ARGV[4] then
@@ -35,7 +39,7 @@ if stored ~= ARGV[4] then
   return redis.error_reply(FENCED)
 end
 if action == 'beat' then
-  redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[3]), worker)
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), worker)
   return 1
 end
 empty_landing(KEYS[5], KEYS[2], 'LEFT', 'RIGHT')

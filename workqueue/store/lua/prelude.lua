@@ -7,6 +7,19 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Forget completed ids whose de-duplication window has passed, the oldest first and at most a
+-- thousand a call, so that no call stalls Redis. Every script that must run while Redis is full
+-- calls this before any other write: Redis refuses a script whose first write is a command it
+-- denies when full (ZADD, RPUSH, HSET, LMOVE...), and lets one through that wrote before, and
+-- these two commands it allows. So a full Redis frees what it can on every worker request.
+local function forget_expired(done, now)
+  if redis.call('ZCOUNT', done, '-inf', now) > 1000 then
+    redis.call('ZREMRANGEBYRANK', done, 0, 999)
+  else
+    redis.call('ZREMRANGEBYSCORE', done, '-inf', now)
+  end
+end
+
 -- A request made in a session that has ended is refused with this (outages.is_fenced).
 local FENCED = 'FENCED this worker session ended'
 

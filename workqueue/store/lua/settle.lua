@@ -54,6 +54,8 @@ else
   end
 end
 
+forget_expired(KEYS[5], now)  -- the first write: see the prelude
+
 -- Which messages are still held. Fast path: outcomes usually come in the order the messages
 -- were taken, so they are the head of the in-flight list and one LTRIM removes them all. In
 -- simple delivery the list is normally empty (it holds only messages adopted after a lost
@@ -130,9 +132,6 @@ local counts = {completed = completed, duplicates_skipped = duplicates_skipped, 
 for name, count in pairs(counts) do
   if count > 0 then redis.call('HINCRBY', KEYS[6], name, count) end
 end
--- Forget ids whose de-duplication window has passed (O(log n) when none has).
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-
 if own then
   redis.call('HSET', KEYS[8], worker, sequence)
 else
