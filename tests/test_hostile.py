@@ -242,7 +242,7 @@ def test_a_session_written_by_hand_does_not_stop_a_worker_joining(client, queue_
 @pytest.mark.slow
 @pytest.mark.parametrize("fill", [b'"', b"\xff"], ids=["quotes (escaping doubles them)", "not UTF-8 (base64 grows by a third)"])
 def test_an_element_too_big_to_keep_whole_is_dead_lettered_as_its_head_size_and_hash(own_redis, queue_name, fill):
-    """An element of 70 MB that is not a message (quotes, or bytes that are not UTF-8) is dead-lettered as its first 64 KiB, its size and its SHA-256, and the messages around it complete."""
+    """An element of 70 MB that is not a message (quotes, or bytes that are not UTF-8) is dead-lettered by Redis, never sent, as its first 4 KiB, its size and its SHA-1, and the messages around it complete."""
     import base64
     import hashlib
 
@@ -255,6 +255,6 @@ def test_an_element_too_big_to_keep_whole_is_dead_lettered_as_its_head_size_and_
     seen = []
     assert Worker(queue, lambda m: seen.append(m.id), burst=True).run() == 0
     [dead] = [json.loads(raw) for raw in client.lrange(f"{{{queue_name}}}:dead", 0, -1)]
-    assert dead["truncated"] is True and dead["size"] == len(huge) and dead["sha256"] == hashlib.sha256(huge).hexdigest()
-    assert base64.b64decode(dead["raw_base64"]) == huge[: 64 * 1024] and dead["error"].startswith("malformed message: ")
+    assert dead["truncated"] is True and dead["size"] == len(huge) and dead["sha1"] == hashlib.sha1(huge).hexdigest()
+    assert base64.b64decode(dead["raw_base64"]) == huge[:4096] and dead["error"].startswith("malformed message: too large: ")
     assert seen == [before, after] and queue.stats()["unaccounted"] == -1  # pushed by hand: never counted as produced

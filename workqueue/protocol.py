@@ -99,15 +99,23 @@ class Fetched:
     taken: Taken
     paused: bool = False  # the queue is paused: nothing is taken until it is resumed
     next_retry_ms: int | None = None  # with nothing taken: ms until a retry is due; None: none waits
+    oversized: tuple[int, ...] = ()  # sizes of elements too large to be messages, which Redis dead-lettered
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> Fetched:
         """fetch.lua's reply: {0, messages, positions of duplicates (from 1)} when something was
-        taken, {-2} when the queue is paused, {-1} when no retry waits, else {ms until one is due}."""
+        taken, and then the sizes of elements it dead-lettered as too large, if any (with none
+        taken, more may wait: as if a retry were due now); {-2} when the queue is paused, {-1}
+        when no retry waits, else {ms until one is due}."""
         if len(reply) == 1:
             code = int(reply[0])
             return cls([], paused=code == -2, next_retry_ms=code if code > 0 else None)
         messages, duplicates = reply[1], reply[2]
+        if len(reply) > 3:
+            oversized = tuple(int(size) for size in reply[3])
+            flagged = set(duplicates)
+            return cls([(raw, i in flagged) for i, raw in enumerate(messages, 1)], next_retry_ms=None if messages else 1,
+                       oversized=oversized)
         if not duplicates:  # the usual case
             return cls([(raw, False) for raw in messages])
         flagged = set(duplicates)

@@ -98,7 +98,7 @@ class Queue:
     def consumer(self, worker_id: str, delivery: Delivery | str = _DEFAULTS.delivery,
                  worker_timeout: float = _DEFAULTS.worker_timeout) -> Consumer:
         """The worker protocol for one worker of this queue."""
-        return Consumer(self.store, worker_id, delivery, worker_timeout, self.dedup_ttl)
+        return Consumer(self.store, worker_id, delivery, worker_timeout, self.dedup_ttl, self.policy.max_bytes)
 
     # -- producing ---------------------------------------------------------------------------
 

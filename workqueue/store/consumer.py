@@ -16,9 +16,36 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from ..protocol import Delivery, Fetched, Outcomes, Taken
+from ..signing import RETRY_ROOM, MessagePolicy
 from .handle import Store
 from .outages import is_fenced
 from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
+
+BATCH_BYTES = 1024 * 1024  # what a fetch's messages may add up to (its first is taken whatever its size)
+REGROW_SECONDS = 600.0  # a lowered reply budget doubles back at most this often
+PAGE_COUNT = 1000  # most elements of one page of an in-flight list
+
+
+class ReplyBudget:
+    """How many bytes of messages one reply may carry: BATCH_BYTES, halved each time Redis
+    closes the connection while we wait for a reply. A client-output-buffer-limit does that to
+    every reply over it, so batches shrink until they pass; a real outage costs only smaller
+    batches for a while, as the budget doubles back at most every REGROW_SECONDS."""
+
+    def __init__(self) -> None:
+        self._bytes = BATCH_BYTES
+        self._changed_at = 0.0
+
+    def cut(self) -> int:
+        """A reply was cut: halve the budget (one message a reply at the least); the new one."""
+        self._bytes, self._changed_at = max(1, self._bytes // 2), time.monotonic()
+        return self._bytes
+
+    @property
+    def bytes(self) -> int:
+        if self._bytes < BATCH_BYTES and time.monotonic() - self._changed_at > REGROW_SECONDS:
+            self._bytes, self._changed_at = min(BATCH_BYTES, self._bytes * 2), time.monotonic()
+        return self._bytes
 
 
 def _ms(seconds: float) -> int:
@@ -29,8 +56,11 @@ def _ms(seconds: float) -> int:
 class Consumer:
     """One worker's protocol on one queue: its id, delivery mode and heartbeat timeout are fixed."""
 
-    def __init__(self, store: Store, worker_id: str, delivery: Delivery | str, worker_timeout: float, dedup_ttl: float) -> None:
-        """`dedup_ttl`: seconds a completed id is remembered to skip its copies."""
+    def __init__(self, store: Store, worker_id: str, delivery: Delivery | str, worker_timeout: float, dedup_ttl: float,
+                 max_message_bytes: int = MessagePolicy.max_bytes) -> None:
+        """`dedup_ttl`: seconds a completed id is remembered to skip its copies. An element longer
+        than `max_message_bytes` and the room failed tries may add is dead-lettered by Redis,
+        never sent to us."""
         self.store = store
         self.client = store.client
         self.worker_id = worker_id
@@ -45,6 +75,10 @@ class Consumer:
         self.session = 0  # the session joined last (or being joined), 0 before the first join
         self._joined = 0  # the last session Redis confirmed we joined
         self._waits: Channel | None = None  # block()'s own connection
+        self.max_message_bytes = max_message_bytes
+        self._largest = max_message_bytes + RETRY_ROOM
+        self.budget = ReplyBudget()
+        self.oversized: list[int] = []  # sizes of elements Redis dead-lettered as too large, not yet reported
 
     def fetch(self, count: int, outcomes: Outcomes | None = None) -> Fetched:
         """Settle `outcomes` and take up to `count` messages, in one round trip. Joins first if
@@ -54,7 +88,15 @@ class Consumer:
         replies = send_together(self.client, self.keys.pending, self.requests(count, outcomes))
         if outcomes:
             outcomes.clear()  # Redis applied them
-        return Fetched.from_reply(replies[-1])
+        return self.fetched(replies[-1])
+
+    def fetched(self, reply: list[Any]) -> Fetched:
+        """What fetch.lua's `reply` says; the sizes of elements it dead-lettered as too large
+        are added to `oversized`, for the worker to report."""
+        fetched = Fetched.from_reply(reply)
+        if fetched.oversized:
+            self.oversized += fetched.oversized
+        return fetched
 
     def requests(self, count: int | None, outcomes: Outcomes | None) -> list[Command]:
         """The commands that settle `outcomes` (if any) and then, given a `count`, take up to
@@ -64,8 +106,9 @@ class Consumer:
         if outcomes:
             commands.append(self.settle_command(outcomes))
         if count is not None:
-            keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers, k.paused, k.sessions]
-            args = [count, self.delivery, self.worker_id, _ms(self.worker_timeout), self.session]
+            keys = [k.pending, self.in_flight_key, k.delayed, k.done, k.workers, k.paused, k.sessions, k.dead_letter, k.stats]
+            args = [count, self.delivery, self.worker_id, _ms(self.worker_timeout), self.session, self.budget.bytes,
+                    self.max_message_bytes, self._largest]
             commands.append(self.scripts.command("fetch", keys, args))
         return commands
 
@@ -99,6 +142,9 @@ class Consumer:
             self._waits = self.channel()
         self._waits.send(self.wait_requests(timeout))
         _, _, checked = self._waits.read()  # an error drops the connection; the next wait opens one
+        if len(checked) == 1:  # too large to be a message: Redis dead-lettered it
+            self.oversized.append(int(checked[0]))
+            return []
         return [(checked[0], checked[1] == 1)] if checked else []
 
     def close(self) -> None:
@@ -109,11 +155,12 @@ class Consumer:
     def wait_requests(self, timeout: float) -> list[Command]:
         """The three commands of block(), in our current session."""
         k = self.keys
-        woken_keys = [self.landing_key, self.in_flight_key, k.done, k.sessions, k.pending, k.paused]
+        woken_keys = [self.landing_key, self.in_flight_key, k.done, k.sessions, k.pending, k.paused, k.dead_letter, k.stats]
+        woken_args = [self.delivery, self.worker_id, self.session, self.max_message_bytes, self._largest]
         return [
             self.scripts.command("heartbeat", *self._heartbeat_call("beat")),
             ("BLMOVE", k.pending, self.landing_key, "LEFT", "RIGHT", timeout),
-            self.scripts.command("woken", woken_keys, [self.delivery, self.worker_id, self.session]),
+            self.scripts.command("woken", woken_keys, woken_args),
         ]
 
     def wait_seconds(self, fetched: Fetched) -> float:
@@ -158,7 +205,17 @@ class Consumer:
 
     def in_flight(self) -> list[bytes]:
         """What Redis says we hold (the truth after a lost reply)."""
-        return cast(list[bytes], self.client.lrange(self.in_flight_key, 0, -1))
+        return self.read_list(self.in_flight_key)
+
+    def read_list(self, key: Key, limit: int = 1_000_000) -> list[bytes]:
+        """A list's elements, read in pages of at most the reply budget (page.lua), up to `limit`."""
+        elements: list[bytes] = []
+        while len(elements) < limit:
+            page, more = self.scripts.call("page", [key], [len(elements), self.budget.bytes, PAGE_COUNT])
+            elements += page
+            if not more:
+                break
+        return elements
 
     # -- registration ------------------------------------------------------------------------
 

@@ -195,6 +195,12 @@ class Outage:
             self.failures = 0
 
 
+def is_closed_by_server(error: BaseException) -> bool:
+    """Whether Redis closed the connection while a reply was awaited: what it does to a client
+    whose reply outgrows its client-output-buffer-limit (and, once, when it shuts down)."""
+    return isinstance(error, ConnectionError) and "closed by server" in str(error)
+
+
 def is_fenced(error: BaseException) -> bool:
     """Whether `error` is Redis refusing a request of a worker session that ended (keys.py:
     `sessions`): the worker rejoins and finds out whether it still holds its messages."""

@@ -3,8 +3,6 @@ it now and then; Redis decides (settle.lua re-checks each heartbeat), so many ma
 
 from __future__ import annotations
 
-from typing import cast
-
 from redis.exceptions import ResponseError
 
 from .. import message
@@ -27,7 +25,7 @@ def recover_dead_workers(consumer: Consumer, retry: RetryPolicy, limit: int = 10
         name = worker_id.decode(errors="replace")
         outcomes, found = Outcomes(), []
         try:
-            elements = cast(list[bytes], client.lrange(keys.in_flight(worker_id), 0, -1))
+            elements = consumer.read_list(keys.in_flight(worker_id))
         except ResponseError as error:
             if "WRONGTYPE" not in str(error):
                 raise

@@ -16,7 +16,7 @@ from redis.exceptions import NoScriptError
 from .cluster import SlotMoved
 from .transport import Channel, Command, Key, send_together
 
-SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue", "purge", "pause", "register")
+SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue", "purge", "pause", "register", "page")
 
 
 class Scripts:

@@ -20,7 +20,7 @@ from structlog.typing import FilteringBoundLogger
 from ..protocol import RetryPolicy
 from ..shutdown import Shutdown
 from ..store.consumer import Consumer
-from ..store.outages import RedisRefused, is_fenced, is_outage, refusal
+from ..store.outages import RedisRefused, is_closed_by_server, is_fenced, is_outage, refusal
 from ..store.recovery import recover_dead_workers
 from .handlers import HandlerRunner
 
@@ -135,6 +135,8 @@ class Housekeeper:
                     pass  # our session ended (or the loop is starting a new one): the loop rejoins
                 elif not is_outage(error):  # an outage: the loop logs it and resyncs
                     self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
+                elif is_closed_by_server(error):  # a dead worker's list read in too large a page?
+                    self.log.warning("reply_budget_lowered", bytes=self.consumer.budget.cut())
             except Exception as error:  # this thread guards the heartbeat and the grace: go on
                 self.log.exception("housekeeping_failed", error=f"{type(error).__name__}: {error}")
 

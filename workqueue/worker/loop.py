@@ -25,7 +25,7 @@ from ..protocol import Delivery, Fetched
 from ..queue import Queue
 from ..settings import Settings
 from ..shutdown import Shutdown
-from ..store.outages import Outage, RedisRefused, is_fenced, is_outage, raise_if_refused
+from ..store.outages import Outage, RedisRefused, is_closed_by_server, is_fenced, is_outage, raise_if_refused
 from .handlers import Handler, HandlerRunner, LoopAbort, WorkerAborted, check_handler
 from .held import Holdings
 from .housekeeper import Housekeeper
@@ -135,7 +135,10 @@ class Worker:
             try:
                 if self._session.needed:
                     self._session.sync()
-                if not self._step():
+                more = self._step()
+                if self.consumer.oversized:
+                    self._processor.report_oversized(self.consumer.oversized, self.consumer.max_message_bytes)
+                if not more:
                     return  # burst: nothing left to do
                 self._outage.succeeded()
                 self._fenced = False
@@ -152,6 +155,8 @@ class Worker:
                     if not is_outage(error):
                         self._unexpected(error)
                         continue
+                    if is_closed_by_server(error):  # a reply over a client-output-buffer-limit?
+                        self.log.warning("reply_budget_lowered", bytes=self.consumer.budget.cut())
                 self._outage.failed(error, lambda: self.shutdown.requested)
             except RedisRefused:
                 raise

@@ -93,7 +93,7 @@ class RequestPipeline:
         while self._sent:
             replies = self._channel.read()
             if self._sent.popleft().fetch:
-                fetched = Fetched.from_reply(replies[-1])
+                fetched = self.consumer.fetched(replies[-1])
                 self._next += fetched.taken
         return fetched
 
@@ -119,7 +119,7 @@ class RequestPipeline:
         while self._sent and self._channel.ready():
             replies = self._channel.read()
             if self._sent.popleft().fetch:
-                self._next += Fetched.from_reply(replies[-1]).taken
+                self._next += self.consumer.fetched(replies[-1]).taken
                 return True
         return not self._sent and bool(self._next)
 

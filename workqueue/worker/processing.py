@@ -38,6 +38,16 @@ class MessageProcessor:
         self._log_processed = getattr(log, "is_enabled_for", lambda level: True)(logging.INFO)
         self._processed_line = getattr(log, "info_held", log.info)  # held: see logs.write_held_lines
 
+    def report_oversized(self, sizes: list[int], limit: int) -> None:
+        """Log (and count) the elements Redis dead-lettered as too large to be messages: no
+        worker ever received them (fetch.lua)."""
+        for size in sizes:
+            error = f"malformed message: too large: {size} bytes, over MAX_MESSAGE_BYTES ({limit})"
+            self.log.error("message_dead_lettered", id=None, attempts=None, error=error)
+            if self.metrics is not None:
+                self.metrics.failed(dead=True)
+        sizes.clear()
+
     def process(self, held: Held) -> None:
         log, msg, outcomes = self.log, held.message, self.pipeline.outcomes
         if msg is None:

@@ -7,6 +7,8 @@
 -- KEYS[5] workers      sorted set of worker ids scored by heartbeat deadline (ms)
 -- KEYS[6] paused       exists while the queue is paused: nothing is taken then
 -- KEYS[7] sessions     hash of worker id -> its current session number
+-- KEYS[8] dead_letter  the dead-letter list, for elements too large to be messages
+-- KEYS[9] stats        hash of counters (dead_lettered)
 -- ARGV[1] count        how many messages to take from the queue at most
 -- ARGV[2] delivery     'reliable' (move them into KEYS[2]) or 'simple' (pop them: at most once)
 -- ARGV[3] worker id    whose in-flight list KEYS[2] is
@@ -15,10 +17,16 @@
 -- ARGV[5] session      the worker's session: a fetch of an older one (delayed in the network,
 --                      or from a worker presumed dead) is refused with FENCED and takes nothing,
 --                      so nothing enters a live worker's list unknown to it
+-- ARGV[6] budget       bytes the messages taken may add up to (the first is taken whatever
+--                      its size): a reply a client-output-buffer-limit does not cut
+-- ARGV[7] limit        MAX_MESSAGE_BYTES; an element longer than ARGV[8] (the limit and the
+-- ARGV[8] largest      room failed tries may add) is no message: it is dead-lettered here,
+--                      never sent (prelude: dead_letter_oversized)
 -- Returns {wait_ms, messages, duplicates}: duplicates lists the positions (from 1) in messages
 -- of those whose id was completed already or appears earlier in this batch. wait_ms is 0 when
 -- something was taken; otherwise the ms until the next retry is due, or -1 when none is waiting; -2 when the queue
--- is paused (due retries still return to the queue, to wait there).
+-- is paused (due retries still return to the queue, to wait there). When elements were
+-- dead-lettered as too large, {0, messages, duplicates, their sizes}, messages perhaps none.
 if session_ended(KEYS[7], ARGV[3], ARGV[5]) then return redis.error_reply(FENCED) end
 local now = now_ms()
 local reliable = ARGV[2] == 'reliable'
@@ -35,17 +43,19 @@ end
 if redis.call('EXISTS', KEYS[6]) == 1 then return {-2} end
 
 local count = tonumber(ARGV[1])
-local taken = {}
-if count > 0 and reliable then
-  taken = redis.call('LRANGE', KEYS[1], 0, count - 1)
-  if #taken > 0 then
-    redis.call('LTRIM', KEYS[1], #taken, -1)
-    redis.call('RPUSH', KEYS[2], unpack(taken))
+local taken, oversized, looked = {}, {}, 0
+if count > 0 then
+  taken, oversized, looked = read_bounded(KEYS[1], 0, count, tonumber(ARGV[6]), tonumber(ARGV[8]))
+  if looked > 0 then
+    redis.call('LTRIM', KEYS[1], looked, -1)
+    if reliable and #taken > 0 then redis.call('RPUSH', KEYS[2], unpack(taken)) end
+    for i = 1, #oversized do dead_letter_oversized(KEYS[8], KEYS[9], oversized[i], ARGV[7], now) end
   end
-elseif count > 0 then
-  taken = redis.call('LPOP', KEYS[1], count) or {}
 end
 
+local sizes = {}  -- of the elements dead-lettered as too large, for the worker's log
+for i = 1, #oversized do sizes[i] = #oversized[i] end
+if #oversized > 0 and #taken == 0 then return {0, {}, {}, sizes} end
 if #taken == 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   if #first > 0 then return {math.max(1, tonumber(first[2]) - now)} end
@@ -77,4 +87,5 @@ if found > 0 then
     seen[id] = true
   end
 end
+if #oversized > 0 then return {0, taken, duplicates, sizes} end
 return {0, taken, duplicates}

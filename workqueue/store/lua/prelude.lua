@@ -52,3 +52,65 @@ local function message_id(raw)
   if ok and type(fields) == 'table' and type(fields.id) == 'string' then return fields.id end
   return nil
 end
+
+-- Up to `count` elements of list `key` from index `start` (0-based), as many as fit in `budget`
+-- bytes, and always the first: a reply never much larger than the budget, so that a server's
+-- client-output-buffer-limit does not cut it (the worker lowers the budget when one is cut).
+-- Read in chunks sized by what the budget has left, since LRANGE copies all it returns.
+-- Elements longer than `largest` are set apart in `oversized` and spend none of the budget.
+-- Returns the elements kept, the oversized ones, and how many elements were looked at.
+local function read_bounded(key, start, count, budget, largest)
+  local kept, oversized, n_kept, n_over, looked, bytes = {}, {}, 0, 0, 0, 0
+  local chunk = math.min(count, 16)
+  while looked < count do
+    local got = redis.call('LRANGE', key, start + looked, start + looked + chunk - 1)
+    for i = 1, #got do
+      local element = got[i]
+      local size = #element
+      if size > largest then
+        n_over = n_over + 1
+        oversized[n_over] = element
+      elseif n_kept > 0 and bytes + size > budget then
+        return kept, oversized, looked
+      else
+        n_kept = n_kept + 1
+        kept[n_kept] = element
+        bytes = bytes + size
+      end
+      looked = looked + 1
+    end
+    if #got < chunk then break end
+    local average = n_kept > 0 and bytes / n_kept or 1
+    chunk = math.min(count - looked, math.max(1, math.floor((budget - bytes) / math.max(average, 1))))
+  end
+  return kept, oversized, looked
+end
+
+-- Base64 of a short string (the table is built here, not in the prelude: every call of every
+-- script runs the prelude).
+local function base64(s)
+  local digits = {}
+  for i = 0, 63 do
+    digits[i] = string.sub('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', i + 1, i + 1)
+  end
+  local out, n, len = {}, 0, #s
+  for i = 1, len, 3 do
+    local a, b, c = string.byte(s, i, i + 2)
+    local v = a * 65536 + (b or 0) * 256 + (c or 0)
+    n = n + 1
+    out[n] = digits[math.floor(v / 262144)] .. digits[math.floor(v / 4096) % 64] ..
+      (i + 1 <= len and digits[math.floor(v / 64) % 64] or '=') .. (i + 2 <= len and digits[v % 64] or '=')
+  end
+  return table.concat(out)
+end
+
+-- Dead-letter an element too large to be a message without sending it to any worker (it might
+-- not fit in a reply, nor, escaped, in a Redis string): its first 4 KiB as base64, its size and
+-- its SHA-1, as message.py's dead_letter_malformed keeps an element over KEEP_WHOLE.
+local function dead_letter_oversized(dead_letter, stats, element, limit, now)
+  local error = 'malformed message: too large: ' .. #element .. ' bytes, over MAX_MESSAGE_BYTES (' .. limit .. ')'
+  redis.call('RPUSH', dead_letter, '{"error":' .. cjson.encode(error) .. ',"raw_base64":"' ..
+    base64(string.sub(element, 1, 4096)) .. '","truncated":true,"size":' .. #element .. ',"sha1":"' ..
+    redis.sha1hex(element) .. '","dead_lettered_at":' .. string.format('%d.%03d', math.floor(now / 1000), now % 1000) .. '}')
+  redis.call('HINCRBY', stats, 'dead_lettered', 1)
+end
