@@ -238,3 +238,41 @@ def test_timestamps_and_ages_follow_the_redis_clock_not_a_skewed_host(shared_red
     assert len(dead) == 2 and all(abs(at - redis_now) < 60 for at in dead)
     queue.pause()
     assert abs(float(client.get(f"{{{queue_name}}}:paused")) - redis_now) < 60
+
+
+def _done_outcomes(taken, sequence: int) -> Outcomes:
+    outcomes = Outcomes(sequence=sequence)
+    for raw, _ in taken:
+        outcomes.done(raw, json.loads(raw)["id"])
+    return outcomes
+
+
+def test_a_settle_refused_while_the_next_one_reaches_redis_applies_both_in_order_when_resent(queue):
+    """Settle n refused for a reason that clears (NOSCRIPT) while n + 1, pipelined behind it, reaches Redis: n + 1 is refused as a gap, and resending both, lowest first, applies each once."""
+    from redis.exceptions import NoScriptError
+
+    from workqueue.store.transport import send_together
+
+    queue.push_many({"n": i} for i in range(4))
+    consumer = queue.consumer("w1", "reliable")
+    taken = consumer.fetch(4).taken
+    first, second = _done_outcomes(taken[:2], 1), _done_outcomes(taken[2:], 2)
+    refused = ("EVALSHA", "0" * 40, *consumer.settle_command(first)[2:])  # a script Redis does not know
+    with pytest.raises(NoScriptError):
+        send_together(queue.client, queue.keys.pending, [refused, consumer.settle_command(second)])
+    assert queue.stats()["in_flight"] == 4  # neither applied
+    assert consumer.settle(first) == [True, True] and consumer.settle(second) == [True, True]
+    result = queue.stats()
+    assert result["completed"] == 4 and result["in_flight"] == 0 and result["unaccounted"] == 0
+
+
+def test_a_new_process_reusing_a_worker_id_starts_its_settles_afresh(queue):
+    """A worker that died after five settles, its id reused by a new process before recovery: the newcomer's first settle (numbered 1) applies, not skipped as a resend."""
+    queue.push_many({"n": i} for i in range(6))
+    old = queue.consumer("reused", "reliable")
+    for sequence in range(1, 6):
+        assert old.settle(_done_outcomes(old.fetch(1).taken, sequence)) == [True]
+    new = queue.consumer("reused", "reliable")
+    assert new.settle(_done_outcomes(new.fetch(1).taken, 1)) == [True]
+    result = queue.stats()
+    assert result["completed"] == 6 and result["in_flight"] == 0 and result["unaccounted"] == 0

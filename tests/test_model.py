@@ -17,6 +17,7 @@ CI runs the bounded "ci" profile (tests/conftest.py); `scripts/test tests/test_m
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -28,7 +29,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from support import RedisServer
 
 from workqueue import Queue, message
@@ -236,8 +237,8 @@ class QueueModel(RuleBasedStateMachine):
         worker = worker or self._worker(index)
         if worker is None:
             return
-        if not worker.consumer.join():  # presumed dead meanwhile: what it held is someone else's
-            worker.held, worker.outcomes = [], Outcomes(sequence=worker.outcomes.sequence + 1)
+        if not worker.consumer.join(worker.outcomes.sequence):  # presumed dead meanwhile: what it held is someone else's
+            worker.held, worker.outcomes = [], Outcomes(sequence=worker.outcomes.sequence)
         worker.consumer.settle(worker.outcomes)
         in_redis = worker.consumer.in_flight()
         known = [m for m in worker.held if m.raw in in_redis]
@@ -246,6 +247,36 @@ class QueueModel(RuleBasedStateMachine):
         flags = worker.consumer.completed([message.decode(raw).id for raw in orphans if not is_malformed(raw)])
         flagged = iter(flags)
         self._accept(worker, [(raw, False if is_malformed(raw) else next(flagged)) for raw in orphans])
+
+    @precondition(some_alive)
+    @rule(index=st.integers(0, MAX_WORKERS))
+    def refuse_a_settle_and_apply_the_next(self, index: int) -> None:
+        """A settle refused for a reason that clears (NOSCRIPT after another worker's script
+        flush; BUSY, MISCONF alike) while the next, pipelined behind it, reaches Redis: the worker
+        then resends both, lowest number first, as its pipeline does after an error."""
+        worker = self._worker(index)
+        if worker is None or len(worker.outcomes) < 2:
+            return
+        args, sequence, half = worker.outcomes.args, worker.outcomes.sequence, len(worker.outcomes) // 2 * 4
+        first, second = Outcomes(list(args[:half]), sequence=sequence), Outcomes(list(args[half:]), sequence=sequence + 1)
+        worker.outcomes = Outcomes(sequence=sequence + 2)
+        refused = ("EVALSHA", "0" * 40, *worker.consumer.settle_command(first)[2:])  # a script Redis does not know
+        with contextlib.suppress(NoScriptError):
+            send_together(worker.queue.client, worker.queue.keys.pending, [refused, worker.consumer.settle_command(second)])
+        unconfirmed = [first, second]
+        for _ in range(4):  # a refusal as of an ended session: rejoin, then resend what is still ours
+            try:
+                while unconfirmed:
+                    worker.consumer.settle(unconfirmed[0])
+                    unconfirmed.pop(0)
+                return
+            except ResponseError as error:
+                if not is_fenced(error):
+                    raise
+            if not worker.consumer.join(worker.outcomes.sequence):  # presumed dead: all of it is void
+                worker.held, worker.outcomes = [], Outcomes(sequence=worker.outcomes.sequence)
+                return
+        raise AssertionError("refused again and again")
 
     @precondition(some_alive)
     @rule(index=st.integers(0, MAX_WORKERS), count=st.integers(1, 5), late=st.booleans())

@@ -75,6 +75,7 @@ class Consumer:
         self.session = 0  # the session joined last (or being joined), 0 before the first join
         self._joined = 0  # the last session Redis confirmed we joined
         self._waits: Channel | None = None  # block()'s own connection
+        self._next_sequence = 1  # of our settles, as the last join said (heartbeat.lua)
         self.max_message_bytes = max_message_bytes
         self._largest = max_message_bytes + RETRY_ROOM
         self.budget = ReplyBudget()
@@ -219,11 +220,13 @@ class Consumer:
 
     # -- registration ------------------------------------------------------------------------
 
-    def join(self) -> bool:
+    def join(self, next_sequence: int = 1) -> bool:
         """Start a new session: register us (for worker_timeout seconds), and from now on refuse
         every request of our older sessions, such as one delayed in the network. Returns whether
         our claim on what we hold survived; False when we were presumed dead meanwhile and our
-        messages recovered (they are someone else's now: drop them, and their outcomes)."""
+        messages recovered (they are someone else's now: drop them, and their outcomes, and go
+        on with `next_sequence`, the number our next settle was to carry)."""
+        self._next_sequence = next_sequence
         # Above any session this id had: numbers from the clock in microseconds, so a worker id
         # reused by a new process (tests do) still starts above its predecessor's.
         self.session = max(self.session + 1, time.time_ns() // 1000)
@@ -250,4 +253,4 @@ class Consumer:
     def _heartbeat_call(self, action: str) -> tuple[list[Key], list[Any]]:
         keys: list[Key] = [self.keys.workers, self.in_flight_key, self.keys.settled, self.keys.sessions, self.landing_key,
                            self.keys.done]
-        return keys, [self.worker_id, action, _ms(self.worker_timeout), self.session, self._joined]
+        return keys, [self.worker_id, action, _ms(self.worker_timeout), self.session, self._joined, self._next_sequence]

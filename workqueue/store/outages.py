@@ -71,7 +71,8 @@ REDIS_UNAVAILABLE = (
 )
 # Replies redis-py leaves as a plain ResponseError that are outages too: a script running too
 # long, a failed snapshot stopping writes, too few replicas, a dataset still loading.
-OUTAGE_REPLIES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "LOADING ")
+OUTAGE_REPLIES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "LOADING ",
+                  "GAP ")  # settle.lua: an earlier settle was refused; the worker resyncs, resending both
 # Redis 6.2 wraps the error of a command a script ran: "Error running script (call to f_...):
 # @user_script:1: -OOM command not allowed...". What follows ": -" is the command's own reply.
 WRAPPED_OUTAGES = tuple(f": -{code}" for code in ("OOM ", "READONLY ", *OUTAGE_REPLIES, "TRYAGAIN ", "CLUSTERDOWN "))

@@ -162,7 +162,8 @@ class RequestPipeline:
         if self.outcomes:
             unconfirmed.append(self.outcomes)
         self._sent.clear()
-        self.outcomes = Outcomes(sequence=self.outcomes.sequence + 1)
+        # The number the dropped outcomes had, never sent: the join said the next is this one.
+        self.outcomes = Outcomes(sequence=self.outcomes.sequence)
         taken, self._next = self._next, []
         return unconfirmed, taken
 

@@ -42,7 +42,7 @@ class SessionKeeper:
         (partitioned, or frozen), our messages recovered and handed to other workers."""
         self.queue.scripts.load()  # Redis may have restarted without its script cache
         self.queue.register()  # listed for `workqueue queues` (idempotent)
-        if not self.consumer.join() and self.consumer.delivery is Delivery.RELIABLE:
+        if not self.consumer.join(self.pipeline.outcomes.sequence) and self.consumer.delivery is Delivery.RELIABLE:
             self._claim_lost()
         self.pipeline.settle_all()
         self.held.accept(*self.pipeline.take_next())

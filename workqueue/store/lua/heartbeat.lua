@@ -13,6 +13,10 @@
 -- ARGV[3] timeout_ms   how long the worker may stay silent before it is presumed dead
 -- ARGV[4] session      with 'join' the new session's number, else the worker's current one
 -- ARGV[5] previous     with 'join': the last session the worker knows it joined (0: none)
+-- ARGV[6] next         with 'join': the number its next settle will carry. Settles apply in
+--                      number order (settle.lua), so when the worker starts afresh (its first
+--                      join) or its claim was lost (it drops every outcome not applied), the
+--                      numbers before this one are settled as far as Redis need know
 -- Returns, for 'join', 1 when the worker's claim on what it holds survived (its session was
 -- still ARGV[5] or one it tried to join since), 0 when it was presumed dead meanwhile and
 -- recovered: what it held is someone else's now. For 'beat' 1; for 'leave' 1 when done, 0 when
@@ -31,6 +35,7 @@ if action == 'join' then
   -- A message a wait moved whose woken script never ran is ours: hand it over with the list.
   empty_landing(KEYS[5], KEYS[2], 'LEFT', 'RIGHT')
   redis.call('HSET', KEYS[4], worker, ARGV[4])  -- as sent: the other scripts compare strings
+  if not kept or previous == 0 then redis.call('HSET', KEYS[3], worker, tonumber(ARGV[6]) - 1) end
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), worker)
   return kept and 1 or 0
 end

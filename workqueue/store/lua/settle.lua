@@ -15,7 +15,8 @@
 -- ARGV[3] worker id    whose in-flight list KEYS[1] is
 -- ARGV[4] mode         'own': the worker settling its own outcomes, numbered by ARGV[5]; a
 --                      call whose number was applied already (a resend after a lost reply)
---                      changes nothing. 'recover': another worker taking back the messages of
+--                      changes nothing, and one whose number is not the next is refused
+--                      (GAP) and changes nothing. 'recover': another worker taking back the messages of
 --                      one presumed dead; nothing happens while its heartbeat is alive, and it
 --                      is deregistered once its list is empty
 -- ARGV[5] sequence     with 'own': the number of this settle call, counting up from 1
@@ -44,8 +45,16 @@ local n = (#argv - first + 1) / 4
 
 if own then
   if reliable and session_ended(KEYS[9], worker, argv[6]) then return redis.error_reply(FENCED) end
-  if tonumber(redis.call('HGET', KEYS[8], worker) or '0') >= sequence then
+  local last = tonumber(redis.call('HGET', KEYS[8], worker) or '0') or 0
+  if last >= sequence then
     return {}
+  end
+  -- One before this one has not been applied: refused for a reason that clears (NOSCRIPT after
+  -- a script flush, BUSY, MISCONF) while this one, pipelined behind it, got through. Applying
+  -- this one now would make that one look applied when the worker resends it: refuse, and the
+  -- worker resends both, in order.
+  if sequence > last + 1 then
+    return redis.error_reply('GAP settle ' .. sequence .. ' is not the next one, ' .. (last + 1))
   end
 else
   local deadline = redis.call('ZSCORE', KEYS[7], worker)
