@@ -226,3 +226,52 @@ def test_a_worker_whose_log_reader_went_away_works_on(shared_redis, queue_name):
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     assert queue.stats()["workers"] == 0
+
+
+def test_long_lines_of_processes_sharing_a_pipe_are_cut_to_stay_whole(tmp_path):
+    """Four processes writing lines of 10 KB (a long error, a long list) into one pipe, read slowly: every line read is one whole JSON object of at most PIPE_BUF bytes, marked cut, keeping the text's head and tail."""
+    script = tmp_path / "lines.py"
+    script.write_text(
+        "import structlog\n"
+        "from workqueue.logs import configure_logging\n"
+        "configure_logging('info', 'json'); log = structlog.get_logger()\n"
+        "for i in range(300):\n"
+        "    log.warning('message_retried', id=str(i), error='head ' + 'x' * 10_000 + ' tail', ids=list(range(i)))\n"
+    )
+    read_end, write_end = os.pipe()
+    writers = [subprocess.Popen([PYTHON, str(script)], cwd=ROOT, stderr=write_end) for _ in range(4)]
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read1(1000):
+            chunks.append(chunk)
+    assert [writer.wait(timeout=60) for writer in writers] == [0, 0, 0, 0]
+    lines = b"".join(chunks).splitlines()
+    events = [json.loads(line) for line in lines]
+    assert len(events) == 4 * 300 and all(len(line) < 4096 for line in lines)
+    assert all(e["cut"] is True and e["error"].startswith("head ") and e["error"].endswith(" tail") for e in events)
+    assert sorted(int(e["id"]) for e in events) == sorted(list(range(300)) * 4)
+
+
+def test_a_worker_whose_log_reader_stalls_works_on_and_reports_what_it_dropped(shared_redis, queue_name):
+    """With its stderr a pipe nobody reads (full), the worker processes every message at INFO, and once the pipe is read again its next line follows log_lines_dropped with the count; SIGTERM ends it with exit code 0."""
+    env = script_env(shared_redis.url, queue_name, LOG_LEVEL="info")
+    reading, writing = os.pipe()
+    worker = subprocess.Popen([PYTHON, "worker/main.py"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=writing)
+    os.close(writing)
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many([{"n": i} for i in range(3000)])  # about 600 KB of lines: the pipe holds 64 KiB
+    try:
+        wait_until(lambda: queue.stats()["completed"] == 3000, timeout=30)
+        text: list[bytes] = []
+        reader = threading.Thread(target=lambda: text.append(os.fdopen(reading, "rb").read()), daemon=True)
+        reader.start()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        reader.join(timeout=10)
+    finally:
+        worker.kill()
+    events = [json.loads(line) for line in text[0].splitlines()]
+    [dropped] = [e for e in events if e["event"] == "log_lines_dropped"]
+    assert dropped["count"] > 0 and len([e for e in events if e["event"] == "message_processed"]) + dropped["count"] <= 3000 + 5
+    assert events[-1]["event"] == "worker_stopped"

@@ -16,7 +16,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import select
+import stat
 import sys
 import time
 from typing import Any, BinaryIO
@@ -91,15 +93,86 @@ class JsonLine:
         if "exc_info" in event:
             event = structlog.processors.format_exc_info(logger, name, event)
         try:
-            return orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE)  # repr: as JSONRenderer
+            line = orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE)  # repr: as JSONRenderer
         except TypeError:  # orjson.JSONEncodeError is a TypeError
-            return _std_dumps(event)
+            line = _std_dumps(event)
+        return line if len(line) <= ATOMIC else fitted(event)
+
+
+# What one write to a pipe carries whole: lines up to this long (newline included) from processes
+# sharing a pipe never interleave. A longer line is cut to fit (fitted()).
+ATOMIC = select.PIPE_BUF
+
+
+def fitted(event: EventDict) -> bytes:
+    """A line of `event` that fits in ATOMIC bytes: its text values (other values as their JSON
+    text) cut shorter and shorter, each to its head and tail (a traceback's end says most), and
+    `cut` true; at worst only its event, level and timestamp."""
+    for keep in (1024, 256, 64, 16):
+        shorter: dict[str, Any] = {}
+        for key, value in event.items():
+            if value is not None and not isinstance(value, (str, int, float, bool)):
+                value = _std_dumps({"": value})[6:-2].decode()  # {"": v}\n -> v, as JSON text
+            if isinstance(value, str) and len(value) > keep:
+                value = value[: keep // 2] + " … " + value[-(keep // 2):]
+            shorter[key] = value
+        shorter["cut"] = True
+        line = _std_dumps(shorter)
+        if len(line) <= ATOMIC:
+            return line
+    return _std_dumps({"event": str(event.get("event"))[:100], "level": event.get("level"), "timestamp": event.get("timestamp"), "cut": True})
 
 
 def _dropped_line(count: int) -> bytes:
     """The line that says `count` lines could not be written (the sink failed)."""
     return orjson.dumps({"event": "log_lines_dropped", "count": count, "level": "warning", "timestamp": IsoTimestamp().now()},
                         option=orjson.OPT_APPEND_NEWLINE)
+
+
+class PipeSink(io.RawIOBase):
+    """Stderr's descriptor as the writer's sink, written so that a reader that stops reading
+    never stops us: what it cannot take within PATIENCE seconds (none, once it failed to, until
+    it takes something again) is dropped and counted in `dropped`, lines of it. On a pipe the
+    writes go through a descriptor of our own opened without blocking (other processes sharing
+    the pipe keep theirs as they were); on anything else a write waits for poll() to say it
+    can be taken. Writes of whole lines up to ATOMIC bytes: each reaches a pipe whole or not at all."""
+
+    PATIENCE = 0.1
+
+    def __init__(self, descriptor: int) -> None:
+        super().__init__()
+        self.dropped = 0
+        self._descriptor = descriptor
+        if stat.S_ISFIFO(os.fstat(descriptor).st_mode):
+            try:  # a new open file description of the same pipe (Linux): O_NONBLOCK is ours alone
+                self._descriptor = os.open(f"/proc/self/fd/{descriptor}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                pass
+        self._poll = select.poll()
+        self._poll.register(self._descriptor, select.POLLOUT)
+        self._patient = True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        size, done = len(view), 0
+        for _ in range(8):  # a write taken in part (not on a pipe, for lines up to ATOMIC) goes on
+            try:
+                if not self._poll.poll(self.PATIENCE * 1000 if self._patient else 0):
+                    break
+                done += os.write(self._descriptor, view[done:])
+            except BlockingIOError:  # another writer filled the pipe since poll() said it had room
+                continue
+            except OSError:  # the reader went away (EPIPE), the device failed: drop
+                break
+            if done >= size:
+                self._patient = True
+                return size
+        self._patient = False
+        self.dropped += bytes(view[done:]).count(b"\n")
+        return size  # as if written: the buffer must not keep what the sink will not take
 
 
 class LineWriter:
@@ -113,18 +186,24 @@ class LineWriter:
     gets through is preceded by `log_lines_dropped` with their count."""
 
     def __init__(self, open_file: Any) -> None:
-        """`open_file()` gives a fresh buffered binary file on the sink (after a failure too)."""
+        """`open_file()` gives a fresh buffered binary file on the sink (after a failure too);
+        over a PipeSink, the lines it dropped are reported as well."""
         self._open = open_file
+        self._sink: Any = None
         self._write, self._flush = self._fresh()
         self._unflushed = 0  # lines written since the last flush that went through
         self.dropped = 0
 
     def _fresh(self) -> tuple[Any, Any]:
         file = self._open()
+        sink = getattr(file, "raw", None)
+        self._sink = sink if isinstance(sink, PipeSink) else _NO_SINK
         return file.write, file.flush
 
     def msg(self, line: bytes) -> None:
-        dropped = self.dropped
+        sink = self._sink
+        sink_dropped = sink.dropped
+        dropped = self.dropped + sink_dropped
         try:
             if dropped:
                 self._write(_dropped_line(dropped))
@@ -134,7 +213,9 @@ class LineWriter:
             self._failed(1)
             return
         self._unflushed = 0
-        self.dropped -= dropped
+        if dropped and sink.dropped == sink_dropped:  # the report went through
+            self.dropped -= dropped - sink_dropped
+            sink.dropped -= sink_dropped
 
     def hold(self, line: bytes) -> None:
         try:
@@ -164,6 +245,11 @@ class LineWriter:
     log = debug = info = warn = warning = err = error = critical = exception = failure = fatal = msg
 
 
+class _NoSink:
+    dropped = 0
+
+
+_NO_SINK = _NoSink()  # a file that is no PipeSink's: it never drops lines itself
 _writer: LineWriter | None = None  # configure_logging's, when it writes JSON lines to stderr
 
 
@@ -179,13 +265,14 @@ def _stderr_file() -> BinaryIO | None:
     """A buffered binary file of our own on stderr's descriptor (never closing it), or None
     when stderr has none (a StringIO put in its place). Our own, because with PYTHONUNBUFFERED
     (as our Dockerfile sets) sys.stderr's binary layer is unbuffered: every write a system
-    call, and no line could be held. Its buffer is PIPE_BUF bytes and it writes whole lines, so
-    each write reaches a pipe whole: lines of processes sharing one never interleave."""
+    call, and no line could be held. Its buffer is ATOMIC bytes and it writes whole lines of at
+    most that, so each write reaches a pipe whole: lines of processes sharing one never
+    interleave. Its sink (PipeSink) drops what a stalled reader does not take."""
     try:
         descriptor = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
         return None
-    return io.BufferedWriter(io.FileIO(descriptor, "wb", closefd=False), buffer_size=select.PIPE_BUF)
+    return io.BufferedWriter(PipeSink(descriptor), buffer_size=ATOMIC)
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -194,8 +281,9 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     processors: list[Any] = [structlog.processors.add_log_level, IsoTimestamp(), structlog.processors.format_exc_info]
     factory: Any = structlog.WriteLoggerFactory(file=sys.stderr)
     _writer = None
-    if fmt == "json" and _stderr_file() is not None:
-        writer = _writer = LineWriter(_stderr_file)
+    stderr_file = _stderr_file() if fmt == "json" else None
+    if stderr_file is not None:
+        writer = _writer = LineWriter(lambda: stderr_file)  # its sink never fails: never opened again
         processors, factory = [JsonLine()], lambda *args: writer  # structlog asks its factory for each logger
     elif fmt == "json":
         processors.append(structlog.processors.JSONRenderer())
