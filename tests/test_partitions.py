@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import redis
 from faultproxy import FaultProxy
+from structlog.testing import capture_logs
 from support import Process, RedisServer, script_env, stats, wait_until
 
-from workqueue import Queue, message
+from workqueue import Queue, Worker, message
 from workqueue.protocol import Outcomes
 from workqueue.store.consumer import Consumer
 from workqueue.store.transport import SOCKET_TIMEOUT, Command
@@ -204,3 +205,20 @@ def test_a_frozen_workers_late_success_does_not_turn_the_waiting_copy_into_a_dup
     assert [e["id"] for e in processed] == [message_id]  # the copy (one attempt more) ran once
     counts = stats(shared_redis.url, queue_name)
     assert (counts["completed"], counts["duplicates_skipped"], counts["unaccounted"]) == (1, 0, 0)
+
+
+def test_a_worker_stopped_with_a_fetch_refused_as_of_its_ended_session_leaves_cleanly(shared_redis, queue_name):
+    """A worker presumed dead while its fetch ahead was on its way (recovery ended its session) is stopped: leaving rejoins, puts back nothing that is not its own, deregisters, and raises nothing."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many({"n": i} for i in range(20))
+    worker = Worker(queue, lambda m: None, worker_timeout=5)
+    worker._session.sync()
+    admin = shared_redis.client()
+    admin.hdel(queue.keys.sessions, worker.id)  # what recovery does to a worker it presumed dead
+    admin.zrem(queue.keys.workers, worker.id)
+    worker._pipeline.ask(10)  # refused: FENCED
+    with capture_logs() as logs:
+        worker._leave()
+    assert [e["deregistered"] for e in logs if e["event"] == "worker_stopped"] == [True]
+    result = queue.stats()
+    assert result["pending"] == 20 and result["workers"] == 0 and result["unaccounted"] == 0

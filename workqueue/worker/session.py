@@ -67,7 +67,11 @@ class SessionKeeper:
         try:
             self.held.accept(*self.pipeline.take_next())
         except RedisError as error:
-            raise_unless_outage(error)  # its messages are found below, when deregistering is refused
+            # An outage: its messages are found below, when deregistering is refused. Refused as
+            # of an ended session (we were presumed dead while a fetch was on its way): it took
+            # nothing, and below we rejoin to put back what is still ours.
+            if not is_fenced(error):
+                raise_unless_outage(error)
         released = self.held.release(self.pipeline.outcomes)
         deregistered = False
         while not deregistered:  # bounded: the housekeeper aborts when the grace runs out
