@@ -121,6 +121,9 @@ def test_a_busy_script_on_the_server_is_waited_out(tmp_path, queue_name):
     ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", True),
     ("LOADING Redis is loading the dataset in memory", True),
     ("ERR Error running script (call to f_1): @user_script:1: WRONGTYPE Operation against a key holding the wrong kind of value", False),
+    # A missing permission inside a script, as Redis 7.0 and as Redis 7.2+ and Valkey word it.
+    ("ERR The user executing the script can't run this command or subcommand script: f_1, on @user_script:9.", False),
+    ("ERR ACL failure in script: User worker has no permissions to run the 'zadd' command script: f_1, on @user_script:9.", False),
     # Redis 6.2 wraps the reply of a command a script ran: these wait, as they do unwrapped.
     ("ERR Error running script (call to f_1): @user_script:9: -OOM command not allowed when used memory > 'maxmemory'.", True),
     ("ERR Error running script (call to f_1): @user_script:9: -READONLY You can't write against a read only replica.", True),

@@ -105,8 +105,10 @@ def refusal(error: BaseException) -> RedisRefused | None:
         return RedisRefused(f"REDIS_URL names a database number other than 0, which a cluster does not have ({text})")
     if isinstance(error, (AuthenticationError, AuthorizationError)):
         return RedisRefused(f"authentication failed, check the user and password in REDIS_URL ({text})")
-    # Inside a script, Redis 7.0 reports a missing ACL permission as a plain error.
-    if isinstance(error, NoPermissionError) or (isinstance(error, ResponseError) and "user executing the script can't run" in text):
+    # Inside a script, a missing ACL permission is a plain error: Redis 6.2 and 7.0 word it "The
+    # user executing the script can't run...", Redis 7.2+ and Valkey "ACL failure in script: ...".
+    if isinstance(error, NoPermissionError) or (isinstance(error, ResponseError) and (
+            "user executing the script can't run" in text or "ACL failure in script" in text)):
         return RedisRefused(f"the Redis user lacks a permission workqueue needs ({text})")
     # Only a client that is not the cluster client meets MOVED (the cluster client follows it,
     # and cluster.py turns one read on a Channel into an outage): a cluster node whose user may
