@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,6 +19,17 @@ _SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=30, stateful_step_count=40, deadline=None, suppress_health_check=_SLOW_IS_FINE)
 settings.register_profile("long", max_examples=1000, stateful_step_count=60, deadline=None, suppress_health_check=_SLOW_IS_FINE)
 settings.load_profile("ci")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """REDIS_SERVER=/path/to/a/server binary (Valkey's too): the tests start that one wherever
+    they start `redis-server`, through a folder put first on PATH (deploy/'s entrypoint included)."""
+    binary = os.environ.get("REDIS_SERVER")
+    if binary and "WORKQUEUE_TEST_SERVER_DIR" not in os.environ:
+        folder = Path(tempfile.mkdtemp(prefix="workqueue-server-"))
+        (folder / "redis-server").symlink_to(Path(binary).resolve())
+        os.environ["WORKQUEUE_TEST_SERVER_DIR"] = str(folder)  # once: xdist's workers inherit it
+        os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ['PATH']}"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from workqueue.settings import Settings
@@ -85,6 +88,33 @@ def make_tls_certs(directory: Path) -> TlsCerts:
                 "-extfile", f"{name}.ext", "-out", f"{name}.pem")
     return TlsCerts(directory / "ca.pem", directory / "server.pem", directory / "server.key", directory / "client.pem",
                     directory / "client.key", directory / "other-ca.pem")
+
+
+@functools.cache
+def _server_says(*args: str) -> str:
+    """What the redis-server first on PATH prints (REDIS_SERVER may put another engine there)."""
+    try:
+        done = subprocess.run(["redis-server", *args], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:  # it started after all: whatever was asked, it took
+        return ""
+    return done.stdout + done.stderr
+
+
+def server_version() -> tuple[int, int]:
+    """The engine's version, as (major, minor): Redis's or Valkey's own numbering."""
+    found = re.search(r"v=(\d+)\.(\d+)", _server_says("--version"))
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def skip_unless_engine_can(feature: str) -> None:
+    """Skip the calling test, saying why, when the server binary under test cannot do `feature`:
+    "acl-file" (deploy/users.acl uses ACL selectors, Redis 7.0 and Valkey 7.2 on) or "tls" (a
+    binary built without TLS refuses its options, or says it has no TLS)."""
+    if feature == "acl-file" and server_version() < (7, 0):
+        pytest.skip(f"deploy/users.acl needs ACL selectors (Redis 7.0 or newer); this server is {server_version()}")
+    said = _server_says("--port", "0", "--tls-port", "1", "--tls-cert-file", "/nonexistent") if feature == "tls" else ""
+    if "Bad directive" in said or "Failed finding TLS support" in said:  # Redis's words, Valkey's
+        pytest.skip("this server binary was built without TLS")
 
 
 class RedisServer:

@@ -18,7 +18,8 @@ LIMIT = 1024 * 1024  # the server's hard limit on what a normal client's replies
 @pytest.fixture
 def limited_redis(tmp_path):
     """A redis-server of this test's own that closes a normal client's connection once its replies outgrow LIMIT."""
-    server = RedisServer(tmp_path / "redis", extra=("--client-output-buffer-limit", f"normal {LIMIT} 0 0")).start()
+    server = RedisServer(tmp_path / "redis").start()
+    server.client().config_set("client-output-buffer-limit", f"normal {LIMIT} 0 0")  # 6.2 takes it here, not as an option
     yield server
     server.stop()
 

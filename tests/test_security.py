@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
-from support import PYTHON, ROOT, Process, RedisServer, TlsCerts, make_tls_certs, run, run_raw, script_env, wait_until
+from support import PYTHON, ROOT, Process, RedisServer, TlsCerts, make_tls_certs, run, run_raw, script_env, skip_unless_engine_can, wait_until
 
 from workqueue import Queue
 from workqueue.settings import ConfigError, Settings, weak_password_warning
@@ -54,6 +54,7 @@ def start_with_acl(directory: Path, queue: str, **env: str) -> RedisServer:
 
 @pytest.fixture
 def acl_redis(tmp_path, queue_name):
+    skip_unless_engine_can("acl-file")
     server = start_with_acl(tmp_path, queue_name)
     yield server
     server.stop()
@@ -188,6 +189,7 @@ def certs(tmp_path_factory) -> TlsCerts:
 @pytest.fixture
 def tls_redis(tmp_path, certs):
     """A redis-server that speaks only TLS, and asks clients for a certificate."""
+    skip_unless_engine_can("tls")
     server = RedisServer(tmp_path / "redis", tls=certs, tls_clients=True).start()
     yield server
     server.stop()

@@ -21,6 +21,7 @@ import random
 import ssl
 from collections.abc import Callable
 
+from redis._parsers.base import BaseParser
 from redis.exceptions import (
     AskError,
     AuthenticationError,
@@ -73,12 +74,27 @@ REDIS_UNAVAILABLE = (
 # long, a failed snapshot stopping writes, too few replicas, a dataset still loading.
 OUTAGE_REPLIES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "LOADING ",
                   "GAP ")  # settle.lua: an earlier settle was refused; the worker resyncs, resending both
-# Redis 6.2 wraps the error of a command a script ran: "Error running script (call to f_...):
-# @user_script:1: -OOM command not allowed...". What follows ": -" is the command's own reply.
-WRAPPED_OUTAGES = tuple(f": -{code}" for code in ("OOM ", "READONLY ", *OUTAGE_REPLIES, "TRYAGAIN ", "CLUSTERDOWN "))
 # What redis-py's cluster client says (as a RedisClusterException) while no node answers or
 # while its map of slots is incomplete: it reads the map again on its next command.
 CLUSTER_OUTAGES = ("TTL exhausted", "Redis Cluster cannot be connected", "All slots are not covered", "is not covered by the cluster")
+
+
+_parse_error: Callable[[str], BaseException] = BaseParser.parse_error  # redis-py's: an error reply's class by its first word
+
+
+def unwrapped(error: BaseException) -> BaseException:
+    """The error a command inside a script replied, as redis-py would have raised it for the
+    command alone: Redis 6.2 wraps it ("Error running script (call to f_...): @user_script:9:
+    -OOM command not allowed ..."), so that OutOfMemoryError, ReadOnlyError and the like would
+    arrive as a plain ResponseError. Any other error comes back as it is."""
+    text = str(error)
+    if not isinstance(error, ResponseError) or not text.startswith("Error running script"):
+        return error
+    _, found, reply = text.partition(": -")
+    if not found:
+        return error
+    return _parse_error(reply)
+
 
 
 class ClusterClientError(RedisError):
@@ -95,6 +111,7 @@ class RedisRefused(Exception):
 
 def refusal(error: BaseException) -> RedisRefused | None:
     """The configuration problem `error` shows, or None (an outage, or an error of another kind)."""
+    error = unwrapped(error)
     cause = error.__cause__ or error.__context__
     if isinstance(error, (ClusterClientError, RedisClusterException)) and cause is not None:
         refused = refusal(cause)  # the cluster client could not connect: why
@@ -152,11 +169,8 @@ def is_outage(error: BaseException) -> bool:
     if isinstance(error, (ClusterClientError, RedisClusterException)) and not isinstance(error, SlotNotCoveredError):
         cause = error.__cause__ or error.__context__
         return (cause is not None and is_outage(cause)) or any(words in str(error) for words in CLUSTER_OUTAGES)
-    if isinstance(error, REDIS_UNAVAILABLE):
-        return True
-    text = str(error)
-    return isinstance(error, ResponseError) and (
-        text.startswith(OUTAGE_REPLIES) or ("Error running script" in text and any(code in text for code in WRAPPED_OUTAGES)))
+    error = unwrapped(error)
+    return isinstance(error, REDIS_UNAVAILABLE) or (isinstance(error, ResponseError) and str(error).startswith(OUTAGE_REPLIES))
 
 
 def raise_if_refused(error: Exception) -> None:

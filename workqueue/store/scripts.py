@@ -11,9 +11,10 @@ from importlib.resources import files
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .cluster import SlotMoved
+from .outages import unwrapped
 from .transport import Channel, Command, Key, send_together
 
 SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue", "purge", "pause", "register", "page")
@@ -40,13 +41,20 @@ class Scripts:
             self.client.script_load(source)
 
     def call(self, name: str, keys: Sequence[Key], args: Sequence[Any]) -> Any:
-        """Run a script and return its reply."""
+        """Run a script and return its reply (an error a command in it replied raised as that
+        command's own, whatever the engine: transport.unwrapped)."""
         try:
-            return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
-        except NoScriptError:
-            # Not run at all, so running it again after loading is safe.
-            self.load()
-            return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
+            try:
+                return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
+            except NoScriptError:
+                # Not run at all, so running it again after loading is safe.
+                self.load()
+                return self.client.evalsha(self.sha[name], len(keys), *keys, *args)
+        except ResponseError as error:
+            inner = unwrapped(error)
+            if inner is error:
+                raise
+            raise inner from error
 
     def call_kept(self, name: str, keys: Sequence[Key], args: Sequence[Any]) -> Any:
         """Run a script on a connection kept for it (a producer's pushes), written as a Channel

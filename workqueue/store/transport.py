@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError
 
 from ..settings import TlsFiles
 from .cluster import ClusterAware, cluster_location, cluster_of, node_connection, redirected
+from .outages import unwrapped
 
 Key = str | bytes
 Command = tuple[Any, ...]
@@ -158,6 +159,9 @@ class Channel:
             moved = redirected(self.client, error)  # on a cluster, MOVED or ASK: an outage
             if moved is not None:
                 raise moved from error
+            inner = unwrapped(error)
+            if inner is not error:
+                raise inner from error
             raise
 
     def release(self) -> None:
