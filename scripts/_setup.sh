@@ -17,6 +17,9 @@ _stamp="$_stamp_prefix-${_extra:-base}"
 # A virtualenv set up with the test extra has everything the demo needs too.
 if [ ! -f "$_stamp" ] && ! { [ -z "$_extra" ] && [ -f "$_stamp_prefix-test" ]; }; then
     echo "setting up $VENV (once) ..." >&2
+    # This project was the distribution "workqueue" before it took "workqueue-redis": two
+    # installs of one import name would each declare the `workqueue` command.
+    "$VENV/bin/python" -m pip uninstall --quiet --yes workqueue >/dev/null 2>&1 || true
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${_extra:+[$_extra]}" >&2 || {
         echo "error: installing workqueue into $VENV failed (see above)" >&2; exit 1; }
     touch "$_stamp"

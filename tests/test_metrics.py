@@ -145,14 +145,14 @@ def test_a_bad_metrics_port_exits_2_with_one_line_naming_it(shared_redis, queue_
 
 
 def test_without_prometheus_client_the_worker_exits_2_naming_the_extra(shared_redis, queue_name, tmp_path):
-    """With METRICS_PORT set and prometheus_client not importable, the worker exits 2 with one line saying pip install workqueue[metrics]; unset, it runs."""
+    """With METRICS_PORT set and prometheus_client not importable, the worker exits 2 with one line saying pip install "workqueue-redis[metrics]"; unset, it runs."""
     shadow = tmp_path / "prometheus_client"
     shadow.mkdir()
     (shadow / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     code, stderr = run_raw("worker/main.py", env=script_env(shared_redis.url, queue_name, METRICS_PORT=free_port(), PYTHONPATH=path), timeout=30)
     lines = stderr.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "pip install workqueue[metrics]" in lines[0]
+    assert code == 2 and len(lines) == 1 and 'pip install "workqueue-redis[metrics]"' in lines[0]
     code, stderr = run_raw("worker/main.py", "--burst", env=script_env(shared_redis.url, queue_name, PYTHONPATH=path), timeout=30)
     assert code == 0, stderr
 

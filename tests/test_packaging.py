@@ -12,6 +12,8 @@ import pytest
 import yaml
 from support import PYTHON, ROOT, free_port, wait_until
 
+from workqueue import Queue
+
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 README = (ROOT / "README.md").read_text()
 # The user's documentation: the README and the pages it links to in docs/.
@@ -292,3 +294,32 @@ def test_every_redis_key_is_documented():
     names = [getattr(keys, attr) for attr in ("pending", "dead_letter", "delayed", "workers", "done", "stats", "settled")]
     for name in names + ["{demo-1}:in_flight:<worker>"]:
         assert f"| `{name}` |" in DOCS, name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_built_wheel_runs_the_readme_example_from_a_fresh_virtualenv(tmp_path, shared_redis, queue_name):
+    """The sdist and the wheel build; the wheel, installed into a fresh virtualenv, gives the workqueue command, which serves the README's tasks.py from a folder outside the checkout."""
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(dist), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    [wheel] = dist.glob("workqueue_redis-*.whl")
+    assert [p.name for p in dist.glob("*.tar.gz")] == [wheel.name.split("-py3")[0] + ".tar.gz"]
+    fresh = tmp_path / "venv"
+    subprocess.run([str(Path(sys.executable).resolve()), "-m", "venv", str(fresh)], check=True, timeout=120)
+    subprocess.run([str(fresh / "bin/pip"), "install", "--quiet", "--disable-pip-version-check", str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    readme = (ROOT / "README.md").read_text()
+    tasks = readme.split("```python\n# tasks.py\n", 1)[1].split("```", 1)[0]
+    (elsewhere / "tasks.py").write_text(tasks.replace('"redis://localhost:6379/0", "images"', f'"{shared_redis.url}", "{queue_name}"'))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "QUEUE_NAME")} | {"REDIS_URL": shared_redis.url}
+    version = subprocess.run([str(fresh / "bin/workqueue"), "--version"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "0.1.0" in version.stdout + version.stderr
+    subprocess.run([str(fresh / "bin/python"), "tasks.py"], cwd=elsewhere, env=env, check=True, timeout=60)
+    served = subprocess.run([str(fresh / "bin/workqueue"), "worker", "tasks:resize_image", "--queue", queue_name, "--burst"],
+                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert served.returncode == 0, served.stderr
+    assert "resizing /uploads/cat.png" in served.stdout + served.stderr
+    assert Queue.connect(shared_redis.url, queue_name).stats()["completed"] == 1

@@ -84,7 +84,8 @@ def test_the_supervisor_killed_with_tries_in_progress_loses_nothing(shared_redis
     ran = tmp_path / "runs"
     env = script_env(shared_redis.url, queue_name, WORKER_TIMEOUT=2, TEST_RUNS_FILE=ran, LOG_LEVEL="warning")
     queue = Queue.connect(shared_redis.url, queue_name)
-    ids = queue.push_many([{"do": "sleep", "seconds": 1} for _ in range(8)])
+    # Tries long enough that none ends between seeing all eight in flight and the kill, on a busy machine too.
+    ids = queue.push_many([{"do": "sleep", "seconds": 3} for _ in range(8)])
     [doomed] = start_workers(env, 1, "--concurrency", "4")
     wait_until(lambda: stats(shared_redis.url, queue_name)["in_flight"] == 8, timeout=15)
     doomed.popen.kill()

@@ -12,7 +12,7 @@ from .worker import Worker
 from .worker.handlers import JobTimeout, WorkerAborted
 
 try:
-    __version__ = version("workqueue")
+    __version__ = version("workqueue-redis")  # the distribution: the import name is workqueue
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "unknown"
 

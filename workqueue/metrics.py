@@ -1,4 +1,4 @@
-"""Prometheus metrics of one worker (optional: `pip install workqueue[metrics]`).
+"""Prometheus metrics of one worker (optional: `pip install "workqueue-redis[metrics]"`).
 
 The worker reports each outcome to the WorkerMetrics it was given; those calls only add to plain
 numbers (no lock, no label lookup: a worker may settle 100k messages a second), written by one

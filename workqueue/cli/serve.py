@@ -28,7 +28,7 @@ def serve(settings: Settings, make_worker: MakeWorker) -> int:
         try:
             from ..metrics import WorkerMetrics
         except ImportError:
-            print("error: --metrics-port (METRICS_PORT) needs prometheus-client: pip install workqueue[metrics]", file=sys.stderr)
+            print("error: --metrics-port (METRICS_PORT) needs prometheus-client: pip install \"workqueue-redis[metrics]\"", file=sys.stderr)
             return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
