@@ -174,7 +174,7 @@ def test_stats_into_a_closed_pipe_ends_quietly_and_version_is_printed(shared_red
     assert done.stderr == ""
     from importlib.metadata import version
 
-    assert cli("--version", env=script_env(shared_redis.url, queue_name)).stdout.strip() == f"workqueue {version('workqueue')}"
+    assert cli("--version", env=script_env(shared_redis.url, queue_name)).stdout.strip() == f"workqueue {version('workqueue-redis')}"
 
 
 def test_cli_reads_the_nearest_env_file_from_the_working_directory(shared_redis, queue_name, tmp_path):
