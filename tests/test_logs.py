@@ -157,6 +157,20 @@ def test_a_killed_worker_wrote_the_line_of_every_message_redis_counts_done(share
     assert settled <= logged, f"{len(settled - logged)} settled messages have no line"
 
 
+def lines_of_four_through_one_pipe(script) -> list[bytes]:
+    """Run `script` in four processes whose stderr is one pipe, read in small pieces (so the
+    writers find it full and wait mid-write); the lines read, once all four exited 0."""
+    read_end, write_end = os.pipe()
+    writers = [subprocess.Popen([PYTHON, str(script)], cwd=ROOT, stderr=write_end) for _ in range(4)]
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read1(1000):
+            chunks.append(chunk)
+    assert [writer.wait(timeout=60) for writer in writers] == [0, 0, 0, 0]
+    return b"".join(chunks).splitlines()
+
+
 def test_lines_of_processes_sharing_a_pipe_stay_whole(tmp_path):
     """Four processes writing held INFO lines into one pipe, read slowly: every line read is one whole JSON object."""
     script = tmp_path / "lines.py"
@@ -169,15 +183,7 @@ def test_lines_of_processes_sharing_a_pipe_stay_whole(tmp_path):
         "        log.info_held('message_processed', id='x' * (i % 40 * 7), batch=batch)\n"
         "    write_held_lines()\n"
     )
-    read_end, write_end = os.pipe()
-    writers = [subprocess.Popen([PYTHON, str(script)], cwd=ROOT, stderr=write_end) for _ in range(4)]
-    os.close(write_end)
-    chunks = []
-    with os.fdopen(read_end, "rb") as pipe:
-        while chunk := pipe.read1(1000):  # small reads: the writers find the pipe full and block mid-write
-            chunks.append(chunk)
-    assert [writer.wait(timeout=60) for writer in writers] == [0, 0, 0, 0]
-    lines = b"".join(chunks).splitlines()
+    lines = lines_of_four_through_one_pipe(script)
     assert len(lines) == 4 * 100 * 100
     assert all(json.loads(line)["event"] == "message_processed" for line in lines)
 
@@ -238,15 +244,7 @@ def test_long_lines_of_processes_sharing_a_pipe_are_cut_to_stay_whole(tmp_path):
         "for i in range(300):\n"
         "    log.warning('message_retried', id=str(i), error='head ' + 'x' * 10_000 + ' tail', ids=list(range(i)))\n"
     )
-    read_end, write_end = os.pipe()
-    writers = [subprocess.Popen([PYTHON, str(script)], cwd=ROOT, stderr=write_end) for _ in range(4)]
-    os.close(write_end)
-    chunks = []
-    with os.fdopen(read_end, "rb") as pipe:
-        while chunk := pipe.read1(1000):
-            chunks.append(chunk)
-    assert [writer.wait(timeout=60) for writer in writers] == [0, 0, 0, 0]
-    lines = b"".join(chunks).splitlines()
+    lines = lines_of_four_through_one_pipe(script)
     events = [json.loads(line) for line in lines]
     assert len(events) == 4 * 300 and all(len(line) < 4096 for line in lines)
     assert all(e["cut"] is True and e["error"].startswith("head ") and e["error"].endswith(" tail") for e in events)

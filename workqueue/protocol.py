@@ -111,15 +111,14 @@ class Fetched:
             code = int(reply[0])
             return cls([], paused=code == -2, next_retry_ms=code if code > 0 else None)
         messages, duplicates = reply[1], reply[2]
-        if len(reply) > 3:
-            oversized = tuple(int(size) for size in reply[3])
-            flagged = set(duplicates)
-            return cls([(raw, i in flagged) for i, raw in enumerate(messages, 1)], next_retry_ms=None if messages else 1,
-                       oversized=oversized)
         if not duplicates:  # the usual case
-            return cls([(raw, False) for raw in messages])
-        flagged = set(duplicates)
-        return cls([(raw, i in flagged) for i, raw in enumerate(messages, 1)])
+            taken = [(raw, False) for raw in messages]
+        else:
+            flagged = set(duplicates)
+            taken = [(raw, i in flagged) for i, raw in enumerate(messages, 1)]
+        if len(reply) == 3:
+            return cls(taken)
+        return cls(taken, next_retry_ms=None if messages else 1, oversized=tuple(int(size) for size in reply[3]))
 
 
 @dataclass(frozen=True)

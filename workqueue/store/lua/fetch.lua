@@ -53,9 +53,12 @@ if count > 0 then
   end
 end
 
-local sizes = {}  -- of the elements dead-lettered as too large, for the worker's log
-for i = 1, #oversized do sizes[i] = #oversized[i] end
-if #oversized > 0 and #taken == 0 then return {0, {}, {}, sizes} end
+local sizes = nil  -- of the elements dead-lettered as too large, for the worker's log
+if #oversized > 0 then
+  sizes = {}
+  for i = 1, #oversized do sizes[i] = #oversized[i] end
+  if #taken == 0 then return {0, {}, {}, sizes} end
+end
 if #taken == 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   if #first > 0 then return {math.max(1, tonumber(first[2]) - now)} end
@@ -87,5 +90,5 @@ if found > 0 then
     seen[id] = true
   end
 end
-if #oversized > 0 then return {0, taken, duplicates, sizes} end
+if sizes then return {0, taken, duplicates, sizes} end
 return {0, taken, duplicates}
