@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .message import Message
 from .protocol import Delivery
-from .queue import Queue
+from .queue import GroupError, Queue
 from .settings import ConfigError, Settings
 from .signing import MessageTooLarge
 from .store.outages import RedisRefused, ReplicasShortfall
@@ -17,6 +17,6 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "unknown"
 
 __all__ = [
-    "ConfigError", "Delivery", "JobTimeout", "Message", "MessageTooLarge", "Queue", "RedisRefused", "ReplicasShortfall", "Settings",
+    "ConfigError", "Delivery", "GroupError", "JobTimeout", "Message", "MessageTooLarge", "Queue", "RedisRefused", "ReplicasShortfall", "Settings",
     "Worker", "WorkerAborted", "__version__",
 ]

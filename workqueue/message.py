@@ -3,7 +3,9 @@
     {"id": "<unique string>", "attempts": 0, "created_at": <epoch seconds>, "body": {...}}
 
 `attempts` counts failed tries. A retried or dead-lettered message also carries `error`, the
-text of its last failure. Fields we do not know are kept as they are.
+text of its last failure. A member of a group carries `group` (GroupRef), a follow-up staged by
+Message.emit() `parent`, the id of the message whose try emitted it. Fields we do not know are
+kept as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 from typing import Any, NamedTuple
 
 import orjson
+
+from .values import queue_name
 
 # A malformed element larger than this is dead-lettered as its first KEPT_PART bytes, its size
 # and its hash: whole, escaped (up to twice its size) or in base64 (four thirds), it could pass
@@ -59,11 +63,55 @@ class MalformedMessage(ValueError):
     """Raised for list elements that are not a message; the text is the reason."""
 
 
+class GroupRef(NamedTuple):
+    """The group a message belongs to: its name, the queue it was started on (its bookkeeping
+    lives with that queue's keys) and the queue its completion message goes to."""
+
+    name: str
+    queue: str
+    on_complete: str
+
+    def as_field(self) -> dict[str, str]:
+        return {"name": self.name, "queue": self.queue, "on_complete": self.on_complete}
+
+
+class Emitted(NamedTuple):
+    """A follow-up a try staged with Message.emit(): pushed only if the try completes."""
+
+    queue: str
+    message_id: str
+    raw: bytes  # encoded as message.new() does, unsigned: the worker signs it with the queue's key
+
+
 class Message(NamedTuple):
     """A decoded message. `raw` is the exact stored text, which identifies it in Redis lists."""
 
     raw: bytes
     fields: dict[str, Any]
+    emitted: list[Emitted]  # this try's follow-ups (emit())
+    group: GroupRef | None  # read when decoded: the handler may change `fields`
+
+    def emit(self, queue: str, body: Any, *, key: str | None = None) -> str:
+        """Stage a follow-up message for `queue`, pushed if and only if this try completes, in
+        the same step that acknowledges it; returns its id. The id comes from this message's id,
+        the queue and `key` (by default the emit's position in this try), so every try of this
+        message gives the same ids and the target queue skips a second copy as a duplicate. A
+        follow-up of a group member joins its group. Raises ValueError for a queue name the
+        rule refuses, a key used twice in one try, or a body that is not JSON (as push does)."""
+        try:
+            queue_name(queue)
+        except ValueError as error:
+            raise ValueError(f"the queue name {queue!r} {error}") from None
+        key = str(len(self.emitted)) if key is None else str(key)
+        message_id = follow_up_id(self.id, queue, key)
+        if any(e.message_id == message_id and e.queue == queue for e in self.emitted):
+            raise ValueError(f"key {key!r} was emitted to {queue!r} already in this try")
+        fields: dict[str, Any] = {"id": message_id, "attempts": 0, "created_at": round(time.time(), 6), "body": body,
+                                  "parent": self.id}
+        if self.group is not None:
+            fields["group"] = self.group.as_field()
+        self.emitted.append(Emitted(queue, message_id, encode(fields)))
+        return message_id
 
     @property
     def id(self) -> str:
@@ -122,13 +170,44 @@ def rewrite(raw: bytes, stored: dict[str, Any], changes: dict[str, Any], drop: t
         return (text[:-1] + "".join(f",{_dumps(name)}:{_dumps(value)}" for name, value in extra.items()) + "}").encode()
 
 
-def new(body: Any, message_id: str | None = None, now: float | None = None) -> tuple[str, bytes]:
-    """Build a fresh message created at `now` (Unix seconds; the host's clock by default);
-    returns its id and its encoded form. A body that is not JSON (NaN, a set, too deep) raises
-    ValueError or TypeError here rather than poison a worker later."""
+def new(body: Any, message_id: str | None = None, now: float | None = None, group: GroupRef | None = None) -> tuple[str, bytes]:
+    """Build a fresh message created at `now` (Unix seconds; the host's clock by default), a
+    member of `group` if given; returns its id and its encoded form. A body that is not JSON
+    (NaN, a set, too deep) raises ValueError or TypeError here rather than poison a worker later."""
     message_id = message_id or secrets.token_hex(16)
     created = round(time.time() if now is None else now, 6)
-    return message_id, encode({"id": message_id, "attempts": 0, "created_at": created, "body": body})
+    fields: dict[str, Any] = {"id": message_id, "attempts": 0, "created_at": created, "body": body}
+    if group is not None:
+        fields["group"] = group.as_field()
+    return message_id, encode(fields)
+
+
+def follow_up_id(parent_id: str, queue: str, key: str) -> str:
+    """The id of the follow-up a try of `parent_id` emits to `queue` under `key`: the same on every try."""
+    text = f"{parent_id}\0{queue}\0{key}".encode(errors="surrogatepass")
+    return hashlib.blake2b(text, digest_size=16).hexdigest()
+
+
+def member_name(queue: str, message_id: str) -> str:
+    """How a group names a member: its queue and its id (queue names hold no spaces)."""
+    return f"{queue} {message_id}"
+
+
+def group_ref(value: Any) -> GroupRef:
+    """The `group` field of a message, checked; raises MalformedMessage saying what is wrong."""
+    if type(value) is not dict:
+        raise MalformedMessage("'group' must be an object with name, queue and on_complete")
+    parts = []
+    for part in ("name", "queue", "on_complete"):
+        text = value.get(part)
+        if type(text) is not str:
+            raise MalformedMessage(f"'group' needs a string {part!r}")
+        try:
+            queue_name(text)
+        except ValueError as error:
+            raise MalformedMessage(f"'group' {part} {text!r} {error}") from None
+        parts.append(text)
+    return GroupRef(*parts)
 
 
 def decode(raw: bytes) -> Message:
@@ -155,7 +234,8 @@ def decode(raw: bytes) -> Message:
     attempts = fields.get("attempts", 0)
     if type(attempts) is not int or attempts < 0:
         raise MalformedMessage("'attempts' must be a whole number of at least 0")
-    return _new_tuple(Message, (raw, fields))
+    group = fields.get("group")
+    return _new_tuple(Message, (raw, fields, [], None if group is None else group_ref(group)))
 
 
 def _loads_exactly(raw: bytes) -> Any:

@@ -10,9 +10,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .message import Message
+from .message import Emitted, GroupRef, Message
 
 Taken = list[tuple[bytes, bool]]  # elements taken from the queue, each with whether its id was completed already
+# What rides with an outcome (its number in the settle call, from 1): ("emit", n, Emitted (signed),
+# its group or None) for a follow-up pushed if the outcome completes its message first, and
+# ("member", n, group, message id) for a message whose end its group counts.
+Extra = tuple[Any, ...]
 
 
 class Delivery(str, Enum):
@@ -38,9 +42,11 @@ class Outcomes:
     """Outcomes waiting to be sent to Redis in one settle call, in the order they were recorded.
 
     One method per kind of outcome; iterating gives (op, element as stored) pairs. `args` is the
-    wire form settle.lua reads: four values per outcome (op, raw, new_raw, arg)."""
+    wire form settle.lua reads: four values per outcome (op, raw, new_raw, arg); `extras` what
+    rides with some of them (Extra), which Consumer turns into keys and arguments."""
 
     args: list[Any] = field(default_factory=list)
+    extras: list[Extra] = field(default_factory=list)
     first_at: float = 0.0  # time.monotonic() of the oldest one, to bound how long acks wait
     sequence: int = 1  # numbers each settle call; a resend of an applied one changes nothing
 
@@ -60,23 +66,35 @@ class Outcomes:
             self.first_at = time.monotonic()
         self.args += (op, raw, new_raw, arg)
 
-    def done(self, raw: bytes, message_id: str) -> None:
-        """Completed: its id is remembered for de-duplication."""
+    def done(self, raw: bytes, message_id: str, emitted: list[Emitted] | None = None, group: GroupRef | None = None) -> None:
+        """Completed: its id is remembered for de-duplication; the follow-ups it `emitted`
+        (signed) are pushed if this completes it first, and its `group` counts it completed."""
         if not self.args:
             self.first_at = time.monotonic()
         self.args += (Op.DONE, raw, b"", message_id)  # written out: once per message settled
+        if emitted or group is not None:
+            number = len(self.args) // 4
+            self.extras += [("emit", number, follow_up, group) for follow_up in emitted or ()]
+            if group is not None:
+                self.extras.append(("member", number, group, message_id))
 
-    def duplicate(self, raw: bytes) -> None:
-        """Skipped without running: its id was completed already."""
+    def duplicate(self, raw: bytes, message_id: str = "", group: GroupRef | None = None) -> None:
+        """Skipped without running: its id was completed already (so its `group` counts it
+        completed, if it has not yet)."""
         self._add(Op.DUPLICATE, raw, b"", "")
+        if group is not None:
+            self.extras.append(("member", len(self.args) // 4, group, message_id))
 
     def retry(self, raw: bytes, new_raw: bytes, delay_ms: int) -> None:
         """Failed: `new_raw` waits `delay_ms` in the delayed set."""
         self._add(Op.RETRY, raw, new_raw, delay_ms)
 
-    def dead(self, raw: bytes, new_raw: bytes, *, recovered: bool = False) -> None:
-        """`new_raw` goes to the dead-letter list (`recovered`: found held by a dead worker)."""
+    def dead(self, raw: bytes, new_raw: bytes, *, recovered: bool = False, member: Message | None = None) -> None:
+        """`new_raw` goes to the dead-letter list (`recovered`: found held by a dead worker); when
+        the message is a `member` of a group, the group counts it dead."""
         self._add(Op.DEAD, raw, new_raw, "1" if recovered else "")
+        if member is not None and member.group is not None:
+            self.extras.append(("member", len(self.args) // 4, member.group, member.id))
 
     def requeue(self, raw: bytes, new_raw: bytes) -> None:
         """Taken back from a dead worker: `new_raw` goes to the queue's tail."""
@@ -89,6 +107,7 @@ class Outcomes:
     def clear(self) -> None:
         """Forget the outcomes once Redis confirmed them; the next batch gets a new number."""
         self.args = []
+        self.extras = []
         self.sequence += 1
 
 
@@ -158,7 +177,7 @@ class RetryPolicy:
         to the queue). `now` dates a dead letter (Message.failed). Returns (dead-lettered,
         backoff seconds)."""
         if self.exhausted(msg.attempts + 1):
-            outcomes.dead(msg.raw, msg.failed(error, dead=True, now=now), recovered=recovered)
+            outcomes.dead(msg.raw, msg.failed(error, dead=True, now=now), recovered=recovered, member=msg)
             return True, 0.0
         new_raw = msg.failed(error)
         if recovered:

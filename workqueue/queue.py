@@ -6,28 +6,43 @@ Queue.consumer(). Every change of state is one Lua script (store/lua/).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import redis
 
 from . import message
+from .message import GroupRef
 from .protocol import Delivery, RetryPolicy
 from .settings import Settings, TlsFiles
-from .signing import MessagePolicy, Signing
+from .signing import COMPLETES_GROUP, GROUP_COUNTS, MessagePolicy, Signing
 from .store import Store
+from .store.cluster import cluster_of
 from .store.consumer import Consumer
 from .store.dead import DeadLetters
-from .store.keys import QueueKeys
+from .store.keys import QueueKeys, same_slot
 from .store.memory import refuse_evicting_policy
 from .store.outages import ReplicasShortfall
 from .store.scripts import Scripts
 from .store.stats import Snapshot, StatValue
 from .store.stats import read as read_snapshot
 from .store.transport import connect
+from .values import queue_name
 
 PUSH_CHUNK = 1000  # messages per script call of a push
 _DEFAULTS = Settings()  # the one home of defaults
+
+
+class GroupError(Exception):
+    """A group cannot take these members: it does not exist, it finished, or it sends its
+    completion elsewhere; the text says which."""
+
+
+def _delay_ms(delay: float) -> int:
+    if not delay >= 0:  # NaN too
+        raise ValueError("delay must be a number of seconds of at least 0")
+    return int(delay * 1000) if delay else 0
 
 class Queue:
     """One named queue on one Redis."""
@@ -102,34 +117,59 @@ class Queue:
 
     # -- producing ---------------------------------------------------------------------------
 
-    def push(self, body: Any, *, message_id: str | None = None) -> str:
-        """Append one message to the queue; returns its id. Raises MessageTooLarge (a
+    def push(self, body: Any, *, message_id: str | None = None, delay: float = 0, group: str | None = None) -> str:
+        """Append one message to the queue; returns its id. With `delay` (seconds) it waits in
+        Redis's delayed set until due. With `group`, it joins that group, which push_many()
+        started (GroupError when there is none, or it finished). Raises MessageTooLarge (a
         ValueError) when it is over MAX_MESSAGE_BYTES encoded, and ReplicasShortfall as
         push_encoded() does."""
-        message_id, raw = self.build(body, message_id)
-        self.push_encoded([raw])
+        if group is None:
+            message_id, raw = self.build(body, message_id)
+            self.push_encoded([raw], delay=delay)
+            return message_id
+        ref = GroupRef(group, self.name, self._completion_queue(group))
+        message_id, raw = self.build(body, message_id, ref)
+        self._push_members(ref, [(message_id, raw)], "add", delay)
         return message_id
 
-    def push_many(self, bodies: Iterable[Any]) -> list[str]:
+    def push_many(self, bodies: Iterable[Any], *, delay: float = 0, group: str | None = None,
+                  on_complete: str | None = None) -> list[str]:
         """Append many messages, PUSH_CHUNK per script call; returns their ids in order. All are built
         and checked before any is pushed: one that cannot be raises, and none is pushed. Raises
-        ReplicasShortfall as push_encoded() does."""
-        built = [self.build(body) for body in bodies]
-        self.push_encoded([raw for _, raw in built])
+        ReplicasShortfall as push_encoded() does.
+
+        With `group`, they are the members of a group (started now, or one not finished with
+        the same `on_complete`): when the last member ends, completed or dead-lettered, one
+        message is pushed to the queue `on_complete`, whose body names the group and counts
+        its members (Queue.group() reads the same). The group is sealed by the last chunk: it
+        cannot finish while this call is still pushing. Follow-ups its members emit join it."""
+        if group is None:
+            if on_complete is not None:
+                raise ValueError("on_complete needs a group")
+            built = [self.build(body) for body in bodies]
+            self.push_encoded([raw for _, raw in built], delay=delay)
+            return [message_id for message_id, _ in built]
+        if on_complete is None:
+            raise ValueError("a group needs on_complete, the queue its completion message goes to")
+        ref = GroupRef(group, self.name, on_complete)
+        self._check_group(ref)
+        built = [self.build(body, group=ref) for body in bodies]
+        self._push_members(ref, built, "seal", delay)
         return [message_id for message_id, _ in built]
 
-    def build(self, body: Any, message_id: str | None = None) -> tuple[str, bytes]:
-        """A new message, signed when the queue has a key: (id, encoded). Raises ValueError or
-        TypeError for a body that is not JSON; push_encoded() checks the size."""
-        message_id, raw = message.new(body, message_id, self.store.clock.now())
+    def build(self, body: Any, message_id: str | None = None, group: GroupRef | None = None) -> tuple[str, bytes]:
+        """A new message (a member of `group`, if given), signed when the queue has a key: (id,
+        encoded). Raises ValueError or TypeError for a body that is not JSON; push_encoded()
+        checks the size."""
+        message_id, raw = message.new(body, message_id, self.store.clock.now(), group)
         if self.policy.signing is not None:
             raw = self.policy.signing.sign(raw)
         return message_id, raw
 
-    def push_encoded(self, raws: Sequence[bytes]) -> None:
+    def push_encoded(self, raws: Sequence[bytes], *, delay: float = 0) -> None:
         """Append encoded messages as they are (unsigned unless build() made them); each chunk
-        is one script call that also counts them. Raises MessageTooLarge, pushing none, when any
-        is over the limit.
+        is one script call that also counts them. With `delay` (seconds), they go to the
+        delayed set, due then. Raises MessageTooLarge, pushing none, when any is over the limit.
 
         With push_min_replicas, a WAIT follows each chunk in its round trip; ReplicasShortfall
         (an outage) is raised when fewer replicas confirmed it within push_replica_timeout.
@@ -139,15 +179,81 @@ class Queue:
         self.policy.check_sizes(raws)
         if not self._registered:
             self.register()
-        keys, wanted = [self.keys.pending, self.keys.stats], self.push_min_replicas
+        keys = [self.keys.pending, self.keys.stats, self.keys.delayed]
+        head = [_delay_ms(delay), "", "", "", 0]
         for start in range(0, len(raws), PUSH_CHUNK):
-            chunk = raws[start : start + PUSH_CHUNK]
-            if not wanted:
-                self.scripts.call_kept("push", keys, chunk)
-                continue
-            _, confirmed = self.scripts.call_confirmed("push", keys, chunk, wanted, self.push_replica_timeout)
-            if confirmed < wanted:
-                raise ReplicasShortfall(confirmed, wanted, self.push_replica_timeout)
+            self._push_chunk(keys, [*head, *raws[start : start + PUSH_CHUNK]])
+
+    def _push_chunk(self, keys: list[str], args: list[Any]) -> None:
+        """One call of push.lua (followed by a WAIT with push_min_replicas)."""
+        wanted = self.push_min_replicas
+        if not wanted:
+            self.scripts.call_kept("push", keys, args)
+            return
+        _, confirmed = self.scripts.call_confirmed("push", keys, args, wanted, self.push_replica_timeout)
+        if confirmed < wanted:
+            raise ReplicasShortfall(confirmed, wanted, self.push_replica_timeout)
+
+    def _push_members(self, ref: GroupRef, built: Sequence[tuple[str, bytes]], mode: str, delay: float) -> None:
+        """Push members of group `ref`, PUSH_CHUNK a call; `mode` as push.lua takes it ('seal':
+        the last chunk seals the group, the others start it). Raises GroupError as push.lua refuses."""
+        self.policy.check_sizes([raw for _, raw in built])
+        if not self._registered:
+            self.register()
+        done = QueueKeys(ref.on_complete)
+        keys = [self.keys.pending, self.keys.stats, self.keys.delayed, self.keys.group(ref.name),
+                self.keys.group_members(ref.name), done.pending, done.stats]
+        completion = self._completion(ref) if mode != "add" else b""
+        ttl_ms = int(self.dedup_ttl * 1000)
+        for start in range(0, max(len(built), 1), PUSH_CHUNK):
+            chunk = built[start : start + PUSH_CHUNK]
+            last = start + PUSH_CHUNK >= len(built)
+            chunk_mode = mode if mode == "add" or last else "start"
+            pairs = [value for message_id, raw in chunk for value in (raw, message.member_name(self.name, message_id))]
+            try:
+                self._push_chunk(keys, [_delay_ms(delay), chunk_mode, ref.on_complete, completion, ttl_ms, *pairs])
+            except redis.ResponseError as error:
+                if str(error).startswith("GROUP "):
+                    raise GroupError(f"group {ref.name!r}: {str(error)[6:]}") from None
+                raise
+
+    def _completion(self, ref: GroupRef) -> bytes:
+        """The completion message of group `ref`, its counts unknown (push.lua fills them in)."""
+        fields = {"id": secrets.token_hex(16), "attempts": 0, "created_at": round(self.store.clock.now(), 6),
+                  "body": {"group": ref.name, "queue": ref.queue, **dict.fromkeys(GROUP_COUNTS, -1)}, COMPLETES_GROUP: True}
+        raw = message.encode(fields)
+        return raw if self.policy.signing is None else self.policy.signing.sign(raw)
+
+    def _check_group(self, ref: GroupRef) -> None:
+        """Refuse names the rules refuse, and, on Redis Cluster, a group or completion queue in
+        another slot than this queue (one script must reach them all)."""
+        for what, name in (("group", ref.name), ("on_complete", ref.on_complete)):
+            try:
+                queue_name(name)
+            except ValueError as error:
+                raise ValueError(f"the {what} name {name!r} {error}") from None
+        if cluster_of(self.client) is not None and not same_slot(self.keys.pending, QueueKeys(ref.on_complete).pending):
+            raise ValueError(f"on Redis Cluster a group's queues must share a slot: name them with one hash tag, as "
+                             f"{{tag}}{self.name.split('}')[-1]} and {{tag}}{ref.on_complete.split('}')[-1]} (see docs/pipelines.md)")
+
+    def _completion_queue(self, group: str) -> str:
+        """The on_complete of a group started on this queue; GroupError when there is none."""
+        found = self.client.hget(self.keys.group(group), "on_complete")
+        if found is None:
+            raise GroupError(f"group {group!r} does not exist on queue {self.name!r}: start it with push_many(group=...)")
+        return cast(bytes, found).decode()
+
+    def group(self, name: str) -> dict[str, Any]:
+        """Progress of a group started on this queue: total, completed, dead, pending (members
+        not ended), done (its completion was pushed), and on_complete; GroupError when there is
+        no such group (never started, or finished and expired)."""
+        fields = cast(list[bytes | None], self.client.hmget(self.keys.group(name), "on_complete", "total", "completed",
+                                                                "dead", "finished_at", "sealed"))
+        if fields[0] is None:
+            raise GroupError(f"group {name!r} does not exist on queue {self.name!r} (never started, or finished and expired)")
+        total, completed, dead = (int(value or 0) for value in fields[1:4])
+        return {"group": name, "queue": self.name, "on_complete": fields[0].decode(), "total": total, "completed": completed,
+                "dead": dead, "pending": total - completed - dead, "sealed": fields[5] == b"1", "done": fields[4] is not None}
 
     def register(self) -> None:
         """List this queue in the registry of queues on its Redis (idempotent). Pushing does

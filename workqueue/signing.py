@@ -34,13 +34,22 @@ UNSIGNED = frozenset({SIGNATURE, *message.FAILURE_FIELDS})
 # `attempts`, `dead_lettered_at`) and measured as pushed; a larger one is refused unread.
 RETRY_ROOM = 16 * 1024
 
+# A group's completion message (Queue.push_many) is signed by the producer that starts the
+# group, before its counts are known; Redis fills them in: they are outside its signature.
+COMPLETES_GROUP = "completes_group"
+GROUP_COUNTS = ("total", "completed", "dead")
+
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
 
 def canonical(fields: dict[str, Any]) -> bytes:
     """The bytes a signature covers (see the module's docstring); raises ValueError for a
     number JSON cannot write (a float read as infinity)."""
-    return _canonical({name: value for name, value in fields.items() if name not in UNSIGNED}).encode()
+    signed = {name: value for name, value in fields.items() if name not in UNSIGNED}
+    body = fields.get("body")
+    if fields.get(COMPLETES_GROUP) is True and type(body) is dict:
+        signed["body"] = {name: value for name, value in body.items() if name not in GROUP_COUNTS}
+    return _canonical(signed).encode()
 
 
 class MessageTooLarge(ValueError):

@@ -15,9 +15,11 @@ from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
-from ..protocol import Delivery, Fetched, Outcomes, Taken
+from ..message import GroupRef, member_name
+from ..protocol import Delivery, Extra, Fetched, Outcomes, Taken
 from ..signing import RETRY_ROOM, MessagePolicy
 from .handle import Store
+from .keys import QueueKeys
 from .outages import is_fenced
 from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
 
@@ -196,7 +198,38 @@ class Consumer:
         # worker's list holds only what it adopted after a lost reply).
         delivery = Delivery.RELIABLE if recovering else self.delivery
         mode = ("recover", 0, 0) if recovering else ("own", outcomes.sequence, self.session)
-        return keys, [delivery, self.dedup_ttl_ms, worker_id, *mode, *outcomes.args]
+        args = [delivery, self.dedup_ttl_ms, worker_id, *mode, len(outcomes), *outcomes.args]
+        if outcomes.extras:
+            args += self._extras(outcomes.extras, keys)
+        return keys, args
+
+    def _extras(self, extras: list[Extra], keys: list[Key]) -> list[Any]:
+        """settle.lua's arguments for what rides with the outcomes (follow-ups, group members),
+        each key they touch added once to `keys`."""
+        placed: dict[tuple[str, ...], int] = {}
+
+        def place(what: tuple[str, ...], names: list[str]) -> int:
+            if what not in placed:
+                placed[what] = len(keys) + 1
+                keys.extend(names)
+            return placed[what]
+
+        def group_keys(group: GroupRef) -> int:
+            home, done = QueueKeys(group.queue), QueueKeys(group.on_complete)
+            return place(("group", *group), [home.group(group.name), home.group_members(group.name), done.pending, done.stats])
+
+        args: list[Any] = []
+        for extra in extras:
+            if extra[0] == "emit":
+                _, number, follow_up, group = extra
+                target = QueueKeys(follow_up.queue)
+                args += ("emit", number, place(("queue", follow_up.queue), [target.pending, target.stats]), follow_up.raw)
+                if group is not None:
+                    args += ("join", number, group_keys(group), member_name(follow_up.queue, follow_up.message_id))
+            else:
+                _, number, group, message_id = extra
+                args += ("member", number, group_keys(group), member_name(self.keys.queue, message_id))
+        return args
 
     def completed(self, message_ids: Sequence[str]) -> list[bool]:
         """Whether each id was completed (within the de-duplication window)."""

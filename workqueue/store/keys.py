@@ -3,12 +3,17 @@
 The queue itself is the list named exactly as the queue (`demo-1`), so `redis-cli lrange demo-1
 0 -1` shows it as in the tutorial. Every other key is `{<queue>}:<what>`: the braces are a Redis
 Cluster hash tag, and a key without braces hashes on its whole name, so `demo-1` and
-`{demo-1}:dead` share one slot and multi-key scripts stay legal on a cluster.
+`{demo-1}:dead` share one slot and multi-key scripts stay legal on a cluster. A queue named
+with a hash tag of its own (`{thumbs}convert`) keeps it: its keys are `{thumbs}convert:<what>`,
+in the slot of every queue whose name starts with `{thumbs}`, so that a pipeline's queues and
+groups can hand off in one script on a cluster.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from redis.crc import key_slot
 
 from ..values import RESERVED_PREFIX, queue_name
 
@@ -23,12 +28,15 @@ class QueueKeys:
     """Key names for one queue."""
 
     queue: str
+    prefix: str = field(init=False)
 
     def __post_init__(self) -> None:
         try:
             queue_name(self.queue)
         except ValueError as error:
             raise ValueError(f"the queue name {self.queue!r} {error}") from None
+        # What every key but the queue list starts with: a hash tag of the queue's slot.
+        object.__setattr__(self, "prefix", self.queue if self.queue.startswith("{") else f"{{{self.queue}}}")
 
     @property
     def pending(self) -> str:
@@ -38,32 +46,32 @@ class QueueKeys:
     @property
     def dead_letter(self) -> str:
         """List of messages that will not be tried again, each with its reason."""
-        return f"{{{self.queue}}}:dead"
+        return f"{self.prefix}:dead"
 
     @property
     def delayed(self) -> str:
         """Sorted set of failed messages waiting out their backoff, scored by due time (ms)."""
-        return f"{{{self.queue}}}:delayed"
+        return f"{self.prefix}:delayed"
 
     @property
     def workers(self) -> str:
         """Sorted set of worker ids, scored by the time (ms) their heartbeat runs out."""
-        return f"{{{self.queue}}}:workers"
+        return f"{self.prefix}:workers"
 
     @property
     def done(self) -> str:
         """Sorted set of completed message ids, scored by the time (ms) they may be forgotten."""
-        return f"{{{self.queue}}}:done"
+        return f"{self.prefix}:done"
 
     @property
     def stats(self) -> str:
         """Hash of counters, each updated in the same atomic step as the transition it counts."""
-        return f"{{{self.queue}}}:stats"
+        return f"{self.prefix}:stats"
 
     @property
     def settled(self) -> str:
         """Hash of worker id -> number of its last applied settle call, so a resend is a no-op."""
-        return f"{{{self.queue}}}:settled"
+        return f"{self.prefix}:settled"
 
     @property
     def sessions(self) -> str:
@@ -71,13 +79,13 @@ class QueueKeys:
         time it (re)joins, and every request it makes names its session: one from an older
         session (a request delayed in the network, or a worker presumed dead and recovered
         meanwhile, whose entry is gone) is refused, so it can change nothing."""
-        return f"{{{self.queue}}}:sessions"
+        return f"{self.prefix}:sessions"
 
     @property
     def paused(self) -> str:
         """String whose existence means the queue is paused (workers take no new messages); it
         holds the Unix time (seconds) it was paused at."""
-        return f"{{{self.queue}}}:paused"
+        return f"{self.prefix}:paused"
 
     @property
     def registry(self) -> str:
@@ -99,5 +107,19 @@ class QueueKeys:
 
     def _per_worker(self, what: str, worker_id: str | bytes) -> str | bytes:
         if isinstance(worker_id, bytes):
-            return f"{{{self.queue}}}:{what}:".encode() + worker_id
-        return f"{{{self.queue}}}:{what}:{worker_id}"
+            return f"{self.prefix}:{what}:".encode() + worker_id
+        return f"{self.prefix}:{what}:{worker_id}"
+
+    def group(self, name: str) -> str:
+        """Hash of a group started on this queue: its counts (total, completed, dead), where its
+        completion goes and the message to send, whether the producer sealed it, when it finished."""
+        return f"{self.prefix}:group:{name}"
+
+    def group_members(self, name: str) -> str:
+        """Set of the members of a group that have not ended yet, each "<queue> <id>"."""
+        return f"{self.prefix}:members:{name}"
+
+
+def same_slot(key: str, other: str) -> bool:
+    """Whether two keys hash to one Redis Cluster slot (as they must to meet in one script)."""
+    return bool(key_slot(key.encode()) == key_slot(other.encode()))

@@ -9,7 +9,10 @@ A failed try's error is sent before its mark is written, so it is never lost eit
 
 Frames, supervisor to child: for each message, its slot (2 bytes), its length (4 bytes) and its
 stored bytes; an empty frame asks the child to finish what it has and exit. Child to
-supervisor: a JSON object {"done": [slot, ...], "failed": [[slot, error, traceback, timed_out], ...]}.
+supervisor: a JSON object {"done": [[slot, seconds], ...], "failed": [[slot, error, traceback, timed_out], ...]};
+a done try that emitted follow-ups is [slot, seconds, [[queue, id, message], ...]], and its
+mark is written only once that was sent: dying before, the try counts as crashed, so a
+follow-up is never lost while its try counts as done.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import orjson
 
 from .. import message
 from ..logs import configure_logging
-from ..message import Message
+from ..message import Emitted, Message
 from .handlers import Handler, HandlerRunner, JobTimeout, describe
 from .spec import HandlerNotFound, load_handler
 
@@ -79,7 +82,8 @@ class Results:
     def __init__(self, conn: Any, marks: Any) -> None:
         self.conn = conn
         self.marks = marks
-        self.done: list[tuple[int, float]] = []
+        self.done: list[tuple[Any, ...]] = []
+        self.marked_when_sent: list[int] = []  # done tries that emitted: marked once their result is sent
         self.running = 0  # tries started and not ended
         self.first_at = 0.0
         self.lock = threading.Lock()
@@ -91,7 +95,20 @@ class Results:
         self.marks[slot] = now = time.monotonic()
         return now
 
-    def succeeded(self, slot: int, seconds: float) -> None:
+    def succeeded(self, slot: int, seconds: float, emitted: list[Emitted] | None = None) -> None:
+        if emitted:
+            try:  # the handler may have put anything in the list
+                follow_ups = [[queue, message_id, raw.decode()] for queue, message_id, raw in emitted]
+            except Exception as error:
+                self.failed(slot, f"emit refused: the follow-ups were changed after emit() ({describe(error)})", "", False)
+                return
+            with self.lock:
+                self.running -= 1
+                if not self.done:
+                    self.first_at = time.monotonic()
+                self.done.append((slot, seconds, follow_ups))
+                self.marked_when_sent.append(slot)
+            return
         self.marks[slot] = DONE
         with self.lock:
             self.running -= 1
@@ -113,6 +130,9 @@ class Results:
     def _send(self, failed: list[list[Any]]) -> None:
         done, self.done = self.done, []
         self.conn.send_bytes(orjson.dumps({"done": done, "failed": failed}))
+        for slot in self.marked_when_sent:
+            self.marks[slot] = DONE
+        self.marked_when_sent.clear()
 
 
 def _try(run: Any, raw: bytes, slot: int, marks: Any, results: Results, job_timeout: float) -> None:
@@ -129,7 +149,7 @@ def _try(run: Any, raw: bytes, slot: int, marks: Any, results: Results, job_time
     except BaseException as error:  # the handler is user code: whatever it raises fails its try
         results.failed(slot, describe(error), traceback.format_exc(), False)
     else:
-        results.succeeded(slot, time.monotonic() - started)
+        results.succeeded(slot, time.monotonic() - started, msg.emitted)
 
 
 def _flush_now_and_then(results: Results) -> None:
@@ -215,7 +235,7 @@ def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_
             except BaseException as error:  # the handler is user code: whatever it raises fails its try
                 results.failed(slot, describe(error), "".join(traceback.format_exception(error)), False)
             else:
-                results.succeeded(slot, time.monotonic() - started)
+                results.succeeded(slot, time.monotonic() - started, msg.emitted)
             return
         task = asyncio.ensure_future(handler(msg))
         done, _ = await asyncio.wait({task}, timeout=job_timeout)  # not wait_for: the handler's own TimeoutError stays its own
@@ -228,7 +248,7 @@ def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_
         elif (raised := task.exception()) is not None:
             results.failed(slot, describe(raised), "".join(traceback.format_exception(raised)), False)
         else:
-            results.succeeded(slot, time.monotonic() - started)
+            results.succeeded(slot, time.monotonic() - started, msg.emitted)
 
     async def work() -> None:
         while (item := await arrived.get()) is not None:

@@ -25,12 +25,13 @@ from ..protocol import Delivery, Fetched
 from ..queue import Queue
 from ..settings import Settings
 from ..shutdown import Shutdown
+from ..store.cluster import cluster_of
 from ..store.outages import Outage, RedisRefused, is_closed_by_server, is_fenced, is_outage, raise_if_refused
 from .handlers import Handler, HandlerRunner, LoopAbort, WorkerAborted, check_handler
 from .held import Holdings
 from .housekeeper import Housekeeper
 from .pipeline import ACK_DELAY, RequestPipeline
-from .processing import MessageProcessor
+from .processing import FollowUpRules, MessageProcessor
 from .session import SessionKeeper
 
 if TYPE_CHECKING:  # metrics.py needs prometheus-client, an optional extra
@@ -82,7 +83,9 @@ class Worker:
         self._runner = HandlerRunner(handler, job_timeout)
         self.metrics = metrics
         self._pipeline = RequestPipeline(self.consumer)
-        self._processor = MessageProcessor(self._runner, queue.retry, self._pipeline, self.log, metrics, queue.store.clock)
+        follow_ups = FollowUpRules(queue.policy, queue.keys.pending, lambda: cluster_of(queue.client, ask=False) is not None)
+        self._processor = MessageProcessor(self._runner, queue.retry, self._pipeline, self.log, metrics, queue.store.clock,
+                                           follow_ups)
         self._held = Holdings(queue.policy)  # the queue's size limit and signing keys
         self._batch = 1  # grows while handlers are quick, so slow jobs are spread across workers
         self.fetch_ahead = True  # ask for the next batch while this one runs (quick handlers)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from ..message import Emitted
 from . import child
 from .held import Held
 
@@ -57,6 +58,7 @@ class Finished(NamedTuple):
     error: str = ""
     trace: str = ""
     seconds: float = 0.0
+    emitted: list[Emitted] | None = None  # the follow-ups a done try emitted
 
 
 @dataclass
@@ -314,7 +316,9 @@ class ChildPool:
                 return finished
             result = orjson.loads(frame)
             release = current.release
-            finished += [Finished(release(slot), "done", "", "", seconds) for slot, seconds in result["done"]]
+            for slot, seconds, *emitted in result["done"]:
+                follow_ups = [Emitted(queue, message_id, raw.encode()) for queue, message_id, raw in emitted[0]] if emitted else None
+                finished.append(Finished(release(slot), "done", "", "", seconds, follow_ups))
             for slot, error, trace, timed_out in result["failed"]:
                 finished.append(Finished(release(slot), "timeout" if timed_out else "failed", error, trace))
             if not current.held:

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
 from .. import message
+from ..message import Emitted, GroupRef
 from ..protocol import RetryPolicy
+from ..signing import MessagePolicy
 from ..store.clock import RedisClock
+from ..store.keys import QueueKeys, same_slot
 from .handlers import HandlerRunner, JobTimeout, WorkerAborted, describe
 from .held import Held
 from .pipeline import RequestPipeline
@@ -25,10 +29,13 @@ class MessageProcessor:
     """Runs one held message and records what became of it."""
 
     def __init__(self, runner: HandlerRunner, retry: RetryPolicy, pipeline: RequestPipeline,
-                 log: FilteringBoundLogger, metrics: WorkerMetrics | None, clock: RedisClock | None = None) -> None:
+                 log: FilteringBoundLogger, metrics: WorkerMetrics | None, clock: RedisClock | None = None,
+                 follow_ups: FollowUpRules | None = None) -> None:
         """`metrics` is told every outcome (off, the cost is one `if` on the rarer paths);
-        `clock` dates dead letters (the host's clock without one)."""
+        `clock` dates dead letters (the host's clock without one); `follow_ups` signs and checks
+        what tries emit (without: as pushed unsigned, unchecked)."""
         self.retry = retry
+        self.follow_ups = follow_ups or FollowUpRules(MessagePolicy())
         self.now = time.time if clock is None else clock.now
         self.pipeline = pipeline  # its outcomes are a new object after every send: read at each use
         self.log = log
@@ -57,7 +64,7 @@ class MessageProcessor:
                 self.metrics.failed(dead=True)
             return
         if held.duplicate:
-            outcomes.duplicate(held.raw)
+            outcomes.duplicate(held.raw, msg.id, msg.group)
             log.info("message_duplicate_skipped", id=msg.id, attempts=msg.attempts)
             if self.metrics is not None:
                 self.metrics.duplicate_skipped()
@@ -75,18 +82,39 @@ class MessageProcessor:
         except BaseException as error:  # the handler is user code: whatever it raises fails its try
             self._failed(held, describe(error), error)
         else:
-            outcomes.done(held.raw, message_id)
+            if msg.emitted or msg.group is not None:
+                if not self._completed(held, message_id, msg.emitted):
+                    return
+            else:
+                outcomes.done(held.raw, message_id)
             if self._log_processed:  # below INFO, not even the arguments are built
                 self._processed_line("message_processed", id=message_id, attempts=attempts)
 
-    def record(self, held: Held, outcome: str, error: str = "", trace: str = "", seconds: float = 0.0) -> None:
-        """Record what a child process said became of a message (a supervisor's worker): done,
-        released (never started: back untouched) or a failed try (failed, timeout, crashed),
-        with its error and the text of its traceback."""
+    def _completed(self, held: Held, message_id: str, emitted: list[Emitted]) -> bool:
+        """Record a completed try that emitted follow-ups or belongs to a group; a follow-up the
+        rules refuse fails the try instead. Returns whether it was recorded completed."""
+        assert held.message is not None
+        try:
+            signed = self.follow_ups.signed(emitted, held.message.group)
+        except BaseException as error:  # a handler may have put anything in the list
+            self._failed(held, f"emit refused: {describe(error)}")
+            return False
+        self.pipeline.outcomes.done(held.raw, message_id, signed, held.message.group)
+        return True
+
+    def record(self, held: Held, outcome: str, error: str = "", trace: str = "", seconds: float = 0.0,
+               emitted: list[Emitted] | None = None) -> None:
+        """Record what a child process said became of a message (a supervisor's worker): done
+        (with the follow-ups it emitted), released (never started: back untouched) or a failed
+        try (failed, timeout, crashed), with its error and the text of its traceback."""
         if outcome == "done":
             assert held.message is not None  # only messages go to children
             fields = held.message.fields  # ours: the handler changed only the child's copy
-            self.pipeline.outcomes.done(held.raw, fields["id"])
+            if emitted or held.message.group is not None:
+                if not self._completed(held, fields["id"], emitted or []):
+                    return
+            else:
+                self.pipeline.outcomes.done(held.raw, fields["id"])
             if self.metrics is not None:
                 self.metrics.completed_elsewhere(seconds)
             if self._log_processed:
@@ -109,3 +137,39 @@ class MessageProcessor:
             self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text, **traceback)
         else:
             self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3), **traceback)
+
+
+class FollowUpRules:
+    """What a follow-up must be to be pushed: signed with the queue's key (emit() encodes it in
+    the handler's process, which holds no key), no larger than MAX_MESSAGE_BYTES, and on Redis
+    Cluster in the slot of the queue that emits it (one script pushes it with the settle)."""
+
+    def __init__(self, policy: MessagePolicy, queue_key: str = "", cluster: Callable[[], bool] = lambda: False) -> None:
+        """`cluster()` tells whether the queue's Redis is a cluster (asked at each check: the
+        client learns it on its first command)."""
+        self.policy = policy
+        self.queue_key = queue_key
+        self.cluster = cluster
+
+    def signed(self, emitted: list[Emitted], group: GroupRef | None) -> list[Emitted]:
+        """`emitted` by a member of `group` (or of none), signed; raises ValueError
+        (MessageTooLarge) for one the rules refuse."""
+        signing, signed = self.policy.signing, []
+        for queue, _, raw in emitted:
+            # Read again from its bytes: the handler may have changed the list, and the id a
+            # group counts must be the message's own.
+            if type(queue) is not str or type(raw) is not bytes:
+                raise ValueError("the follow-ups were changed after emit()")
+            QueueKeys(queue)  # the queue-name rule
+            follow_up = message.decode(raw)
+            message_id = follow_up.id
+            if follow_up.group != group:
+                raise ValueError("a follow-up's group was changed after emit()")
+            if self.cluster() and not same_slot(self.queue_key, queue):
+                raise ValueError(f"{queue!r} is in another Redis Cluster slot than this queue: a pipeline's queues share a "
+                                 "hash tag ({tag}name)")
+            if signing is not None:
+                raw = signing.sign(raw)
+            self.policy.check_sizes([raw])
+            signed.append(Emitted(queue, message_id, raw))
+        return signed

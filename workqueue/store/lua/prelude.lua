@@ -114,3 +114,41 @@ local function dead_letter_oversized(dead_letter, stats, element, limit, now)
     redis.sha1hex(element) .. '","dead_lettered_at":' .. string.format('%d.%03d', math.floor(now / 1000), now % 1000) .. '}')
   redis.call('HINCRBY', stats, 'dead_lettered', 1)
 end
+
+-- Groups (Queue.push_many with a group): a hash of counts and settings, and the set of the
+-- members that have not ended ("<queue> <id>"). A member is counted once, at its first end.
+-- Hash fields: total, completed, dead; on_complete (the queue of the completion message),
+-- completion (that message, its counts still to fill in), sealed ('1' once the producer
+-- added its last member), finished_at (ms, once the completion was pushed: never again).
+
+-- Add a member to a group that has not finished (a follow-up of one of its members).
+local function join_group(group, members, member)
+  if redis.call('EXISTS', group) == 0 or redis.call('HEXISTS', group, 'finished_at') == 1 then return end
+  if redis.call('SADD', members, member) == 1 then redis.call('HINCRBY', group, 'total', 1) end
+end
+
+-- Count a member's end (`how`: 'completed' or 'dead'), if it had not ended before.
+local function end_member(group, members, member, how)
+  if redis.call('SREM', members, member) == 1 then redis.call('HINCRBY', group, how, 1) end
+end
+
+-- The counts in a completion message as the producer encoded it, before they are known.
+local UNKNOWN_COUNTS = '"total":-1,"completed":-1,"dead":-1'
+
+-- Once no member is left and the producer sealed the group, push its completion message to
+-- its queue with the counts filled in, and mark the group finished, so it is pushed once. A
+-- finished group is kept `ttl_ms` for Queue.group(), then expires.
+local function finish_group(group, members, done_queue, done_stats, now, ttl_ms)
+  if redis.call('SCARD', members) > 0 then return end
+  local state = redis.call('HMGET', group, 'sealed', 'finished_at', 'completion', 'total', 'completed', 'dead')
+  if state[1] ~= '1' or state[2] or not state[3] then return end
+  local template = state[3]
+  local from, to = string.find(template, UNKNOWN_COUNTS, 1, true)
+  if not from then return end  -- not a completion of ours: the producer wrote it, so never
+  local counts = '"total":' .. (tonumber(state[4]) or 0) .. ',"completed":' .. (tonumber(state[5]) or 0) ..
+    ',"dead":' .. (tonumber(state[6]) or 0)
+  redis.call('HSET', group, 'finished_at', now)
+  redis.call('RPUSH', done_queue, string.sub(template, 1, from - 1) .. counts .. string.sub(template, to + 1))
+  redis.call('HINCRBY', done_stats, 'produced', 1)
+  redis.call('PEXPIRE', group, ttl_ms)
+end

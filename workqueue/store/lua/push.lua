@@ -1,7 +1,58 @@
--- push: append messages to the queue and count them as produced, in one step.
+-- push: add messages to the queue, or with a delay to the delayed set, and count them as
+-- produced; with a group, make them its members; all in one step.
 -- KEYS[1] pending      the queue list
 -- KEYS[2] stats        hash of counters
--- ARGV[1..]            the encoded messages, oldest first (at most a few thousand per call)
-redis.call('RPUSH', KEYS[1], unpack(ARGV))
-redis.call('HINCRBY', KEYS[2], 'produced', #ARGV)
-return #ARGV
+-- KEYS[3] delayed      sorted set of messages waiting for their due time (ms)
+-- with a group (see the prelude's groups):
+-- KEYS[4] group        the group's hash
+-- KEYS[5] members      the set of its members that have not ended
+-- KEYS[6] done_queue   the list of the queue its completion message goes to
+-- KEYS[7] done_stats   that queue's counters
+-- ARGV[1] delay_ms     0: at the queue's tail now; else due that many ms from now
+-- ARGV[2] group        '' (no group); 'add': members for a group that exists and has not
+--                      finished; 'start': members for a new group (or one not finished, with
+--                      the same on_complete); 'seal': as start, and the last of the producer's
+-- ARGV[3] on_complete  with a group: the name of the queue of KEYS[6]
+-- ARGV[4] completion   with start or seal: the completion message, counts unknown (prelude)
+-- ARGV[5] ttl_ms       with a group: how long a finished group is kept
+-- ARGV[6..]            the encoded messages, oldest first (at most a few thousand per call);
+--                      with a group, each followed by its member name
+-- Returns how many messages were pushed; with a group, an error naming GROUP when it finished
+-- already (or, with add, does not exist) or goes to another on_complete: nothing is pushed then.
+local delay, mode = tonumber(ARGV[1]), ARGV[2]
+local first, step = 6, 1
+if mode ~= '' then
+  step = 2
+  local state = redis.call('HMGET', KEYS[4], 'on_complete', 'finished_at')
+  if state[2] then return redis.error_reply('GROUP finished already: a finished group takes no members') end
+  if not state[1] then
+    if mode == 'add' then return redis.error_reply('GROUP does not exist: start it with push_many(group=...)') end
+    redis.call('HSET', KEYS[4], 'on_complete', ARGV[3], 'completion', ARGV[4], 'total', 0, 'completed', 0, 'dead', 0)
+  elseif state[1] ~= ARGV[3] then
+    return redis.error_reply('GROUP sends its completion to another queue: ' .. state[1])
+  end
+end
+local messages, count = {}, 0
+for i = first, #ARGV, step do
+  count = count + 1
+  messages[count] = ARGV[i]
+end
+if delay > 0 then
+  -- An identical message already waiting collapses into one member: a duplicate, as in settle.
+  local due, collapsed = now_ms() + delay, 0
+  for i = 1, count do collapsed = collapsed + 1 - redis.call('ZADD', KEYS[3], due, messages[i]) end
+  if collapsed > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates_skipped', collapsed) end
+else
+  redis.call('RPUSH', KEYS[1], unpack(messages))
+end
+redis.call('HINCRBY', KEYS[2], 'produced', count)
+if mode ~= '' then
+  local added = 0
+  for i = first + 1, #ARGV, 2 do added = added + redis.call('SADD', KEYS[5], ARGV[i]) end
+  if added > 0 then redis.call('HINCRBY', KEYS[4], 'total', added) end
+  if mode == 'seal' then
+    redis.call('HSET', KEYS[4], 'sealed', '1')
+    finish_group(KEYS[4], KEYS[5], KEYS[6], KEYS[7], now_ms(), tonumber(ARGV[5]))
+  end
+end
+return count

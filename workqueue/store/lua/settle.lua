@@ -25,13 +25,25 @@
 --                      presumed dead meanwhile and its messages recovered (they are someone
 --                      else's now), or the call was delayed in the network past a rejoin (the
 --                      worker resends its outcomes in the new session)
--- ARGV[7..] outcomes, four values each: op, raw, new_raw, arg
+-- ARGV[7] n           how many outcomes follow
+-- ARGV[8..] n outcomes, four values each: op, raw, new_raw, arg
 --   done     completed; arg = message id (remembered for de-duplication)
 --   dup      skipped as already completed
 --   retry    new_raw waits in delayed for arg ms
 --   dead     new_raw goes to the dead-letter list; arg = '1' when found by recovery
 --   requeue  new_raw goes back to the queue's tail (recovery)
 --   release  raw goes back to the queue's head untouched (never started; send in reverse order)
+-- then what rides with some outcomes, four values each: kind, the outcome's number (from 1),
+-- the index of its first key in KEYS, a value; ordered by outcome number:
+--   emit     a follow-up (value: the message) for the queue whose list and stats are KEYS[i],
+--            KEYS[i+1]: pushed only when this call completes the outcome's message first (its
+--            id was not completed before), so a resend or a second copy pushes nothing
+--   join     with the emit before it: its follow-up (value: its member name) joins the group
+--            whose hash, members, completion queue and its stats are KEYS[i..i+3], unless
+--            that group finished already
+--   member   the outcome's message (value: its member name) is a member of the group at
+--            KEYS[i..i+3]: its end, completed or dead, is counted once (finish_group)
+-- KEYS[11..] the keys the extras name
 -- Returns one flag per outcome: 1 if it applied, 0 if its message was no longer held; an empty
 -- array when nothing was done (a resend, or the worker being recovered turned out alive).
 local now = now_ms()
@@ -40,8 +52,9 @@ local reliable = argv[1] == 'reliable'
 local worker = argv[3]
 local own = argv[4] == 'own'
 local sequence = tonumber(argv[5])
-local first = 7
-local n = (#argv - first + 1) / 4
+local first = 8
+local n = tonumber(argv[7])
+local extras_at = first + 4 * n
 
 if own then
   if reliable and session_ended(KEYS[9], worker, argv[6]) then return redis.error_reply(FENCED) end
@@ -84,6 +97,15 @@ if in_order then
   redis.call('LTRIM', KEYS[1], n, -1)
 end
 
+-- The outcomes whose follow-ups are pushed only if they complete their message first: whether
+-- they do is read before this call remembers any id.
+local emits = {}
+for i = extras_at, #argv, 4 do
+  if argv[i] == 'emit' then emits[tonumber(argv[i + 1])] = true end
+end
+local fresh = {}  -- outcome number -> true when it completes its message first
+local fresh_ids = {}
+
 local completed, duplicates_skipped, retried, dead_lettered, recovered = 0, 0, 0, 0, 0
 local done_args, done_count = {}, 0
 local forget_at = tostring(now + tonumber(argv[2]))  -- once: a number would be converted to text again for every id
@@ -93,6 +115,11 @@ for j = 1, n do
   local op, held = argv[i], all_held
   if not held then
     held = redis.call('LREM', KEYS[1], 1, argv[i + 1]) == 1 or not reliable
+  end
+  if emits[j] then
+    local id = argv[i + 3]
+    fresh[j] = not fresh_ids[id] and not redis.call('ZSCORE', KEYS[5], id)
+    fresh_ids[id] = true
   end
   if op == 'done' then
     if held then
@@ -136,6 +163,33 @@ end
 for i = 1, done_count, 1000 do
   redis.call('ZADD', KEYS[5], unpack(done_args, i, math.min(i + 999, done_count)))
 end
+-- What rides with the outcomes, in their order: a group is checked for its end after each member.
+for i = extras_at, #argv, 4 do
+  local kind, j, at, value = argv[i], tonumber(argv[i + 1]), tonumber(argv[i + 2]), argv[i + 3]
+  local op = argv[first + (j - 1) * 4]
+  if kind == 'emit' then
+    if fresh[j] then
+      redis.call('RPUSH', KEYS[at], value)
+      redis.call('HINCRBY', KEYS[at + 1], 'produced', 1)
+    end
+  elseif kind == 'join' then
+    if fresh[j] then join_group(KEYS[at], KEYS[at + 1], value) end
+  elseif kind == 'member' then
+    -- A done or a duplicate is completed (its id is remembered); a dead one counts only if the
+    -- dead-lettering applied here. Retries and recoveries back to the queue have not ended.
+    local ended = nil
+    if op == 'done' or (op == 'dup' and applied[j] == 1) then
+      ended = 'completed'
+    elseif op == 'dead' and applied[j] == 1 then
+      ended = 'dead'
+    end
+    if ended then
+      end_member(KEYS[at], KEYS[at + 1], value, ended)
+      finish_group(KEYS[at], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3], now, tonumber(argv[2]))
+    end
+  end
+end
+
 local counts = {completed = completed, duplicates_skipped = duplicates_skipped, retried = retried,
                 dead_lettered = dead_lettered, recovered = recovered}
 for name, count in pairs(counts) do

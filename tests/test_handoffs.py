@@ -1,0 +1,152 @@
+"""Pipelines: follow-ups emitted with the acknowledgement, groups that complete once, delays."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from support import running, wait_until
+
+from workqueue import Message, Queue, Worker
+from workqueue.message import follow_up_id
+from workqueue.protocol import Outcomes
+from workqueue.queue import GroupError
+
+
+def drained(queue: Queue) -> bool:
+    s = queue.stats()
+    return s["pending"] == s["in_flight"] == s["delayed"] == 0 and s["unaccounted"] == 0
+
+
+def split(message: Message) -> None:
+    for n in range(message.body.get("count", 1)):
+        message.emit(message.body["to"], {"n": n})
+    if message.body.get("fail"):
+        raise RuntimeError("failed after emitting")
+
+
+def test_a_completed_try_pushes_its_follow_ups_with_ids_every_try_repeats(shared_redis, queue_name):
+    """A handler's emits reach the target queue once its try completes, each with the id its parent's id and position give, counted as produced there."""
+    first, second = Queue.connect(shared_redis.url, queue_name), Queue.connect(shared_redis.url, queue_name + "-next")
+    parent = first.push({"to": second.name, "count": 3})
+    with running(Worker(first, split, burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    stored = [json.loads(raw) for raw in second.peek(10)]
+    assert [m["id"] for m in stored] == [follow_up_id(parent, second.name, str(n)) for n in range(3)]
+    assert [m["body"] for m in stored] == [{"n": n} for n in range(3)]
+    assert all(m["parent"] == parent and m["attempts"] == 0 for m in stored)
+    assert second.stats()["produced"] == 3 and second.stats()["unaccounted"] == 0
+    assert first.stats()["completed"] == 1 and drained(first)
+
+
+def test_a_try_that_emits_then_fails_pushes_nothing(shared_redis, queue_name):
+    """Follow-ups of a failed try are dropped with it: after every try failed and the message is dead, the target queue never saw one."""
+    first = Queue.connect(shared_redis.url, queue_name, max_attempts=2, retry_backoff=0.01)
+    second = Queue.connect(shared_redis.url, queue_name + "-next")
+    first.push({"to": second.name, "count": 2, "fail": True})
+    with running(Worker(first, split, worker_timeout=5)):
+        wait_until(lambda: first.stats()["dead_lettered"] == 1, timeout=10)
+    assert second.stats()["produced"] == 0 and second.peek() == []
+
+
+def test_an_acknowledgement_resent_after_a_lost_reply_pushes_once(shared_redis, queue_name):
+    """The same settle call sent twice (its reply lost) pushes its follow-ups once; a second copy of the parent completing later pushes none."""
+    first, second = Queue.connect(shared_redis.url, queue_name), Queue.connect(shared_redis.url, queue_name + "-next")
+    first.push_encoded([first.build({"x": 1}, "parent")[1]] * 2)  # two copies of one id
+    consumer = first.consumer("w1")
+    consumer.join()
+    taken = consumer.fetch(2).taken
+    msg = Message(taken[0][0], {"id": "parent"}, [], None)
+    msg.emit(second.name, {"child": 1})
+    outcomes = Outcomes()
+    outcomes.done(taken[0][0], "parent", msg.emitted)
+    resent = Outcomes(list(outcomes.args), list(outcomes.extras), sequence=outcomes.sequence)
+    consumer.settle(outcomes)
+    consumer.settle(resent)  # the same number: a resend after a lost reply
+    assert second.stats()["produced"] == 1
+    again = Outcomes(sequence=2)
+    again.done(taken[1][0], "parent", msg.emitted)  # the second copy, run anyway
+    consumer.settle(again)
+    assert second.stats()["produced"] == 1 and len(second.peek()) == 1
+
+
+def test_a_group_completes_once_after_its_last_member_with_its_counts(shared_redis, queue_name):
+    """A group of five members, two dead-lettered, pushes one completion message to its queue after the last ends, naming the group and counting 3 completed and 2 dead."""
+    members = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    done = Queue.connect(shared_redis.url, queue_name + "-done")
+    members.push_many([{"fail": n < 2} for n in range(5)], group="batch", on_complete=done.name)
+    assert members.group("batch") == {"group": "batch", "queue": members.name, "on_complete": done.name, "total": 5,
+                                      "completed": 0, "dead": 0, "pending": 5, "sealed": True, "done": False}
+
+    def handle(message: Message) -> None:
+        if message.body["fail"]:
+            raise ValueError("bad member")
+
+    with running(Worker(members, handle, worker_timeout=5)):
+        wait_until(lambda: members.group("batch")["done"], timeout=10)
+    completions = [json.loads(raw) for raw in done.peek(10)]
+    assert len(completions) == 1
+    assert completions[0]["body"] == {"group": "batch", "queue": members.name, "total": 5, "completed": 3, "dead": 2}
+    assert members.group("batch")["pending"] == 0 and done.stats()["produced"] == 1
+
+
+def test_follow_ups_of_members_join_the_group_and_are_awaited(shared_redis, queue_name):
+    """Members that emit follow-ups to another queue: the completion comes only after every follow-up ended too, and counts them."""
+    first, second = Queue.connect(shared_redis.url, queue_name), Queue.connect(shared_redis.url, queue_name + "-next")
+    done = Queue.connect(shared_redis.url, queue_name + "-done")
+    first.push_many([{"to": second.name, "count": 2} for _ in range(3)], group="g", on_complete=done.name)
+    with running(Worker(first, split, burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    assert first.group("g") == {**first.group("g"), "total": 9, "completed": 3, "pending": 6, "done": False}
+    assert done.peek() == []
+    with running(Worker(second, lambda message: None, worker_timeout=5)):
+        wait_until(lambda: first.group("g")["done"], timeout=10)
+    [completion] = [json.loads(raw) for raw in done.peek(10)]
+    assert completion["body"]["total"] == completion["body"]["completed"] == 9
+
+
+def test_a_finished_group_takes_no_members_and_a_missing_one_none(shared_redis, queue_name):
+    """push(group=) adds to a group that is still open, refuses one that finished, and one never started."""
+    queue, done = Queue.connect(shared_redis.url, queue_name), Queue.connect(shared_redis.url, queue_name + "-done")
+    queue.push_many([{}], group="g", on_complete=done.name)
+    queue.push({}, group="g")
+    assert queue.group("g")["total"] == 2
+    with pytest.raises(GroupError, match="does not exist"):
+        queue.push({}, group="other")
+    with running(Worker(queue, lambda message: None, burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    assert queue.group("g")["done"]
+    with pytest.raises(GroupError, match="finished"):
+        queue.push({}, group="g")
+    with pytest.raises(GroupError, match="finished"):
+        queue.push_many([{}], group="g", on_complete=done.name)
+    assert len(done.peek()) == 1
+
+
+def test_a_signed_completion_message_verifies(shared_redis, queue_name):
+    """With a signing key, the completion message whose counts Redis filled in is accepted by a worker of its queue."""
+    key = {"signing_key": "k" * 32}
+    members = Queue.connect(shared_redis.url, queue_name, **key)
+    done = Queue.connect(shared_redis.url, queue_name + "-done", **key)
+    members.push_many([{}, {}], group="g", on_complete=done.name)
+    seen: list[dict] = []
+    with running(Worker(members, lambda message: None, burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    with running(Worker(done, lambda message: seen.append(message.body), burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    assert seen == [{"group": "g", "queue": members.name, "total": 2, "completed": 2, "dead": 0}]
+    assert done.stats()["dead_lettered"] == 0
+
+
+def test_a_delayed_push_waits_in_redis_until_due(shared_redis, queue_name):
+    """push(delay=) counts as delayed, is not taken before its time, and runs soon after it."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    ran: list[float] = []
+    pushed = time.time()
+    queue.push({}, delay=1.0)
+    assert queue.stats()["delayed"] == 1 and queue.stats()["unaccounted"] == 0
+    with running(Worker(queue, lambda message: ran.append(time.time()), worker_timeout=5)):
+        wait_until(lambda: ran, timeout=10)
+    assert ran[0] - pushed >= 1.0
+    assert drained(queue)
