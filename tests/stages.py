@@ -38,4 +38,5 @@ def finish(message: Message) -> None:
         raise RuntimeError("this one fails")
 
 
-STAGES = {"split": split, "finish": finish}
+# Served as `workqueue worker tests.stages:STAGES`: the test names the two queues.
+STAGES = {os.environ.get("TEST_FIRST_QUEUE", "first"): split, os.environ.get("TEST_SECOND_QUEUE", "second"): finish}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
-from support import running, wait_until
+from support import ROOT, running, script_env, wait_until
 
 from workqueue import Message, Queue, Worker
 from workqueue.message import follow_up_id
@@ -150,3 +152,69 @@ def test_a_delayed_push_waits_in_redis_until_due(shared_redis, queue_name):
         wait_until(lambda: ran, timeout=10)
     assert ran[0] - pushed >= 1.0
     assert drained(queue)
+
+
+def test_a_burst_worker_waits_for_what_a_dead_worker_held(shared_redis, queue_name):
+    """--burst with the queue empty but two messages held by a worker that died: it recovers them, runs them, and only then exits."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many([{}, {}])
+    assert len(queue.consumer("ghost", worker_timeout=1).fetch(2).taken) == 2
+    ran: list[str] = []
+    with running(Worker(queue, lambda message: ran.append(message.id), burst=True, worker_timeout=1), timeout=30) as thread:
+        thread.join(20)
+        assert not thread.is_alive()
+    assert len(ran) == 2 and queue.stats()["completed"] == 2 and drained(queue)
+
+
+def stage_env(shared_redis, first: str, second: str, runs, **overrides) -> dict[str, str]:
+    return script_env(shared_redis.url, first, TEST_FIRST_QUEUE=first, TEST_SECOND_QUEUE=second, TEST_RUNS_FILE=runs,
+                      LOG_LEVEL="warning", **overrides)
+
+
+def test_one_command_serves_a_dict_of_queues_and_a_burst_ends_when_both_are_done(shared_redis, queue_name, tmp_path):
+    """`workqueue worker tests.stages:STAGES --burst` serves both stages, supervised: every member and follow-up runs once, the group completes once, and the command exits 0 only when both queues are done."""
+    first, second, done = (Queue.connect(shared_redis.url, queue_name + suffix) for suffix in ("-a", "-b", "-done"))
+    first.push_many([{"to": second.name, "count": 2, "seconds": 0.2} for _ in range(5)], group="g", on_complete=done.name)
+    runs = tmp_path / "runs"
+    env = stage_env(shared_redis, first.name, second.name, runs)
+    worker = subprocess.run([sys.executable, "-m", "workqueue", "worker", "tests.stages:STAGES", "--burst", "--processes", "1"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    lines = runs.read_text().split("\n")[:-1]
+    assert len([line for line in lines if line.startswith("split")]) == 5
+    assert len(finished := [line for line in lines if line.startswith("finish")]) == 10 and len(set(finished)) == 10
+    assert first.group("g") == {**first.group("g"), "total": 15, "completed": 15, "dead": 0, "done": True}
+    assert len(done.peek()) == 1
+    assert drained(first) and drained(second)
+
+
+def test_the_group_command_waits_and_says_how_the_group_ended(shared_redis, queue_name):
+    """`workqueue group NAME --wait` prints its progress until the group is done, then exits 0 when all completed and 1 when any was dead-lettered; an unknown group exits 1."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    done = Queue.connect(shared_redis.url, queue_name + "-done")
+    queue.push_many([{"fail": False}, {"fail": False}], group="good", on_complete=done.name)
+    queue.push_many([{"fail": True}, {"fail": False}], group="bad", on_complete=done.name)
+    env = script_env(shared_redis.url, queue_name)
+
+    def group(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "workqueue", "group", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    waiting = group("good", "--wait")
+    first = wait_until(lambda: waiting.stdout.readline(), timeout=10)
+    assert first.startswith("group good: 0/2 ended")
+
+    def handle(message: Message) -> None:
+        if message.body["fail"]:
+            raise ValueError("bad")
+
+    with running(Worker(queue, handle, burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    out, _ = waiting.communicate(timeout=10)
+    assert waiting.returncode == 0 and out.splitlines()[-1] == "group good: 2/2 ended, 2 completed, 0 dead, 0 pending, done"
+    bad = group("bad", "--json")
+    out, _ = bad.communicate(timeout=10)
+    assert bad.returncode == 1 and json.loads(out) == {**json.loads(out), "completed": 1, "dead": 1, "done": True}
+    missing = group("nothing")
+    _, err = missing.communicate(timeout=10)
+    assert missing.returncode == 1 and err.startswith("error: group 'nothing' does not exist")

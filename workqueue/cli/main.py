@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from .. import __version__
 from ..logs import printable
-from ..queue import Queue
+from ..queue import GroupError, Queue
 from ..settings import ConfigError, Settings, count, load_env_file, parse_value
 from ..store.dead import Changed
 from ..store.outages import is_outage, refusal
@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     queues = command(commands, "queues", "list every queue on this Redis (from the registry of queues that pushed or had a "
                      "worker start) with pending, in flight, dead and live workers", "queues")
     as_json(queues, "a list of objects")
+    group = command(commands, "group", "a group's progress (Queue.push_many(group=...)): members ended of total, completed, "
+                    "dead, pending; exit 0 when all completed, 1 when any was dead-lettered or it is not done",
+                    "group batch-7", "group batch-7 --wait")
+    group.add_argument("name", help="the group's name")
+    group.add_argument("--wait", action="store_true", help="wait until it is done, drawing its progress")
+    as_json(group, "one object")
     command(commands, "pause", "pause the queue: workers take no new messages (they finish what they hold) until resume", "pause --queue images")
     command(commands, "resume", "let workers take messages from a paused queue again", "resume --queue images")
     command(commands, "top", "a live view redrawn every second: depth, in flight per worker, rates, dead, oldest age, "
@@ -99,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_env_file()  # the console script's entry; `python -m workqueue` has loaded it already
     args = _parser().parse_args(argv)
     if args.command == "worker":
-        return worker_command.run(args)
+        return worker_command.run(args, list(sys.argv[1:] if argv is None else argv))
     try:
         settings = Settings.load(queue_name=args.queue)
         limit = parse_value("--count", args.count, count) if "count" in args else 0
@@ -139,6 +145,15 @@ def _run(args: argparse.Namespace, queue: Queue, limit: int) -> int:
         report.print_queues(queue, args.json)
     elif args.command == "top":
         top.run(queue)
+    elif args.command == "group":
+        try:
+            return report.print_group(queue, args.name, args.json, args.wait, sys.stdout.isatty())
+        except GroupError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print()
+            return 130
     elif args.command in ("pause", "resume"):
         changed = queue.pause() if args.command == "pause" else queue.resume()
         state = "paused" if args.command == "pause" else "resumed"

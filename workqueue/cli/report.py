@@ -109,3 +109,36 @@ def print_queues(queue: Queue, as_json: bool) -> None:
     print(f"{'QUEUE':<{width}}" + "".join(f"  {c.upper():>9}" for c in columns))
     for name, stats in rows.items():
         print(f"{names[name]:<{width}}" + "".join(f"  {show(stats[c]):>9}" for c in columns))
+
+
+GROUP_POLL = 0.5  # how often (s) `group --wait` reads the group's progress
+BAR_WIDTH = 30
+
+
+def group_line(progress: dict[str, Any]) -> str:
+    """One line of a group's progress: ended of total, completed, dead, pending, done."""
+    ended = progress["completed"] + progress["dead"]
+    return (f"group {printable(progress['group'])}: {ended}/{progress['total']} ended, {progress['completed']} completed, "
+            f"{progress['dead']} dead, {progress['pending']} pending" + (", done" if progress["done"] else ""))
+
+
+def print_group(queue: Queue, name: str, as_json: bool, wait: bool, terminal: bool) -> int:
+    """Print a group's progress (GroupError when there is none). With `wait`, until it is done:
+    a bar redrawn in place on a `terminal`, else a line each time the figures change. Returns
+    0 when every member completed, 1 when any was dead-lettered (or, without wait, not done)."""
+    progress = queue.group(name)
+    shown = None
+    while wait and not progress["done"]:  # until done: Ctrl-C stops it
+        if terminal:
+            ended, total = progress["completed"] + progress["dead"], max(progress["total"], 1)
+            filled = BAR_WIDTH * ended // total
+            print(f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {group_line(progress)}", end="", flush=True)
+        elif progress != shown and not as_json:
+            print(group_line(progress), flush=True)
+            shown = progress
+        time.sleep(GROUP_POLL)
+        progress = queue.group(name)
+    if terminal and wait:
+        print("\r", end="")
+    print(json.dumps(progress) if as_json else group_line(progress))
+    return 0 if progress["done"] and progress["dead"] == 0 else 1

@@ -1,17 +1,29 @@
 """`workqueue worker MODULE:ATTR`: serve your own handler. By default a supervisor runs it in
-child processes (worker/supervisor.py); --in-process runs it in the worker's own process."""
+child processes (worker/supervisor.py); --in-process runs it in the worker's own process.
+
+When ATTR names a dict of queue name -> handler, the command serves each queue with its own
+worker process (this same command with --queue), so that queues never wait on one another:
+each has its own supervisor, children, pause, stats, recovery and metrics (on --metrics-port
+plus the queue's position in the dict). There is no order or priority between them."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import time
 from typing import Any
 
+from ..queue import Queue
 from ..settings import SUPERVISOR_ONLY, ConfigError, Settings, add_flags
+from ..shutdown import Shutdown
 from ..worker import Worker
-from ..worker.spec import HandlerNotFound, load_handler
+from ..worker.spec import HandlerNotFound, load_handler, load_target
 from ..worker.supervisor import Supervisor
 from .serve import serve
+
+WATCH_TICK = 0.1  # how often (s) the command serving several queues looks at its workers
 
 
 def add_options(sub: argparse.ArgumentParser) -> None:
@@ -22,27 +34,69 @@ def add_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--in-process", action="store_true",
                      help="run the handler in the worker's own process, one message at a time: faster for quick, trusted "
                           "handlers, but a crash or a stuck try ends the worker (--processes and --concurrency do not apply)")
-    sub.add_argument("--burst", action="store_true", help="exit 0 once nothing is left to do")
+    sub.add_argument("--burst", action="store_true", help="exit 0 once nothing is left to do: nothing waiting, delayed or "
+                     "held by any worker, in any queue this command serves")
+    # Set by a command serving several queues for each of its workers: all its queues.
+    sub.add_argument("--burst-with", default="", help=argparse.SUPPRESS)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Serve the handler until stopped; returns the exit code (2: a bad setting or handler)."""
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Serve the handler until stopped; returns the exit code (2: a bad setting or handler).
+    `argv`: the command's arguments, for the workers of a dict of queues."""
     flags: dict[str, Any] = {name: getattr(args, name, None) for name in Settings.flagged()}
     flags["queue_name"] = args.queue
     try:
         settings = Settings.load(**flags)
-        handler = load_handler(args.handler)
+        target = load_target(args.handler)
+        if isinstance(target, dict) and args.queue is None:
+            return _serve_each(list(target), settings, args, argv)
+        handler = load_handler(args.handler, settings.queue_name)
     except (ConfigError, HandlerNotFound) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    also = [name for name in args.burst_with.split(",") if name and name != settings.queue_name]
+
+    def burst_with(worker: Worker) -> Worker:
+        worker.burst_queues += [Queue(name, worker.queue.client) for name in also]
+        return worker
     if args.in_process:
         if any(flags[name] is not None for name in SUPERVISOR_ONLY):
             print("error: --processes and --concurrency are for the supervised worker, not --in-process", file=sys.stderr)
             return 2
-        return serve(settings, lambda queue, metrics, abort: Worker.from_settings(
-            settings, handler, burst=args.burst, abort=abort, queue=queue, metrics=metrics))
-    return serve(settings, lambda queue, metrics, abort: Supervisor(
+        return serve(settings, lambda queue, metrics, abort: burst_with(Worker.from_settings(
+            settings, handler, burst=args.burst, abort=abort, queue=queue, metrics=metrics)))
+    return serve(settings, lambda queue, metrics, abort: burst_with(Supervisor(
         queue, args.handler, processes=settings.processes, concurrency=settings.concurrency, log_level=settings.log_level,
         log_format=settings.log_format, delivery=settings.delivery, prefetch=settings.prefetch, burst=args.burst,
         grace=settings.grace, worker_timeout=settings.worker_timeout, job_timeout=settings.job_timeout, abort=abort,
-        metrics=metrics))
+        metrics=metrics)))
+
+
+def _serve_each(queues: list[str], settings: Settings, args: argparse.Namespace, argv: list[str]) -> int:
+    """Serve each of `queues` with a worker process of its own (this command with --queue),
+    passing on the signals it receives; returns the exit code: the highest of theirs. When one
+    ends unasked (not --burst), the others are stopped too."""
+    shutdown = Shutdown()
+    shutdown.install()
+    command = [sys.executable, "-m", "workqueue", *argv]
+    workers = []
+    for position, queue in enumerate(queues):
+        extra = ["--queue", queue]
+        if settings.metrics_port:
+            extra += ["--metrics-port", str(settings.metrics_port + position)]
+        if args.burst:
+            extra += ["--burst-with", ",".join(queues)]
+        workers.append(subprocess.Popen([*command, *extra], env=os.environ.copy()))
+    forwarded, code = 0, 0
+    while any(worker.poll() is None for worker in workers):  # bounded by the workers' lives
+        if shutdown.signals > forwarded:  # each signal once to each: the second one stops them at once
+            forwarded = shutdown.signals
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(shutdown.signum)
+        ended = [worker.returncode for worker in workers if worker.returncode is not None]
+        if ended and not args.burst and not forwarded:  # one stopped unasked: stop the rest
+            shutdown.request()
+            code = max(ended) or 1
+        time.sleep(WATCH_TICK)
+    return max(code, *(worker.returncode for worker in workers))

@@ -267,8 +267,9 @@ def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_
 def main(argv: Sequence[str]) -> None:
     """The child's life: load the handler, serve messages until the supervisor says stop.
     `argv`: the handler's MODULE:ATTR, the descriptors of its socket and of the marks' file,
-    the concurrency, JOB_TIMEOUT, and the log level and format."""
-    spec, conn_fd, marks_fd, concurrency_text, job_timeout_text, log_level, log_format = argv
+    the concurrency, JOB_TIMEOUT, the log level and format, and the queue (which handler of a
+    dict of queues)."""
+    spec, conn_fd, marks_fd, concurrency_text, job_timeout_text, log_level, log_format, queue = argv
     concurrency, job_timeout = int(concurrency_text), float(job_timeout_text)
     conn = Connection(int(conn_fd))
     marks = memoryview(mmap.mmap(int(marks_fd), 0)).cast("d")
@@ -278,7 +279,7 @@ def main(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's: it drains, then stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        handler = load_handler(spec)
+        handler = load_handler(spec, queue)
     except HandlerNotFound as error:  # it loaded in the supervisor: something differs here
         print(f"error: {error}", file=sys.stderr, flush=True)
         os._exit(2)

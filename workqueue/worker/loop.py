@@ -73,6 +73,9 @@ class Worker:
         self.delivery = Delivery(delivery)
         self.prefetch = prefetch
         self.burst = burst
+        # With burst, the queues that must all be done before we stop: ours, and those of the
+        # workers beside us in one command, whose follow-ups may still come our way.
+        self.burst_queues = [queue]
         self.grace = grace
         self.worker_timeout = worker_timeout
         self.job_timeout = job_timeout
@@ -183,6 +186,15 @@ class Worker:
             return True
         return self._take()
 
+    def _nothing_left(self) -> bool:
+        """Burst: whether no message is waiting, delayed or held by any worker in any of
+        `burst_queues` (held by a dead worker, it comes back through recovery: we wait for it)."""
+        for queue in self.burst_queues:
+            counts = queue.stats()
+            if counts["pending"] or counts["delayed"] or counts["in_flight"]:
+                return False
+        return True
+
     def _busy(self) -> bool:
         """Whether messages we hold are being worked on elsewhere (a supervisor's children)."""
         return False
@@ -206,7 +218,7 @@ class Worker:
                 self.shutdown.wait(PAUSE_POLL)
                 return True
             if not taken:
-                if self.burst and fetched.next_retry_ms is None and not self._busy():
+                if self.burst and fetched.next_retry_ms is None and not self._busy() and self._nothing_left():
                     return False
                 self._wait_for_work(fetched)
                 return True

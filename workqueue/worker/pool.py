@@ -101,9 +101,11 @@ class ChildPool:
     """`processes` children, each running up to `concurrency` tries at once."""
 
     def __init__(self, spec: str, processes: int, concurrency: int, job_timeout: float, most: int,
-                 log_level: str = "warning", log_format: str = "json") -> None:
-        """`most`: the most messages the pool holds at once (PREFETCH)."""
+                 log_level: str = "warning", log_format: str = "json", queue: str = "") -> None:
+        """`most`: the most messages the pool holds at once (PREFETCH); `queue`: which handler
+        of a dict `spec` names (spec.load_handler)."""
         self.spec = spec
+        self.queue = queue
         self.processes = processes
         self.concurrency = concurrency
         self.job_timeout = job_timeout
@@ -128,7 +130,7 @@ class ChildPool:
             mapping = mmap.mmap(shared.fileno(), size)
             process = subprocess.Popen(
                 [sys.executable, "-m", "workqueue.worker.child", self.spec, str(theirs.fileno()), str(shared.fileno()),
-                 str(self.concurrency), repr(self.job_timeout), self.log_level, self.log_format],
+                 str(self.concurrency), repr(self.job_timeout), self.log_level, self.log_format, self.queue],
                 pass_fds=(theirs.fileno(), shared.fileno()), stdin=subprocess.DEVNULL,
             )
         theirs.close()

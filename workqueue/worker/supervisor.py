@@ -39,11 +39,11 @@ class Supervisor(Worker):
                  log_level: str = "warning", log_format: str = "json", **options: Any) -> None:
         """Raises spec.HandlerNotFound when `spec` names no handler (checked here, run only in
         the children)."""
-        handler = load_handler(spec)
+        handler = load_handler(spec, queue.name)
         super().__init__(queue, handler, **options)
         self.fetch_ahead = False  # the children's room bounds what is taken: see _take_count
         self.pool = ChildPool(spec, processes or default_processes(), concurrency, self.job_timeout, self.prefetch,
-                              log_level, log_format)
+                              log_level, log_format, queue.name)
         self._held.elsewhere = self.pool
 
     def run(self, *, install_signals: bool = True) -> int:
