@@ -218,3 +218,26 @@ def test_the_group_command_waits_and_says_how_the_group_ended(shared_redis, queu
     missing = group("nothing")
     _, err = missing.communicate(timeout=10)
     assert missing.returncode == 1 and err.startswith("error: group 'nothing' does not exist")
+
+
+def test_a_requeued_dead_member_of_a_finished_group_runs_alone(shared_redis, queue_name):
+    """A dead-lettered member requeued after its group finished runs again as an ordinary message: the group keeps its counts and its completion is not pushed again."""
+    queue = Queue.connect(shared_redis.url, queue_name, max_attempts=1)
+    done = Queue.connect(shared_redis.url, queue_name + "-done")
+    queue.push_many([{"fail": True}, {"fail": False}], group="g", on_complete=done.name)
+    fail = True
+
+    def handle(message: Message) -> None:
+        if fail and message.body["fail"]:
+            raise ValueError("bad")
+
+    with running(Worker(queue, handle, burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    assert queue.group("g") == {**queue.group("g"), "completed": 1, "dead": 1, "done": True}
+    fail = False
+    assert queue.dead.requeue(None).changed == 1
+    with running(Worker(queue, handle, burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    assert queue.stats()["completed"] == 2
+    assert queue.group("g") == {**queue.group("g"), "completed": 1, "dead": 1, "done": True}
+    assert len(done.peek()) == 1

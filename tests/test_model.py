@@ -10,6 +10,10 @@ after every step what must always hold:
 - no non-empty in-flight list belongs to a worker that is not registered, and a live worker
   knows every element of its list (a request delayed past a rejoin is refused: fencing);
 - `stats` balances to 0.
+Pipelines too: completed tries emit follow-ups to a second queue, whose own worker runs them,
+and groups of members end there; after every step each follow-up id is in at most one place
+(pushed once, whatever was resent or recovered), and each group's completion message was
+pushed at most once, and exactly once when no member is left, with counts that add up.
 
 CI runs the bounded "ci" profile (tests/conftest.py); `scripts/test tests/test_model.py
 --hypothesis-profile=long` runs many more examples, and longer ones.
@@ -99,6 +103,13 @@ class QueueModel(RuleBasedStateMachine):
         self.workers: list[ModelWorker] = []
         self.pushed: set[str] = set()
         self.garbage = 0
+        # The second stage: follow-ups land on `later`, run by one worker that never fails us;
+        # group completions land on `completions`, which nobody serves.
+        self.later = Queue.connect(server.url, self.name + "-later", max_attempts=2, retry_backoff=0.001, retry_backoff_max=0.002)
+        self.later_consumer = self.later.consumer("later-worker", "reliable", 600)
+        self.later_outcomes = Outcomes()
+        self.completions = Queue.connect(server.url, self.name + "-done")
+        self.groups: list[str] = []
 
     def _queue(self) -> Queue:
         return Queue.connect(self.server.url, self.name, max_attempts=2, retry_backoff=0.001, retry_backoff_max=0.002)
@@ -116,7 +127,7 @@ class QueueModel(RuleBasedStateMachine):
                 worker.outcomes.dead(raw, message.dead_letter_malformed(raw, str(error)))
                 continue
             if duplicate:
-                worker.outcomes.duplicate(raw)
+                worker.outcomes.duplicate(raw, msg.id, msg.group)
             else:
                 worker.held.append(msg)
 
@@ -132,6 +143,26 @@ class QueueModel(RuleBasedStateMachine):
     @rule(count=st.integers(1, 4))
     def push(self, count: int) -> None:
         self.pushed.update(self.operator.push_many({"n": i} for i in range(count)))
+
+    @rule(count=st.integers(1, 4))
+    def push_group(self, count: int) -> None:
+        """A group of members whose completion goes to the completions queue."""
+        name = f"g{len(self.groups)}"
+        self.groups.append(name)
+        self.pushed.update(self.operator.push_many(({"n": i} for i in range(count)), group=name, on_complete=self.completions.name))
+
+    @rule(count=st.integers(1, 4), fail=st.booleans())
+    def later_stage_runs(self, count: int, fail: bool) -> None:
+        """The second stage's worker takes follow-ups and completes (or fails) them."""
+        for raw, duplicate in self.later_consumer.fetch(count, self.later_outcomes).taken:
+            msg = message.decode(raw)
+            if duplicate:
+                self.later_outcomes.duplicate(raw, msg.id, msg.group)
+            elif fail:
+                self.later.retry.failed(self.later_outcomes, msg, "model failure")
+            else:
+                self.later_outcomes.done(raw, msg.id, None, msg.group)
+        self.later_consumer.settle(self.later_outcomes)
 
     @rule(raw=GARBAGE)
     def push_garbage(self, raw: bytes) -> None:
@@ -176,16 +207,19 @@ class QueueModel(RuleBasedStateMachine):
         self._accept(worker, self._unless_fenced(worker, lambda: worker.consumer.block(0.01)) or [])
 
     @precondition(some_holding)
-    @rule(index=st.integers(0, MAX_WORKERS), successes=st.lists(st.booleans(), min_size=1, max_size=5))
-    def finish_some(self, index: int, successes: list[bool], worker: ModelWorker | None = None) -> None:
-        """The handler ran on the first messages held: True succeeded, False failed."""
+    @rule(index=st.integers(0, MAX_WORKERS), successes=st.lists(st.booleans(), min_size=1, max_size=5), emit=st.booleans())
+    def finish_some(self, index: int, successes: list[bool], worker: ModelWorker | None = None, emit: bool = True) -> None:
+        """The handler ran on the first messages held: True succeeded (with `emit`, emitting a
+        follow-up to the second stage), False failed."""
         if worker is None:
             holding = [w for w in self.workers if w.state == "alive" and w.held]
             worker = holding[index % len(holding)]
         for succeed in successes[: len(worker.held)]:
             msg = worker.held.pop(0)
             if succeed:
-                worker.outcomes.done(msg.raw, msg.id)
+                if emit:
+                    msg.emit(self.later.name, {"from": msg.id})
+                worker.outcomes.done(msg.raw, msg.id, list(msg.emitted), msg.group)
             else:
                 self.operator.retry.failed(worker.outcomes, msg, "model failure")
 
@@ -197,7 +231,7 @@ class QueueModel(RuleBasedStateMachine):
         worker = holding[index % len(holding)]
         for _ in range(min(count, len(worker.held))):
             msg = worker.held.pop(order.randrange(len(worker.held)))
-            worker.outcomes.done(msg.raw, msg.id)
+            worker.outcomes.done(msg.raw, msg.id, None, msg.group)
 
     @precondition(some_holding)
     @rule(index=st.integers(0, MAX_WORKERS), started=st.integers(0, 3))
@@ -367,7 +401,7 @@ class QueueModel(RuleBasedStateMachine):
         """SIGKILL Redis and start it again from its AOF (fsync always); every client reconnects."""
         self.server.kill()
         self.server.start()
-        for queue in [self.operator, *(w.queue for w in self.workers)]:
+        for queue in [self.operator, self.later, self.completions, *(w.queue for w in self.workers)]:
             queue.client.connection_pool.disconnect()
             queue.scripts.load()
         self._heartbeat_live_workers()
@@ -416,6 +450,27 @@ class QueueModel(RuleBasedStateMachine):
             assert copies.get(message_id, 0) == 1 or message_id in done, f"{message_id} vanished"
         assert malformed == self.garbage, f"{self.garbage} garbage elements pushed, {malformed} found"
         assert self.operator.stats()["unaccounted"] == 0
+
+    @invariant()
+    def every_follow_up_is_pushed_once_and_every_group_completes_once(self) -> None:
+        later = self.later.keys
+        places = [self.admin.lrange(later.pending, 0, -1), self.admin.zrange(later.delayed, 0, -1),
+                  self.admin.lrange(later.dead_letter, 0, -1), self.admin.lrange(later.in_flight(self.later_consumer.worker_id), 0, -1)]
+        found = [message.decode(raw).id for elements in places for raw in elements]
+        assert len(found) == len(set(found)), "a follow-up is in two places"
+        completed = {raw.decode() for raw in self.admin.zrange(later.done, 0, -1)}
+        # Pushed once each: what was produced is what is somewhere, or completed (and nowhere).
+        assert self.later.stats()["produced"] == len(set(found) | completed)
+        assert self.later.stats()["unaccounted"] == 0
+        bodies = [message.decode(raw).body for raw in self.admin.lrange(self.completions.keys.pending, 0, -1)]
+        for name in self.groups:
+            ended = [body for body in bodies if body["group"] == name]
+            assert len(ended) <= 1, f"group {name} completed {len(ended)} times"
+            progress = self.operator.group(name)
+            assert len(ended) == (progress["pending"] == 0), f"group {name}: {progress}, {len(ended)} completions"
+            assert progress["pending"] == self.admin.scard(self.operator.keys.group_members(name))
+            for body in ended:
+                assert body["total"] == body["completed"] + body["dead"] == progress["total"]
 
     def teardown(self) -> None:
         self.admin.flushall()  # our own server, one queue per example

@@ -127,9 +127,12 @@ local function join_group(group, members, member)
   if redis.call('SADD', members, member) == 1 then redis.call('HINCRBY', group, 'total', 1) end
 end
 
--- Count a member's end (`how`: 'completed' or 'dead'), if it had not ended before.
+-- Count a member's end (`how`: 'completed' or 'dead'), if it had not ended before; returns
+-- whether it had not.
 local function end_member(group, members, member, how)
-  if redis.call('SREM', members, member) == 1 then redis.call('HINCRBY', group, how, 1) end
+  if redis.call('SREM', members, member) == 0 then return false end
+  redis.call('HINCRBY', group, how, 1)
+  return true
 end
 
 -- The counts in a completion message as the producer encoded it, before they are known.

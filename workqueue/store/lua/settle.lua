@@ -183,8 +183,7 @@ for i = extras_at, #argv, 4 do
     elseif op == 'dead' and applied[j] == 1 then
       ended = 'dead'
     end
-    if ended then
-      end_member(KEYS[at], KEYS[at + 1], value, ended)
+    if ended and end_member(KEYS[at], KEYS[at + 1], value, ended) then
       finish_group(KEYS[at], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3], now, tonumber(argv[2]))
     end
   end
