@@ -330,3 +330,45 @@ def test_moving_a_queues_slot_to_another_master_while_workers_run_loses_nothing(
     assert len(pushed) == 200 and result["unaccounted"] == 0 and result["completed"] >= 200
     assert not [e for w in workers for e in w.named("worker_error")]
     assert not [k for k in cluster.keys()[source.port] if queue_name in k.decode()]
+
+
+def test_a_pipeline_named_with_one_hash_tag_hands_off_and_completes_its_group_on_a_cluster(cluster, queue_name):
+    """Queues named {tag}first, {tag}second and {tag}done share one slot: emits and a group's completion go through one script each, served through a node that does not own the slot."""
+    from support import running
+
+    from workqueue import Worker
+
+    tag = "{" + queue_name + "}"
+    url = elsewhere(cluster, queue_name)
+    first, second, done = (Queue.connect(url, tag + name) for name in ("first", "second", "done"))
+    first.push_many([{"n": n} for n in range(4)], group="g", on_complete=done.name)
+
+    def split(message) -> None:
+        message.emit(second.name, {"from": message.id})
+
+    with running(Worker(first, split, burst=True, worker_timeout=5)) as thread:
+        thread.join(20)
+    with running(Worker(second, lambda message: None, burst=True, worker_timeout=5)) as thread:
+        thread.join(20)
+    assert first.group("g") == {**first.group("g"), "total": 8, "completed": 8, "done": True}
+    assert len(done.peek()) == 1 and second.stats()["completed"] == 4
+    slots = {cluster.slot(key) for key in (first.keys.pending, second.keys.stats, done.keys.pending, first.keys.group("g"))}
+    assert slots == {cluster.slot(queue_name)}
+
+
+def test_a_hand_off_across_slots_fails_loudly_on_a_cluster(cluster, queue_name):
+    """On a cluster, a group whose completion queue is in another slot is refused when pushed, and an emit to a queue in another slot fails its try with an error that names the rule."""
+    from support import running
+
+    from workqueue import Worker
+
+    url = elsewhere(cluster, queue_name)
+    queue = Queue.connect(url, queue_name, max_attempts=1)
+    other = next(f"{queue_name}-{n}" for n in range(100) if cluster.slot(f"{queue_name}-{n}") != cluster.slot(queue_name))
+    queue.push({})  # the client learns it talks to a cluster
+    with pytest.raises(ValueError, match="share a slot"):
+        queue.push_many([{}], group="g", on_complete=other)
+    with running(Worker(queue, lambda message: message.emit(other, {}), worker_timeout=5)):
+        entry = wait_until(lambda: queue.dead.newest(1), timeout=15)[0]
+    assert "another Redis Cluster slot" in entry.error and "hash tag" in entry.error
+    assert Queue.connect(url, other).stats()["produced"] == 0
