@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -241,3 +245,45 @@ def test_a_requeued_dead_member_of_a_finished_group_runs_alone(shared_redis, que
     assert queue.stats()["completed"] == 2
     assert queue.group("g") == {**queue.group("g"), "completed": 1, "dead": 1, "done": True}
     assert len(done.peek()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_group_completes_exactly_once_while_workers_are_killed_and_frozen(shared_redis, queue_name, tmp_path):
+    """Two-stage group work with supervised workers SIGKILLed and SIGSTOPped at random: the group completes once, after its last member, counting every member and follow-up completed."""
+    first, second, done = (Queue.connect(shared_redis.url, queue_name + suffix) for suffix in ("-a", "-b", "-done"))
+    first.push_many([{"to": second.name, "count": 2, "seconds": 0.05} for _ in range(40)], group="g", on_complete=done.name)
+    env = stage_env(shared_redis, first.name, second.name, tmp_path / "runs", WORKER_TIMEOUT=1, JOB_TIMEOUT=5)
+    command = [sys.executable, "-m", "workqueue", "worker", "tests.stages:STAGES", "--processes", "1"]
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+
+    workers = [start() for _ in range(3)]
+    rng = random.Random(7)
+    try:
+        for _ in range(12):  # a kill or a freeze every 0.3-0.8 s, while the group is not done
+            if first.group("g")["done"]:
+                break
+            time.sleep(rng.uniform(0.3, 0.8))
+            index = rng.randrange(len(workers))
+            if rng.random() < 0.6:
+                os.killpg(workers[index].pid, signal.SIGKILL)
+                workers[index].wait(10)
+                workers[index] = start()
+            else:
+                os.killpg(workers[index].pid, signal.SIGSTOP)
+                time.sleep(1.5)  # past WORKER_TIMEOUT: its messages may be recovered meanwhile
+                os.killpg(workers[index].pid, signal.SIGCONT)
+        wait_until(lambda: first.group("g")["done"], timeout=90, interval=0.2)
+        completions = [json.loads(raw) for raw in done.peek(10)]
+        assert len(completions) == 1
+        assert completions[0]["body"] == {"group": "g", "queue": first.name, "total": 120, "completed": 120, "dead": 0}
+        wait_until(lambda: drained(first) and drained(second), timeout=30, interval=0.2)
+        assert len(done.peek(10)) == 1
+    finally:
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
