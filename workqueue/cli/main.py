@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     command(commands, "resume", "let workers take messages from a paused queue again", "resume --queue images")
     command(commands, "top", "a live view redrawn every second: depth, in flight per worker, rates, dead, oldest age, "
             "paused; q or Ctrl-C quits (not on a terminal: one snapshot)", "top --queue images")
+    web = command(commands, "web", "serve the dashboard of every queue on this Redis in a browser, and its JSON API under "
+                  "/api (optional extra web; actions need WEB_TOKEN)", "web", "web --host 0.0.0.0 --port 8080")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    web.add_argument("--port", default="8080", help="port to listen on (default 8080)")
     return parser
 
 
@@ -154,6 +158,10 @@ def _run(args: argparse.Namespace, queue: Queue, limit: int) -> int:
         except KeyboardInterrupt:
             print()
             return 130
+    elif args.command == "web":
+        from ..web import command as web_command  # here alone: the web stack is an optional extra
+
+        return web_command.run(queue, args.host, args.port)
     elif args.command in ("pause", "resume"):
         changed = queue.pause() if args.command == "pause" else queue.resume()
         state = "paused" if args.command == "pause" else "resumed"

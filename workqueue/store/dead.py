@@ -122,6 +122,15 @@ class DeadLetters:
         stored = cast(list[bytes], self.client.lrange(self.key, -count, -1))
         return [DeadLetter.parse(raw) for raw in reversed(stored)]
 
+    def page(self, skip: int, count: int) -> tuple[list[DeadLetter], int]:
+        """Up to `count` entries after the `skip` newest, newest first, and how many entries the
+        list holds (read just before): one page of the list for the dashboard, whatever its length."""
+        total: int = self.client.llen(self.key)
+        if skip >= total or count <= 0:
+            return [], total
+        stored = cast(list[bytes], self.client.lrange(self.key, -(skip + count), -(skip + 1)))
+        return [DeadLetter.parse(raw) for raw in reversed(stored)], total
+
     def requeue(self, ids: Collection[str] | None = None) -> Changed:
         """Send the entries with these ids (None: every entry) back to the queue's tail with
         attempts 0 and no error, each in one step with its removal. Malformed entries stay."""

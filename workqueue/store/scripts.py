@@ -17,7 +17,7 @@ from .cluster import SlotMoved
 from .outages import unwrapped
 from .transport import Channel, Command, Key, send_together
 
-SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue", "purge", "pause", "register", "page")
+SCRIPT_NAMES = ("push", "fetch", "woken", "settle", "heartbeat", "expired", "stats", "requeue", "purge", "pause", "register", "page", "locate")
 
 
 class Scripts:
