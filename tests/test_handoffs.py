@@ -123,6 +123,8 @@ def test_a_finished_group_takes_no_members_and_a_missing_one_none(shared_redis, 
     with running(Worker(queue, lambda message: None, burst=True, worker_timeout=5)) as thread:
         thread.join(10)
     assert queue.group("g")["done"]
+    queue.push_many([{}], group="open", on_complete=done.name)
+    assert [(g["group"], g["done"]) for g in queue.groups()] == [("open", False), ("g", True)]
     with pytest.raises(GroupError, match="finished"):
         queue.push({}, group="g")
     with pytest.raises(GroupError, match="finished"):

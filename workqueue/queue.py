@@ -179,8 +179,10 @@ class Queue:
         self.policy.check_sizes(raws)
         if not self._registered:
             self.register()
-        keys = [self.keys.pending, self.keys.stats, self.keys.delayed]
-        head = [_delay_ms(delay), "", "", "", 0]
+        # Only the keys this push touches: a producer's Redis user may be allowed no others.
+        delay_ms = _delay_ms(delay)
+        keys = [self.keys.pending, self.keys.stats] + ([self.keys.delayed] if delay_ms else [])
+        head = [delay_ms, "", "", "", 0, ""]
         for start in range(0, len(raws), PUSH_CHUNK):
             self._push_chunk(keys, [*head, *raws[start : start + PUSH_CHUNK]])
 
@@ -202,7 +204,7 @@ class Queue:
             self.register()
         done = QueueKeys(ref.on_complete)
         keys = [self.keys.pending, self.keys.stats, self.keys.delayed, self.keys.group(ref.name),
-                self.keys.group_members(ref.name), done.pending, done.stats]
+                self.keys.group_members(ref.name), done.pending, done.stats, self.keys.groups]
         completion = self._completion(ref) if mode != "add" else b""
         ttl_ms = int(self.dedup_ttl * 1000)
         for start in range(0, max(len(built), 1), PUSH_CHUNK):
@@ -211,7 +213,7 @@ class Queue:
             chunk_mode = mode if mode == "add" or last else "start"
             pairs = [value for message_id, raw in chunk for value in (raw, message.member_name(self.name, message_id))]
             try:
-                self._push_chunk(keys, [_delay_ms(delay), chunk_mode, ref.on_complete, completion, ttl_ms, *pairs])
+                self._push_chunk(keys, [_delay_ms(delay), chunk_mode, ref.on_complete, completion, ttl_ms, ref.name, *pairs])
             except redis.ResponseError as error:
                 if str(error).startswith("GROUP "):
                     raise GroupError(f"group {ref.name!r}: {str(error)[6:]}") from None
@@ -242,6 +244,19 @@ class Queue:
         if found is None:
             raise GroupError(f"group {group!r} does not exist on queue {self.name!r}: start it with push_many(group=...)")
         return cast(bytes, found).decode()
+
+    def groups(self, count: int = 100) -> list[dict[str, Any]]:
+        """The progress of up to `count` groups started on this queue: the open ones, then the
+        finished ones not yet expired, most recently finished first."""
+        names = cast(list[bytes], self.client.zrange(self.keys.groups, "+inf", self.store.clock.now() * 1000, byscore=True,
+                                                     desc=True, offset=0, num=count))
+        found = []
+        for name in names:
+            try:
+                found.append(self.group(name.decode(errors="replace")))
+            except GroupError:  # expired since
+                continue
+        return found
 
     def group(self, name: str) -> dict[str, Any]:
         """Progress of a group started on this queue: total, completed, dead, pending (members

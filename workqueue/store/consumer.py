@@ -216,7 +216,8 @@ class Consumer:
 
         def group_keys(group: GroupRef) -> int:
             home, done = QueueKeys(group.queue), QueueKeys(group.on_complete)
-            return place(("group", *group), [home.group(group.name), home.group_members(group.name), done.pending, done.stats])
+            return place(("group", *group), [home.group(group.name), home.group_members(group.name), done.pending, done.stats,
+                                             home.groups])
 
         args: list[Any] = []
         for extra in extras:

@@ -115,6 +115,12 @@ class QueueKeys:
         completion goes and the message to send, whether the producer sealed it, when it finished."""
         return f"{self.prefix}:group:{name}"
 
+    @property
+    def groups(self) -> str:
+        """Sorted set of the names of the groups started on this queue, scored by when each may
+        be forgotten (ms): +inf while open, its record's expiry once finished."""
+        return f"{self.prefix}:groups"
+
     def group_members(self, name: str) -> str:
         """Set of the members of a group that have not ended yet, each "<queue> <id>"."""
         return f"{self.prefix}:members:{name}"

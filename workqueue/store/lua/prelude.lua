@@ -117,7 +117,7 @@ end
 
 -- Groups (Queue.push_many with a group): a hash of counts and settings, and the set of the
 -- members that have not ended ("<queue> <id>"). A member is counted once, at its first end.
--- Hash fields: total, completed, dead; on_complete (the queue of the completion message),
+-- Hash fields: name; total, completed, dead; on_complete (the queue of the completion message),
 -- completion (that message, its counts still to fill in), sealed ('1' once the producer
 -- added its last member), finished_at (ms, once the completion was pushed: never again).
 
@@ -140,10 +140,11 @@ local UNKNOWN_COUNTS = '"total":-1,"completed":-1,"dead":-1'
 
 -- Once no member is left and the producer sealed the group, push its completion message to
 -- its queue with the counts filled in, and mark the group finished, so it is pushed once. A
--- finished group is kept `ttl_ms` for Queue.group(), then expires.
-local function finish_group(group, members, done_queue, done_stats, now, ttl_ms)
+-- finished group is kept `ttl_ms` for Queue.group(), then expires; so does its name in the
+-- queue's index of groups (`groups`, its name scored by the group's expiry).
+local function finish_group(group, members, done_queue, done_stats, groups, now, ttl_ms)
   if redis.call('SCARD', members) > 0 then return end
-  local state = redis.call('HMGET', group, 'sealed', 'finished_at', 'completion', 'total', 'completed', 'dead')
+  local state = redis.call('HMGET', group, 'sealed', 'finished_at', 'completion', 'total', 'completed', 'dead', 'name')
   if state[1] ~= '1' or state[2] or not state[3] then return end
   local template = state[3]
   local from, to = string.find(template, UNKNOWN_COUNTS, 1, true)
@@ -154,4 +155,5 @@ local function finish_group(group, members, done_queue, done_stats, now, ttl_ms)
   redis.call('RPUSH', done_queue, string.sub(template, 1, from - 1) .. counts .. string.sub(template, to + 1))
   redis.call('HINCRBY', done_stats, 'produced', 1)
   redis.call('PEXPIRE', group, ttl_ms)
+  if state[7] then redis.call('ZADD', groups, now + ttl_ms, state[7]) end
 end

@@ -2,12 +2,14 @@
 -- produced; with a group, make them its members; all in one step.
 -- KEYS[1] pending      the queue list
 -- KEYS[2] stats        hash of counters
--- KEYS[3] delayed      sorted set of messages waiting for their due time (ms)
+-- KEYS[3] delayed      sorted set of messages waiting for their due time (ms); only with a
+--                      delay or a group (a producer's user may be allowed no other keys)
 -- with a group (see the prelude's groups):
 -- KEYS[4] group        the group's hash
 -- KEYS[5] members      the set of its members that have not ended
 -- KEYS[6] done_queue   the list of the queue its completion message goes to
 -- KEYS[7] done_stats   that queue's counters
+-- KEYS[8] groups       the index of this queue's groups (a new one is listed, +inf while open)
 -- ARGV[1] delay_ms     0: at the queue's tail now; else due that many ms from now
 -- ARGV[2] group        '' (no group); 'add': members for a group that exists and has not
 --                      finished; 'start': members for a new group (or one not finished, with
@@ -15,19 +17,26 @@
 -- ARGV[3] on_complete  with a group: the name of the queue of KEYS[6]
 -- ARGV[4] completion   with start or seal: the completion message, counts unknown (prelude)
 -- ARGV[5] ttl_ms       with a group: how long a finished group is kept
--- ARGV[6..]            the encoded messages, oldest first (at most a few thousand per call);
+-- ARGV[6] name         with a group: its name
+-- ARGV[7..]            the encoded messages, oldest first (at most a few thousand per call);
 --                      with a group, each followed by its member name
 -- Returns how many messages were pushed; with a group, an error naming GROUP when it finished
 -- already (or, with add, does not exist) or goes to another on_complete: nothing is pushed then.
 local delay, mode = tonumber(ARGV[1]), ARGV[2]
-local first, step = 6, 1
+local first, step = 7, 1
 if mode ~= '' then
   step = 2
   local state = redis.call('HMGET', KEYS[4], 'on_complete', 'finished_at')
   if state[2] then return redis.error_reply('GROUP finished already: a finished group takes no members') end
   if not state[1] then
     if mode == 'add' then return redis.error_reply('GROUP does not exist: start it with push_many(group=...)') end
-    redis.call('HSET', KEYS[4], 'on_complete', ARGV[3], 'completion', ARGV[4], 'total', 0, 'completed', 0, 'dead', 0)
+    redis.call('HSET', KEYS[4], 'name', ARGV[6], 'on_complete', ARGV[3], 'completion', ARGV[4], 'total', 0, 'completed', 0,
+      'dead', 0)
+    -- Listed while open; finished groups whose records expired are forgotten here, a few at a time.
+    local now = now_ms()
+    local expired = redis.call('ZRANGE', KEYS[8], '-inf', now, 'BYSCORE', 'LIMIT', 0, 100)
+    if #expired > 0 then redis.call('ZREM', KEYS[8], unpack(expired)) end
+    redis.call('ZADD', KEYS[8], 'inf', ARGV[6])
   elseif state[1] ~= ARGV[3] then
     return redis.error_reply('GROUP sends its completion to another queue: ' .. state[1])
   end
@@ -52,7 +61,7 @@ if mode ~= '' then
   if added > 0 then redis.call('HINCRBY', KEYS[4], 'total', added) end
   if mode == 'seal' then
     redis.call('HSET', KEYS[4], 'sealed', '1')
-    finish_group(KEYS[4], KEYS[5], KEYS[6], KEYS[7], now_ms(), tonumber(ARGV[5]))
+    finish_group(KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], now_ms(), tonumber(ARGV[5]))
   end
 end
 return count

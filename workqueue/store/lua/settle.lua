@@ -39,10 +39,10 @@
 --            KEYS[i+1]: pushed only when this call completes the outcome's message first (its
 --            id was not completed before), so a resend or a second copy pushes nothing
 --   join     with the emit before it: its follow-up (value: its member name) joins the group
---            whose hash, members, completion queue and its stats are KEYS[i..i+3], unless
---            that group finished already
+--            whose hash, members, completion queue, that queue's stats and the index of the
+--            groups of its queue are KEYS[i..i+4], unless that group finished already
 --   member   the outcome's message (value: its member name) is a member of the group at
---            KEYS[i..i+3]: its end, completed or dead, is counted once (finish_group)
+--            KEYS[i..i+4]: its end, completed or dead, is counted once (finish_group)
 -- KEYS[11..] the keys the extras name
 -- Returns one flag per outcome: 1 if it applied, 0 if its message was no longer held; an empty
 -- array when nothing was done (a resend, or the worker being recovered turned out alive).
@@ -184,7 +184,7 @@ for i = extras_at, #argv, 4 do
       ended = 'dead'
     end
     if ended and end_member(KEYS[at], KEYS[at + 1], value, ended) then
-      finish_group(KEYS[at], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3], now, tonumber(argv[2]))
+      finish_group(KEYS[at], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3], KEYS[at + 4], now, tonumber(argv[2]))
     end
   end
 end
