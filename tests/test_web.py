@@ -227,3 +227,18 @@ def test_the_web_command_serves_and_warns_when_exposed_without_a_token(shared_re
     finally:
         process.terminate()
         assert process.wait(timeout=15) == 0
+
+
+def test_groups_show_their_progress_on_the_queue_page_and_in_the_api(shared_redis, queue_name):
+    """A queue's page and GET /api/queues/{name}/groups show each group started on it, open ones first, with its counts; a hostile group name is escaped."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many([{}, {}], group="finished", on_complete=queue_name + "-done")
+    Worker(queue, lambda message: None, burst=True).run()
+    queue.push_many([{}], group="<b>open</b>", on_complete=queue_name + "-done")
+    with serving(shared_redis.client()) as base:
+        answer = call(f"{base}/api/queues/{quote(queue_name)}/groups")
+        page = call(f"{base}/queues/{quote(queue_name)}")
+    groups = json.loads(answer.body)
+    assert [(g["group"], g["done"], g["completed"], g["pending"]) for g in groups] == [("<b>open</b>", False, 0, 1), ("finished", True, 2, 0)]
+    html = page.body
+    assert "&lt;b&gt;open&lt;/b&gt;" in html and "<b>open</b>" not in html and "finished" in html

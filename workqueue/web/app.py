@@ -46,6 +46,8 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 
+GROUPS_SHOWN = 50  # groups a queue's page and /api/queues/{name}/groups show: the open ones first
+
 
 class SecurityHeaders:
     """Adds SECURITY_HEADERS to every response."""
@@ -165,7 +167,8 @@ def create_app(client: redis.Redis, token: str, location: str, *, sample_interva
             return not_found_html(request, f"no registered queue named {name}")
         stats = await board.read(queue.stats)
         workers = await board.read(data.workers, queue)
-        return board.render(request, "queue.html", name=name, stats=stats, fields=STATS_FIELDS, workers=workers,
+        groups = await board.read(queue.groups, GROUPS_SHOWN)
+        return board.render(request, "queue.html", name=name, stats=stats, fields=STATS_FIELDS, workers=workers, groups=groups,
                             chart=chart(board.ring.rates(name)), now=time.time(), live=request.query_params.get("live") == "1")
 
     async def dead_page(request: Request) -> Response:
@@ -295,6 +298,12 @@ def create_app(client: redis.Redis, token: str, location: str, *, sample_interva
         rates = [{"at": r.at, "completed_per_second": r.completed, "failed_per_second": r.failed} for r in board.ring.rates(queue.name)]
         return JSONResponse({"queue": queue.name, **stats, "worker_list": [w.to_json() for w in workers], "rates": rates})
 
+    async def api_groups(request: Request) -> Response:
+        queue, answer = await api_queue(request)
+        if queue is None:
+            return answer or JSONResponse({}, status_code=500)
+        return JSONResponse(await board.read(queue.groups, GROUPS_SHOWN))
+
     async def api_dead(request: Request) -> Response:
         queue, answer = await api_queue(request)
         if queue is None:
@@ -371,6 +380,7 @@ def create_app(client: redis.Redis, token: str, location: str, *, sample_interva
         Route("/api/queues", api_queues),
         Route("/api/queues/{name}", api_one_queue),
         Route("/api/queues/{name}/dead", api_dead),
+        Route("/api/queues/{name}/groups", api_groups),
         Route("/api/queues/{name}/dead/{id:path}/requeue", api_requeue, methods=["POST"]),
         Route("/api/queues/{name}/dead/{id:path}/purge", api_purge, methods=["POST"]),
         Route("/api/queues/{name}/pause", api_pause_or_resume(True), methods=["POST"]),
