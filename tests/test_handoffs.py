@@ -15,6 +15,7 @@ import pytest
 from support import ROOT, running, script_env, wait_until
 
 from workqueue import Message, Queue, Worker
+from workqueue.message import decode as message_of
 from workqueue.message import follow_up_id
 from workqueue.protocol import Outcomes
 from workqueue.queue import GroupError
@@ -289,3 +290,37 @@ def test_a_group_completes_exactly_once_while_workers_are_killed_and_frozen(shar
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(10)
+
+
+def test_a_burst_worker_does_not_miss_a_follow_up_pushed_while_it_reads_the_queues(shared_redis, queue_name):
+    """A try in the next queue completes, emitting into ours, between the burst worker's reading of our queue and of the next one: it is not taken for done, and runs the follow-up."""
+    ours, other = Queue.connect(shared_redis.url, queue_name), Queue.connect(shared_redis.url, queue_name + "-other")
+    other.push({})
+    sibling = other.consumer("sibling", worker_timeout=60)
+    sibling.join()
+    [(raw, _)] = sibling.fetch(1).taken
+
+    def settle_with_a_follow_up() -> None:
+        msg = message_of(raw)
+        msg.emit(ours.name, {"late": True})
+        outcomes = Outcomes()
+        outcomes.done(raw, msg.id, msg.emitted)
+        sibling.settle(outcomes)
+
+    class ReadAfterASettle:
+        """The next queue, whose first reading comes just after the sibling's try ended."""
+
+        def __init__(self) -> None:
+            self.before: list = [settle_with_a_follow_up]
+
+        def stats(self) -> dict:
+            while self.before:
+                self.before.pop()()
+            return other.stats()
+
+    ran: list = []
+    worker = Worker(ours, lambda message: ran.append(message.body), burst=True, worker_timeout=5)
+    worker.burst_queues.append(ReadAfterASettle())
+    with running(worker) as thread:
+        thread.join(15)
+    assert ran == [{"late": True}] and drained(ours)

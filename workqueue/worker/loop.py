@@ -188,12 +188,21 @@ class Worker:
 
     def _nothing_left(self) -> bool:
         """Burst: whether no message is waiting, delayed or held by any worker in any of
-        `burst_queues` (held by a dead worker, it comes back through recovery: we wait for it)."""
-        for queue in self.burst_queues:
-            counts = queue.stats()
-            if counts["pending"] or counts["delayed"] or counts["in_flight"]:
-                return False
-        return True
+        `burst_queues` (held by a dead worker, it comes back through recovery: we wait for it).
+        The queues are read one after another, and a try ending in one may push a follow-up into
+        another already read: so they are read twice, and done only if nothing came into any of
+        them in between (their counters of messages in unchanged). Between the two readings there
+        was then an instant when every one was empty and no worker held anything."""
+        readings = []
+        for _ in range(2):
+            reading = []
+            for queue in self.burst_queues:
+                counts = queue.stats()
+                if counts["pending"] or counts["delayed"] or counts["in_flight"]:
+                    return False
+                reading.append((counts["produced"], counts["requeued"]))
+            readings.append(reading)
+        return readings[0] == readings[1]
 
     def _busy(self) -> bool:
         """Whether messages we hold are being worked on elsewhere (a supervisor's children)."""
