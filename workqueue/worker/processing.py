@@ -83,10 +83,10 @@ class MessageProcessor:
             self._failed(held, describe(error), error)
         else:
             if msg.emitted or msg.group is not None:
-                if not self._completed(held, message_id, msg.emitted):
-                    return
-            else:
-                outcomes.done(held.raw, message_id)
+                if self._completed(held, message_id, msg.emitted) and self._log_processed:
+                    self._processed_line("message_processed", id=message_id, attempts=attempts, emitted=len(msg.emitted))
+                return
+            outcomes.done(held.raw, message_id)
             if self._log_processed:  # below INFO, not even the arguments are built
                 self._processed_line("message_processed", id=message_id, attempts=attempts)
 
@@ -110,15 +110,17 @@ class MessageProcessor:
         if outcome == "done":
             assert held.message is not None  # only messages go to children
             fields = held.message.fields  # ours: the handler changed only the child's copy
+            extra: dict[str, int] = {}
             if emitted or held.message.group is not None:
                 if not self._completed(held, fields["id"], emitted or []):
                     return
+                extra["emitted"] = len(emitted or [])
             else:
                 self.pipeline.outcomes.done(held.raw, fields["id"])
             if self.metrics is not None:
                 self.metrics.completed_elsewhere(seconds)
             if self._log_processed:
-                self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
+                self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0), **extra)
         elif outcome == "released":
             self.pipeline.outcomes.release(held.raw)
         else:
