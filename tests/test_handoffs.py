@@ -324,3 +324,16 @@ def test_a_burst_worker_does_not_miss_a_follow_up_pushed_while_it_reads_the_queu
     with running(worker) as thread:
         thread.join(15)
     assert ran == [{"late": True}] and drained(ours)
+
+
+def test_a_supervised_try_that_emits_then_fails_pushes_nothing(shared_redis, queue_name, tmp_path):
+    """In a child process too, a try that emits and then raises pushes no follow-up, on every try up to its dead letter."""
+    first = Queue.connect(shared_redis.url, queue_name + "-a")
+    second = Queue.connect(shared_redis.url, queue_name + "-b")
+    first.push({"to": second.name, "count": 3, "fail": True})
+    env = stage_env(shared_redis, first.name, second.name, tmp_path / "runs", MAX_ATTEMPTS=2)
+    worker = subprocess.run([sys.executable, "-m", "workqueue", "worker", "tests.stages:STAGES", "--queue", first.name, "--burst",
+                             "--processes", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    assert (tmp_path / "runs").read_text().count("split") == 2
+    assert first.stats()["dead_lettered"] == 1 and second.stats()["produced"] == 0 and second.peek() == []
