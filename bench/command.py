@@ -6,6 +6,8 @@ peers' own workers at the same concurrency; run inside the system's virtualenv, 
     python command.py cpu PROCESSES M                   # workqueue: M jobs busy-waiting 1 ms, --processes P
     python command.py drain MODE N                      # workqueue: no-op drain, MODE supervised or in-process
     python command.py pickup N                          # workqueue: idle pickup, in-process beside supervised
+    python command.py pipeline MODE N                   # workqueue: two-stage no-op pipeline beside the drain and
+                                                        # push_many; MODE in-process, supervised or both
     python command.py worker SYSTEM KIND N              # (internal) a peer's worker in this process
 
 SYSTEM is workqueue (the worker command, supervised: --processes 1 --concurrency N), arq, saq,
@@ -14,7 +16,8 @@ time.sleep). Each prints one JSON object. Every worker runs in a process group o
 (start_new_session), so that it is stopped, children and all, by a SIGKILL of that group (ours:
 the group's id is the pid of the process we started); it also dies with this process
 (PR_SET_PDEATHSIG). Timing is from the first job's start, never from process start: a supervised
-worker's children take a while to start, and so do the peers'.
+worker's children take a while to start, and so do the peers'. The Redis is BENCH_REDIS_URL
+(bench/run's own server); without it, this script starts a throwaway redis-server of its own.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from statistics import median
 
-from handlers import HANDLERS, URL, async_sleep_job, sleep_job, stamps
+from handlers import HANDLERS, STAGE_ONE, STAGE_TWO, URL, async_sleep_job, sleep_job, stamps
 from systems import percentiles
 
 BENCH = Path(__file__).resolve().parent
@@ -41,6 +46,10 @@ QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 WORKER_SECONDS = 900  # a peer's worker process ends itself after this long (as systems.py's)
 WORKER_TIMEOUT = "10"  # workqueue's WORKER_TIMEOUT (s) here: a SIGKILLed worker's messages come back after it
 CHUNK = 100  # the async peers' jobs are enqueued this many at a time (gather), one call a job
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc's CPU times count these a second
+THROUGH_SECONDS = 120  # a burst run's last job must report within this, plus 1 ms a message
+IDLE_TICK = 0.2  # s between two readings of a starting worker's CPU time, waiting for it to idle
+PIPELINE_ROUNDS = 3  # each of the pipeline scenario's measurements, in rounds (ABAB): medians of 3
 
 
 # -- the systems: how to enqueue the sleeping jobs, and the worker's command line -------------
@@ -301,21 +310,35 @@ class Running:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-1500:]
 
-    def rss_kib(self) -> int:
-        """VmRSS summed over every live process of its group: the worker and its children."""
-        total = 0
+    def _group_stats(self) -> Iterator[tuple[str, list[str]]]:
+        """(pid, the fields of /proc/PID/stat after the command's name) of every live process of
+        its group: the worker and its children (a process that ends meanwhile is left out)."""
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
                 with open(f"/proc/{entry}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[2]) != self.process.pid:
-                        continue
-                with open(f"/proc/{entry}/status") as status:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.process.pid:
+                    yield entry, fields
+            except (OSError, ValueError, IndexError):
+                continue
+
+    def rss_kib(self) -> int:
+        """VmRSS summed over every live process of its group: the worker and its children."""
+        total = 0
+        for pid, _ in self._group_stats():
+            try:
+                with open(f"/proc/{pid}/status") as status:
                     total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
             except (OSError, StopIteration, ValueError, IndexError):
                 continue
         return total
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time summed over every live process of its group (in clock ticks,
+        10 ms each on Linux: a reading is that coarse per process)."""
+        return sum(int(fields[11]) + int(fields[12]) for _, fields in self._group_stats()) / CLOCK_TICKS
 
 
 def wait_until(condition, seconds: float, what: str, worker: Running | None = None, poll: float = 0.05) -> None:
@@ -459,6 +482,171 @@ def pickup(samples: int) -> dict:
     return result
 
 
+def redis_cpu() -> float:
+    """CPU seconds the Redis server has used (user + system, all its threads)."""
+    info = stamps.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def await_report(key: str, seconds: float, what: str, worker: Running, watched: list) -> None:
+    """BLPOP `key` (a job's report) in 1 s slices (the socket's timeout is 10 s), for `seconds`
+    at most; fails with the queues' counts and the worker's last words."""
+    deadline = time.monotonic() + seconds
+    while not stamps.blpop([key], timeout=1):
+        worker.check()
+        if time.monotonic() > deadline:
+            counts = {q.name: {field: q.stats()[field] for field in ("pending", "in_flight", "delayed", "completed", "workers")}
+                      for q in watched}
+            raise SystemExit(f"{what}: no {key} within {seconds:.0f} s ({counts}); worker said: {worker.tail()}")
+
+
+def timed_run(argv: list[str], queues: list[str], n: int, what: str, burst: bool, staged: bool = False) -> dict:
+    """One worker command draining n no-op messages pushed to the first of `queues` (and what
+    they lead to in the others). The queues are paused while the command starts, and resumed
+    only once each has its worker and the command's processes have gone idle: start-up is
+    neither timed nor counted in CPU time. `staged` (a pipeline): stage two is resumed only
+    once stage one has completed, so each stage runs alone. Returns the wall time from the first
+    job's start to the last's (bench:first, bench:last) and, for a pipeline, each stage's (its
+    job 0 to its job n − 1); the CPU time the command's processes and Redis used from the
+    resume to the last job's report (staged: also stage one's share, to its last job's report).
+    A --burst command (`burst`) then exits by itself; any other is stopped with a SIGTERM once
+    every queue has completed n."""
+    from workqueue import Queue
+
+    stamps.flushdb()  # the benchmark's own throwaway server, never a shared one
+    watched = [Queue.connect(URL, name) for name in queues]
+    entry = watched[0]
+    for queue in watched[:2 if staged else 1]:
+        queue.pause()
+    for start in range(0, n, 100_000):
+        entry.push_many({"i": i, "n": n} for i in range(start, min(n, start + 100_000)))
+    env = workqueue_env(entry.name)
+    env.pop("QUEUE_NAME")  # the command line names the queue(s)
+    through = THROUGH_SECONDS + n * 0.001
+    result: dict = {}
+    with Running(argv, env) as worker:
+        wait_until(lambda: all(q.stats()["workers"] for q in watched), 60, f"{what}: the workers registering", worker, poll=0.1)
+        deadline, before = time.monotonic() + 60, worker.cpu_seconds()
+        while time.monotonic() < deadline:  # idle: at most a tick of CPU in IDLE_TICK (a paused worker asks every 0.5 s)
+            time.sleep(IDLE_TICK)
+            now = worker.cpu_seconds()
+            if now - before <= 1 / CLOCK_TICKS:
+                break
+            before = now
+        else:
+            raise SystemExit(f"{what}: the worker's processes did not go idle within 60 s")
+        cpu, server = worker.cpu_seconds(), redis_cpu()
+        entry.resume()
+        if staged:
+            await_report("bench:one-done", through, what, worker, watched)
+            # Its last job has reported; its settle (with the last emits) follows within a batch.
+            wait_until(lambda: entry.stats()["completed"] == n, 60, f"{what}: stage one completing", worker, poll=0.005)
+            result["stage_one_cpu"] = worker.cpu_seconds() - cpu + redis_cpu() - server
+            watched[1].resume()
+        await_report("bench:done", through, what, worker, watched)
+        cpu, server = worker.cpu_seconds() - cpu, redis_cpu() - server
+        if not burst:
+            wait_until(lambda: [int(q.stats()["completed"]) for q in watched] == [n] * len(queues), 60,
+                       f"{what}: every queue completing {n}", worker, poll=0.1)
+            os.kill(worker.process.pid, signal.SIGTERM)  # the command passes it on: each worker stops as it should
+        code = worker.wait(60)
+    completed = [int(q.stats()["completed"]) for q in watched]
+    if code != 0 or completed != [n] * len(queues):
+        raise SystemExit(f"{what}: exit {code}, completed {completed} of {n} in each of {queues}")
+    times = {key: float(stamps.get(f"bench:{key}") or "nan") for key in ("first", "last", "one-last", "two-first")}
+    result |= {"wall": times["last"] - times["first"], "cpu": cpu + server, "redis_cpu": server}
+    if len(queues) > 1:
+        result |= {"stage_one_wall": times["one-last"] - times["first"], "stage_two_wall": times["last"] - times["two-first"]}
+    return result
+
+
+def drain_run(mode: str, n: int) -> dict:
+    """(a) The one-stage no-op drain: `workqueue worker handlers:noop --burst`, as drain()."""
+    flags = ["--burst"] + (["--in-process"] if mode == "in-process" else [])
+    return timed_run(workqueue_argv("noop", *flags), [QUEUE], n, f"{mode} drain of {n}", burst=True)
+
+
+def pipeline_run(mode: str, n: int, staged: bool = False) -> dict:
+    """(b) The two-stage pipeline: one `workqueue worker handlers:STAGES` serving both queues,
+    each with a worker process of its own (--in-process: two in-process workers); `staged`:
+    stage two waits (paused) until stage one is done. Not --burst: a burst worker reads its
+    queues' counts one queue after the other, so stage two's worker can read its own queue
+    empty, then stage one's empty once stage one's last settle has pushed its emits to stage
+    two, and exit with them unrun (stage one's worker then waits for them for ever); and a
+    burst stage two, often empty while it keeps up, would read both queues' stats at each such
+    moment, which a served pipeline does not."""
+    argv = [sys.executable, "-m", "workqueue", "worker", "handlers:STAGES"]
+    argv += ["--in-process"] if mode == "in-process" else []
+    return timed_run(argv, [STAGE_ONE, STAGE_TWO], n, f"{mode} {'staged ' if staged else ''}pipeline of {n}", burst=False,
+                     staged=staged)
+
+
+def push_run(n: int) -> dict:
+    """(c) A batched push of n bodies like the pipeline's (Queue.push_many) from this process:
+    its wall time, and the CPU time of this process and of Redis meanwhile."""
+    from workqueue import Queue
+
+    stamps.flushdb()
+    queue = Queue.connect(URL, "bench-push")
+    queue.push_many([{"i": -1, "n": n}])  # the connection and the script are ready before timing
+    bodies = [{"i": i, "n": n} for i in range(n)]  # built before timing: an emit gets its body built too
+    server, cpu, started = redis_cpu(), time.process_time(), time.perf_counter()
+    queue.push_many(bodies)
+    wall, cpu, server = time.perf_counter() - started, time.process_time() - cpu, redis_cpu() - server
+    return {"wall": wall, "cpu": cpu + server, "redis_cpu": server}
+
+
+def costs(a: float, b: float, c: float, one: float, two: float, n: int) -> dict:
+    """Per-message costs (µs) from seconds: the drain's (a), the pipeline's (b), the push's (c),
+    and the staged pipeline's stage one (`one`, n runs with an emit each) and stage two (`two`).
+    The brief's comparison: (b) per handler run beside (a) per message, and what an emit adds,
+    (b − 2a) / n, beside (c) / n. Staged, the emit's share is read directly: (one − a) / n."""
+    extra, alone = (b - 2 * a) / n, (one - a) / n
+    return {"drain_us": a / n * 1e6, "pipeline_us": b / (2 * n) * 1e6, "pipeline_over_drain": b / (2 * a),
+            "emit_extra_us": extra * 1e6, "push_us": c / n * 1e6, "emit_over_push": extra / (c / n),
+            "staged_us": (one + two) / (2 * n) * 1e6, "staged_over_drain": (one + two) / (2 * a),
+            "stage_one_us": one / n * 1e6, "stage_two_us": two / n * 1e6,
+            "staged_emit_us": alone * 1e6, "staged_emit_over_push": alone / (c / n)}
+
+
+def pipeline(modes: str, n: int) -> dict:
+    """The two-stage no-op pipeline (n messages to stage one, n emits to stage two: 2n handler
+    runs), served with both stages at once and staged (stage two only after stage one), beside
+    the one-stage no-op drain of n and a batched push of n: PIPELINE_ROUNDS rounds, each
+    measuring them one after the other (ABAB: the machine's drift falls on all alike), for each
+    mode (in-process, supervised, or both). Per-message costs from the medians of wall time and
+    of CPU time (the command's processes and Redis: run at once, the stages share the cores, so
+    wall time is not the sum of their costs), and the same costs computed within each round,
+    with their medians (a round's figures saw the same machine)."""
+    chosen = ["in-process", "supervised"] if modes == "both" else [modes]
+    if any(mode not in ("in-process", "supervised") for mode in chosen):
+        raise SystemExit(f"unknown mode {modes}: in-process, supervised or both")
+    kinds = ("drain", "pipeline", "staged")
+    runs: dict[str, list[dict]] = {"push": []} | {f"{kind} {mode}": [] for mode in chosen for kind in kinds}
+    for _ in range(PIPELINE_ROUNDS):
+        for mode in chosen:
+            runs[f"drain {mode}"].append(drain_run(mode, n))
+            runs[f"pipeline {mode}"].append(pipeline_run(mode, n))
+            runs[f"staged {mode}"].append(pipeline_run(mode, n, staged=True))
+        runs["push"].append(push_run(n))
+    result: dict = {"messages": n, "rounds": PIPELINE_ROUNDS, "cores": os.cpu_count(),
+                    "push": {key + "_s": [r[key] for r in runs["push"]] for key in ("wall", "cpu", "redis_cpu")}}
+    for mode in chosen:
+        drains, pipelines, staged = (runs[f"{kind} {mode}"] for kind in kinds)
+        figures: dict = {kind: {key: [r[key] for r in runs[f"{kind} {mode}"]] for key in runs[f"{kind} {mode}"][0]} for kind in kinds}
+        rounds: dict[str, list[tuple[float, ...]]] = {
+            "wall": [(a["wall"], b["wall"], c["wall"], s["stage_one_wall"], s["stage_two_wall"])
+                     for a, b, c, s in zip(drains, pipelines, runs["push"], staged, strict=True)],
+            "cpu": [(a["cpu"], b["cpu"], c["cpu"], s["stage_one_cpu"], s["cpu"] - s["stage_one_cpu"])
+                    for a, b, c, s in zip(drains, pipelines, runs["push"], staged, strict=True)]}
+        for measure, seconds in rounds.items():
+            figures[f"{measure}_from_medians"] = costs(*(median(column) for column in zip(*seconds, strict=True)), n)
+            each = [costs(*row, n) for row in seconds]
+            figures[f"{measure}_round_medians"] = {key: median(r[key] for r in each) for key in each[0]}
+        result[mode] = figures
+    return result
+
+
 def work(name: str, kind: str, n: int) -> None:
     """A peer's worker in this process; it ends itself after WORKER_SECONDS at most."""
     watchdog = threading.Timer(WORKER_SECONDS, os._exit, [3])
@@ -482,6 +670,8 @@ def main(argv: list[str]) -> None:
         result = drain(args[0], int(args[1]))
     elif command == "pickup":
         result = pickup(int(args[0]))
+    elif command == "pipeline":
+        result = pipeline(args[0], int(args[1]))
     else:
         raise SystemExit(f"unknown command {command}")
     print(json.dumps(result))
@@ -491,6 +681,13 @@ if __name__ == "__main__":
     # Work through the module under its importable name, so that producers and workers name the
     # jobs alike (command.arq_sleep, not __main__.arq_sleep).
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    if "BENCH_REDIS_URL" not in os.environ:
+        # Run standalone: this script again, against a throwaway server of bench/run's making
+        # (handlers.py binds its URL on import, so the server must exist before that import).
+        from run import throwaway_redis
+
+        with throwaway_redis() as url:
+            sys.exit(subprocess.run([sys.executable, *sys.argv], env=dict(os.environ, BENCH_REDIS_URL=url), timeout=900).returncode)
     import command
 
     command.main(sys.argv[1:])

@@ -12,7 +12,8 @@ What the jobs report, under keys of that Redis:
   the worker process every 50 ms (an RPUSH per job would add a round trip to every job timed);
 - bench:ran      the id of each job run with crash=True, pushed before the job returns (so a
   job the system counts as done has said so: what a SIGKILL loses is the system's doing);
-- bench:first / bench:last / bench:done   the no-op drain's first and last job (as systems.py);
+- bench:first / bench:last / bench:done   the no-op drain's first and last job (as systems.py),
+  or the pipeline's: stage one's first job and stage two's last;
 - bench:latency  the push-to-start delay of a pickup job.
 """
 
@@ -144,6 +145,37 @@ def noop(message: Any) -> None:
     if body["i"] == body["n"] - 1:
         stamps.set("bench:last", repr(time.time()))
         stamps.rpush("bench:done", 1)
+
+
+# The two-stage pipeline (command.py pipeline): `workqueue worker handlers:STAGES` serves both
+# queues. Its time runs from stage one's job 0 to stage two's job n − 1, as the no-op drain's.
+STAGE_ONE, STAGE_TWO = "bench-one", "bench-two"
+
+
+def stage_one(message: Any) -> None:
+    """Stage one ({"i": i, "n": n}): one follow-up to stage two with the same body; its jobs 0
+    and n − 1 say when they ran (bench:first, bench:one-last, then bench:one-done)."""
+    body = message.body
+    if body["i"] == 0:
+        stamps.set("bench:first", repr(time.time()))
+    if body["i"] == body["n"] - 1:
+        stamps.set("bench:one-last", repr(time.time()))
+        stamps.rpush("bench:one-done", 1)
+    message.emit(STAGE_TWO, body)
+
+
+def stage_two(message: Any) -> None:
+    """Stage two: a no-op, but its jobs 0 and n − 1 say when they ran (bench:two-first,
+    bench:last, then bench:done: the pipeline is through)."""
+    body = message.body
+    if body["i"] == 0:
+        stamps.set("bench:two-first", repr(time.time()))
+    if body["i"] == body["n"] - 1:
+        stamps.set("bench:last", repr(time.time()))
+        stamps.rpush("bench:done", 1)
+
+
+STAGES = {STAGE_ONE: stage_one, STAGE_TWO: stage_two}
 
 
 def pickup(message: Any) -> None:

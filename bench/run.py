@@ -12,6 +12,7 @@ machine; the targets are ratios between figures of the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -50,6 +52,7 @@ IO_PEERS = {  # peer -> (virtualenv, kind of handler it runs)
     "dramatiq": ("main", "threads"), "celery": ("main", "threads"), "huey": ("main", "threads"),
 }
 IO_PEER_MESSAGES, IO_PEER_CAP = 3_000, 6.0  # a peer's jobs per run at most, and its seconds after its first job
+PIPELINE_MESSAGES = 20_000  # the two-stage pipeline's messages (bench/command.py pipeline: about 2 minutes)
 CRASH = (50, 0.05, 2_000, 30.0)  # concurrency, handler sleep (s), jobs, seconds waited after the restart
 
 
@@ -57,6 +60,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def throwaway_redis() -> Iterator[str]:
+    """A redis-server of our own on a free loopback port, without persistence, for the length of
+    the block; yields its URL. Never a shared server: every scenario flushes its database."""
+    port = free_port()
+    scratch = tempfile.mkdtemp(prefix="workqueue-bench-")
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", scratch], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):  # up to 5 s for the server to answer
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def bench_script(python: str, script: str, *args: str, url: str) -> dict:
@@ -251,6 +277,9 @@ def worker_command(url: str, quick: bool) -> dict:
     lap("drain")
     r["pickup"] = command(OURS, "pickup", str(300 if quick else PICKUP_SAMPLES), url=url)
     lap("pickup")
+    print("worker command: two-stage pipeline ...", file=sys.stderr)
+    r["pipeline"] = command(OURS, "pipeline", "both", str(PIPELINE_MESSAGES), url=url)
+    lap("pipeline")
     r["seconds"]["total"] = round(sum(r["seconds"].values()), 1)
     return r
 
@@ -519,8 +548,30 @@ def command_section(r: dict) -> list[str]:
     for key in ("in-process", "supervised"):
         lines.append(f"| {key} | {drain[key]['drain']:,.0f} | {', '.join(f'{x:,}' for x in drain[key]['runs'])} | "
                      f"{pickup[key]['p50_ms']:.2f} / {pickup[key]['p99_ms']:.2f} |")
+    if "pipeline" in c:
+        lines += pipeline_section(c["pipeline"])
     parts = ", ".join(f"{part} {value:.0f} s" for part, value in c["seconds"].items() if part != "total")
     return lines + ["", f"This section took {c['seconds']['total']:.0f} s ({parts}).", ""]
+
+
+def pipeline_section(p: dict) -> list[str]:
+    """The two-stage pipeline beside the one-stage drain and a batched push (command.py pipeline)."""
+    lines = [
+        "", "### A two-stage pipeline", "",
+        f"`handlers:STAGES`: {p['messages']:,} messages pushed to stage one, whose handler emits one follow-up to stage two (a",
+        "no-op): 2N handler runs. Beside it, in the same rounds: the one-stage no-op drain (`handlers:noop --burst`) and",
+        "`Queue.push_many` of N bodies. Served: both stages at once, one `workqueue worker handlers:STAGES`; staged: stage",
+        "two paused until stage one is done. Wall = first job's start to last job's; CPU = the command's processes and",
+        f"Redis over the same stretch (push: the producer and Redis). Per message, µs; medians of {p['rounds']} rounds.", "",
+        "| Worker | Measure | Drain | Pipeline per run | Emit's extra, served | Stage one alone | Emit's extra, staged | Batched push |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for mode in ("in-process", "supervised"):
+        for measure in ("wall", "cpu"):
+            f = p[mode][f"{measure}_from_medians"]
+            lines.append(f"| {mode} | {measure} | {f['drain_us']:.1f} | {f['pipeline_us']:.1f} | {f['emit_extra_us']:.1f} | "
+                         f"{f['stage_one_us']:.1f} | {f['staged_emit_us']:.1f} | {f['push_us']:.1f} |")
+    return lines
 
 
 def command_targets(r: dict) -> list[tuple[str, str, bool]]:
@@ -607,23 +658,8 @@ def main() -> int:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="where to write the page, its JSON and charts (default docs/)")
     args = parser.parse_args()
     messages = args.messages or (50_000 if args.quick else 200_000)
-    port = free_port()
-    scratch = tempfile.mkdtemp(prefix="workqueue-bench-")
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                               "--dir", scratch], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(100):  # up to 5 s for the server to answer
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
+    with throwaway_redis() as url:
         results = measure(url, args.quick, messages)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     docs = args.docs
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
