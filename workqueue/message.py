@@ -11,6 +11,7 @@ kept as they are.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import secrets
@@ -54,6 +55,8 @@ _raw_decode = json.JSONDecoder(parse_constant=_not_json).raw_decode  # without d
 # a float. Any run of 19 digits sends an element to the standard library, which keeps it exact
 # (found by turning every digit into 0, in C: a regular expression costs four times as much).
 _fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
+_FAST_DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
 _new_tuple = tuple.__new__  # builds a Message without the Python-level __new__ NamedTuple generates
@@ -99,7 +102,7 @@ class Message(NamedTuple):
         follow-up of a group member joins its group. Raises ValueError for a queue name the
         rule refuses, a key used twice in one try, or a body that is not JSON (as push does)."""
         try:
-            queue_name(queue)
+            _checked_queue_name(queue)
         except ValueError as error:
             raise ValueError(f"the queue name {queue!r} {error}") from None
         key = str(len(self.emitted)) if key is None else str(key)
@@ -147,10 +150,30 @@ class Message(NamedTuple):
         return rewrite(self.raw, self.fields, {"attempts": 0}, drop=FAILURE_FIELDS[1:])
 
 
+# A handler emits to a few queues, again and again: each name is checked once.
+_checked_queue_name = functools.lru_cache(maxsize=1024)(queue_name)
+
+
+def encode_text(text: str) -> bytes:
+    """A string as encode() writes it inside a message (a JSON string, ASCII only)."""
+    if text.isascii() and text.isalnum():  # ids as emit() makes them: nothing to escape
+        return b'"' + text.encode() + b'"'
+    return _dumps(text).encode()
+
+
 def encode(fields: dict[str, Any]) -> bytes:
     """Encode new fields; raises ValueError for NaN, Infinity or nesting deeper than MAX_NESTING."""
-    # ASCII-only: any text survives, even lone surrogates from odd exception messages.
-    raw = _dumps(fields).encode()
+    # orjson writes a message in a tenth of the time. Whatever it might write otherwise than the
+    # standard library goes to the latter, which decides: text outside ASCII (we write ASCII
+    # only, so that any text survives, even lone surrogates from odd exception messages), a null
+    # (orjson writes NaN and Infinity as null, where they must be refused), and whatever it
+    # refuses (keys that are not strings, integers beyond 64 bits, subclasses, dates).
+    try:
+        raw = _fast_dumps(fields, option=_FAST_DUMPS_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        raw = b""
+    if not raw or not raw.isascii() or raw.find(b"null") >= 0:
+        raw = _dumps(fields).encode()
     if _too_deep(raw, fields):
         raise ValueError(f"nested deeper than {MAX_NESTING} levels")
     return raw

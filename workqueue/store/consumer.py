@@ -19,7 +19,7 @@ from ..message import GroupRef, member_name
 from ..protocol import Delivery, Extra, Fetched, Outcomes, Taken
 from ..signing import RETRY_ROOM, MessagePolicy
 from .handle import Store
-from .keys import QueueKeys
+from .keys import keys_of
 from .outages import is_fenced
 from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
 
@@ -215,7 +215,7 @@ class Consumer:
             return placed[what]
 
         def group_keys(group: GroupRef) -> int:
-            home, done = QueueKeys(group.queue), QueueKeys(group.on_complete)
+            home, done = keys_of(group.queue), keys_of(group.on_complete)
             return place(("group", *group), [home.group(group.name), home.group_members(group.name), done.pending, done.stats,
                                              home.groups])
 
@@ -223,7 +223,7 @@ class Consumer:
         for extra in extras:
             if extra[0] == "emit":
                 _, number, follow_up, group = extra
-                target = QueueKeys(follow_up.queue)
+                target = keys_of(follow_up.queue)
                 args += ("emit", number, place(("queue", follow_up.queue), [target.pending, target.stats]), follow_up.raw)
                 if group is not None:
                     args += ("join", number, group_keys(group), member_name(follow_up.queue, follow_up.message_id))

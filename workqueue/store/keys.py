@@ -11,6 +11,7 @@ groups can hand off in one script on a cluster.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from redis.crc import key_slot
@@ -124,6 +125,13 @@ class QueueKeys:
     def group_members(self, name: str) -> str:
         """Set of the members of a group that have not ended yet, each "<queue> <id>"."""
         return f"{self.prefix}:members:{name}"
+
+
+@functools.lru_cache(maxsize=1024)
+def keys_of(queue: str) -> QueueKeys:
+    """The keys of `queue`, made once per name (a worker's follow-ups name a few queues, again
+    and again); raises ValueError as QueueKeys does."""
+    return QueueKeys(queue)
 
 
 def same_slot(key: str, other: str) -> bool:

@@ -4,6 +4,7 @@ waits in the pipeline's outcomes until the loop settles them with Redis."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from ..message import Emitted, GroupRef
 from ..protocol import RetryPolicy
 from ..signing import MessagePolicy
 from ..store.clock import RedisClock
-from ..store.keys import QueueKeys, same_slot
+from ..store.keys import keys_of, same_slot
 from .handlers import HandlerRunner, JobTimeout, WorkerAborted, describe
 from .held import Held
 from .pipeline import RequestPipeline
@@ -155,23 +156,34 @@ class FollowUpRules:
 
     def signed(self, emitted: list[Emitted], group: GroupRef | None) -> list[Emitted]:
         """`emitted` by a member of `group` (or of none), signed; raises ValueError
-        (MessageTooLarge) for one the rules refuse."""
-        signing, signed = self.policy.signing, []
-        for queue, _, raw in emitted:
-            # Read again from its bytes: the handler may have changed the list, and the id a
-            # group counts must be the message's own.
-            if type(queue) is not str or type(raw) is not bytes:
+        (MessageTooLarge) for one the rules refuse.
+
+        The handler may have changed the list: each entry must still be a follow-up as emit()
+        encodes it, whose stored id is the id its group counts (our encoder writes the id first)
+        and whose group is its parent's (written last, so the one a reader takes)."""
+        signing, signed, cluster = self.policy.signing, [], self.cluster()
+        ending = _group_ending(group) if group is not None else b""
+        for entry in emitted:
+            if type(entry) is not Emitted:
                 raise ValueError("the follow-ups were changed after emit()")
-            QueueKeys(queue)  # the queue-name rule
-            follow_up = message.decode(raw)
-            message_id = follow_up.id
-            if follow_up.group != group:
-                raise ValueError("a follow-up's group was changed after emit()")
-            if self.cluster() and not same_slot(self.queue_key, queue):
+            queue, message_id, raw = entry
+            if type(queue) is not str or type(message_id) is not str or type(raw) is not bytes:
+                raise ValueError("the follow-ups were changed after emit()")
+            keys_of(queue)  # the queue-name rule
+            if not raw.startswith(b'{"id":' + message.encode_text(message_id) + b",") or not raw.endswith(ending):
+                raise ValueError("a follow-up was changed after emit()")
+            if cluster and not same_slot(self.queue_key, queue):
                 raise ValueError(f"{queue!r} is in another Redis Cluster slot than this queue: a pipeline's queues share a "
                                  "hash tag ({tag}name)")
             if signing is not None:
                 raw = signing.sign(raw)
-            self.policy.check_sizes([raw])
+            if len(raw) > self.policy.max_bytes:
+                self.policy.check_sizes([raw])
             signed.append(Emitted(queue, message_id, raw))
         return signed
+
+
+@functools.lru_cache(maxsize=256)
+def _group_ending(group: GroupRef) -> bytes:
+    """How a follow-up emitted by a member of `group` ends (emit() writes its group last)."""
+    return b',"group":' + message.encode(group.as_field()) + b"}"

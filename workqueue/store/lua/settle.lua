@@ -99,12 +99,28 @@ end
 
 -- The outcomes whose follow-ups are pushed only if they complete their message first: whether
 -- they do is read before this call remembers any id.
-local emits = {}
+-- One ZMSCORE for them all; an id twice in this call is fresh the first time only.
+local emitting, emitting_ids, count_emitting = {}, {}, 0
 for i = extras_at, #argv, 4 do
-  if argv[i] == 'emit' then emits[tonumber(argv[i + 1])] = true end
+  local j = tonumber(argv[i + 1])
+  if argv[i] == 'emit' and not emitting[j] then
+    emitting[j] = true
+    count_emitting = count_emitting + 1
+    emitting_ids[count_emitting] = argv[first + (j - 1) * 4 + 3]
+  end
 end
 local fresh = {}  -- outcome number -> true when it completes its message first
-local fresh_ids = {}
+if count_emitting > 0 then
+  local scores, seen, k = redis.call('ZMSCORE', KEYS[5], unpack(emitting_ids)), {}, 0
+  for j = 1, n do
+    if emitting[j] then
+      k = k + 1
+      local id = emitting_ids[k]
+      fresh[j] = not scores[k] and not seen[id]
+      seen[id] = true
+    end
+  end
+end
 
 local completed, duplicates_skipped, retried, dead_lettered, recovered = 0, 0, 0, 0, 0
 local done_args, done_count = {}, 0
@@ -115,11 +131,6 @@ for j = 1, n do
   local op, held = argv[i], all_held
   if not held then
     held = redis.call('LREM', KEYS[1], 1, argv[i + 1]) == 1 or not reliable
-  end
-  if emits[j] then
-    local id = argv[i + 3]
-    fresh[j] = not fresh_ids[id] and not redis.call('ZSCORE', KEYS[5], id)
-    fresh_ids[id] = true
   end
   if op == 'done' then
     if held then
@@ -163,14 +174,21 @@ end
 for i = 1, done_count, 1000 do
   redis.call('ZADD', KEYS[5], unpack(done_args, i, math.min(i + 999, done_count)))
 end
--- What rides with the outcomes, in their order: a group is checked for its end after each member.
+-- What rides with the outcomes, in their order: a group is checked for its end after each
+-- member; follow-ups are pushed after, in one RPUSH per queue (their order kept).
+local pushes, targets = {}, {}
 for i = extras_at, #argv, 4 do
   local kind, j, at, value = argv[i], tonumber(argv[i + 1]), tonumber(argv[i + 2]), argv[i + 3]
   local op = argv[first + (j - 1) * 4]
   if kind == 'emit' then
     if fresh[j] then
-      redis.call('RPUSH', KEYS[at], value)
-      redis.call('HINCRBY', KEYS[at + 1], 'produced', 1)
+      local list = pushes[at]
+      if not list then
+        list = {}
+        pushes[at] = list
+        targets[#targets + 1] = at
+      end
+      list[#list + 1] = value
     end
   elseif kind == 'join' then
     if fresh[j] then join_group(KEYS[at], KEYS[at + 1], value) end
@@ -187,6 +205,14 @@ for i = extras_at, #argv, 4 do
       finish_group(KEYS[at], KEYS[at + 1], KEYS[at + 2], KEYS[at + 3], KEYS[at + 4], now, tonumber(argv[2]))
     end
   end
+end
+
+for _, at in ipairs(targets) do
+  local list = pushes[at]
+  for i = 1, #list, 1000 do  -- in slices: unpack() of more than a few thousand values overflows Lua's stack
+    redis.call('RPUSH', KEYS[at], unpack(list, i, math.min(i + 999, #list)))
+  end
+  redis.call('HINCRBY', KEYS[at + 1], 'produced', #list)
 end
 
 local counts = {completed = completed, duplicates_skipped = duplicates_skipped, retried = retried,
