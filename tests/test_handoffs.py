@@ -337,3 +337,16 @@ def test_a_supervised_try_that_emits_then_fails_pushes_nothing(shared_redis, que
     assert worker.returncode == 0, worker.stderr
     assert (tmp_path / "runs").read_text().count("split") == 2
     assert first.stats()["dead_lettered"] == 1 and second.stats()["produced"] == 0 and second.peek() == []
+
+
+def test_a_member_refused_for_its_signature_counts_dead_in_its_group(shared_redis, queue_name):
+    """A group member whose signature a worker refuses is dead-lettered as malformed and counted dead, so its group still completes."""
+    key = {"signing_key": "k" * 32}
+    signed = Queue.connect(shared_redis.url, queue_name, **key)
+    done = Queue.connect(shared_redis.url, queue_name + "-done")
+    signed.push_many([{"n": 1}], group="g", on_complete=done.name)
+    Queue.connect(shared_redis.url, queue_name).push({"n": 2}, group="g")  # unsigned: refused by the worker
+    with running(Worker(signed, lambda message: None, burst=True, worker_timeout=5)) as thread:
+        thread.join(10)
+    assert signed.group("g") == {**signed.group("g"), "total": 2, "completed": 1, "dead": 1, "done": True}
+    assert "signature missing" in signed.dead.newest(1)[0].error

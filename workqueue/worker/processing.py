@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from structlog.typing import FilteringBoundLogger
 
 from .. import message
-from ..message import Emitted, GroupRef
+from ..message import Emitted, GroupRef, MalformedMessage, Message
 from ..protocol import RetryPolicy
 from ..signing import MessagePolicy
 from ..store.clock import RedisClock
@@ -59,7 +59,7 @@ class MessageProcessor:
     def process(self, held: Held) -> None:
         log, msg, outcomes = self.log, held.message, self.pipeline.outcomes
         if msg is None:
-            outcomes.dead(held.raw, message.dead_letter_malformed(held.raw, held.problem, self.now()))
+            outcomes.dead(held.raw, message.dead_letter_malformed(held.raw, held.problem, self.now()), member=_member(held.raw))
             log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {held.problem}")
             if self.metrics is not None:
                 self.metrics.failed(dead=True)
@@ -140,6 +140,16 @@ class MessageProcessor:
             self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text, **traceback)
         else:
             self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3), **traceback)
+
+
+def _member(raw: bytes) -> Message | None:
+    """A refused element that is still a message of a group (its signature or its size was
+    refused): its group must count it dead, or it would wait for it for ever."""
+    try:
+        msg = message.decode(raw)
+    except MalformedMessage:
+        return None
+    return msg if msg.group is not None else None
 
 
 class FollowUpRules:
