@@ -174,8 +174,8 @@ def test_a_burst_worker_waits_for_what_a_dead_worker_held(shared_redis, queue_na
 
 
 def stage_env(shared_redis, first: str, second: str, runs, **overrides) -> dict[str, str]:
-    return script_env(shared_redis.url, first, TEST_FIRST_QUEUE=first, TEST_SECOND_QUEUE=second, TEST_RUNS_FILE=runs,
-                      LOG_LEVEL="warning", **overrides)
+    return script_env(shared_redis.url, first, **{"TEST_FIRST_QUEUE": first, "TEST_SECOND_QUEUE": second, "TEST_RUNS_FILE": runs,
+                                                 "LOG_LEVEL": "warning", **overrides})
 
 
 def test_one_command_serves_a_dict_of_queues_and_a_burst_ends_when_both_are_done(shared_redis, queue_name, tmp_path):
@@ -350,3 +350,25 @@ def test_a_member_refused_for_its_signature_counts_dead_in_its_group(shared_redi
         thread.join(10)
     assert signed.group("g") == {**signed.group("g"), "total": 2, "completed": 1, "dead": 1, "done": True}
     assert "signature missing" in signed.dead.newest(1)[0].error
+
+
+def test_a_command_serving_a_dict_of_queues_passes_sigterm_on_and_exits_0(shared_redis, queue_name, tmp_path, processes):
+    """SIGTERM to `workqueue worker tests.stages:STAGES` stops the worker of each queue cleanly (each deregisters), and the command exits 0."""
+    first, second = queue_name + "-a", queue_name + "-b"
+    env = stage_env(shared_redis, first, second, tmp_path / "runs", LOG_LEVEL="info")
+    command = processes.start("-m", "workqueue", "worker", "tests.stages:STAGES", "--processes", "1", env=env)
+    started = command.wait_for("worker_started", timeout=30, count=2)
+    assert {event["queue"] for event in started} == {first, second}
+    command.signal(signal.SIGTERM)
+    assert command.wait(timeout=30) == 0
+    stopped = command.named("worker_stopped")
+    assert {event["queue"] for event in stopped} == {first, second} and all(event["deregistered"] for event in stopped)
+
+
+def test_a_dict_of_queues_with_a_queue_it_lacks_is_refused_in_one_line(shared_redis, queue_name):
+    """--queue naming a queue the dict has no handler for exits 2 with one line naming the queues it has."""
+    env = stage_env(shared_redis, "one", "two", "")
+    done = subprocess.run([sys.executable, "-m", "workqueue", "worker", "tests.stages:STAGES", "--queue", queue_name],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: tests.stages:STAGES has no handler for the queue {queue_name!r} (it has 'one', 'two')"
