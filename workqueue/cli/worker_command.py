@@ -29,7 +29,8 @@ WATCH_TICK = 0.1  # how often (s) the command serving several queues looks at it
 def add_options(sub: argparse.ArgumentParser) -> None:
     """The worker command's arguments: the handler, and the worker's settings as flags."""
     sub.add_argument("handler", metavar="MODULE:ATTR", help="the handler: a plain or async def function of one message, "
-                     "imported from MODULE (the current folder first)")
+                     "imported from MODULE (the current folder first); or a dict of queue name -> handler, each queue served "
+                     "by a worker process of its own")
     add_flags(sub, exclude=("queue_name",))  # --queue is the command line's own
     sub.add_argument("--in-process", action="store_true",
                      help="run the handler in the worker's own process, one message at a time: faster for quick, trusted "
