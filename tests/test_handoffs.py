@@ -372,3 +372,32 @@ def test_a_dict_of_queues_with_a_queue_it_lacks_is_refused_in_one_line(shared_re
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: tests.stages:STAGES has no handler for the queue {queue_name!r} (it has 'one', 'two')"
+
+
+def test_a_group_cannot_finish_while_a_push_many_of_it_is_still_pushing(shared_redis, queue_name, monkeypatch):
+    """A second push_many of an open group, in several script calls with every member pushed so far ending between two calls: the completion comes once, after its last member."""
+    import workqueue.queue
+
+    monkeypatch.setattr(workqueue.queue, "PUSH_CHUNK", 2)
+    queue = Queue.connect(shared_redis.url, queue_name)
+    done = Queue.connect(shared_redis.url, queue_name + "-done")
+    push_chunk = queue._push_chunk
+
+    def then_drain(keys, args) -> None:
+        push_chunk(keys, args)
+        Worker(queue, lambda message: None, burst=True, worker_timeout=5).run(install_signals=False)
+
+    queue.push_many([{"n": n} for n in range(2)], group="g", on_complete=done.name)  # one call: the group is open
+    monkeypatch.setattr(queue, "_push_chunk", then_drain)
+    queue.push_many([{"n": n} for n in range(5)], group="g", on_complete=done.name)  # three calls, drained after each
+    assert queue.group("g") == {**queue.group("g"), "total": 7, "completed": 7, "done": True, "sealed": True}
+    [completion] = [json.loads(raw) for raw in done.peek(10)]
+    assert completion["body"]["total"] == completion["body"]["completed"] == 7
+
+
+def test_an_empty_group_is_refused_before_anything_is_written(shared_redis, queue_name):
+    """push_many([], group=...) raises ValueError and leaves no group behind."""
+    queue = Queue.connect(shared_redis.url, queue_name)
+    with pytest.raises(ValueError, match="at least one member"):
+        queue.push_many([], group="g", on_complete=queue_name + "-done")
+    assert queue.groups() == [] and not queue.client.exists(queue.keys.group("g"))

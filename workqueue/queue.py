@@ -141,8 +141,10 @@ class Queue:
         With `group`, they are the members of a group (started now, or one not finished with
         the same `on_complete`): when the last member ends, completed or dead-lettered, one
         message is pushed to the queue `on_complete`, whose body names the group and counts
-        its members (Queue.group() reads the same). The group is sealed by the last chunk: it
-        cannot finish while this call is still pushing. Follow-ups its members emit join it."""
+        its members (Queue.group() reads the same). It cannot finish while this call (or
+        another push_many of it) is still pushing. Follow-ups its members emit join it. Raises
+        ValueError for no bodies. After a connection error, a retry pushes new members (ids are
+        new on every call): pass the group's members once."""
         if group is None:
             if on_complete is not None:
                 raise ValueError("on_complete needs a group")
@@ -154,7 +156,9 @@ class Queue:
         ref = GroupRef(group, self.name, on_complete)
         self._check_group(ref)
         built = [self.build(body, group=ref) for body in bodies]
-        self._push_members(ref, built, "seal", delay)
+        if not built:
+            raise ValueError("a group needs at least one member")
+        self._push_members(ref, built, "start", delay)
         return [message_id for message_id, _ in built]
 
     def build(self, body: Any, message_id: str | None = None, group: GroupRef | None = None) -> tuple[str, bytes]:
@@ -197,8 +201,9 @@ class Queue:
             raise ReplicasShortfall(confirmed, wanted, self.push_replica_timeout)
 
     def _push_members(self, ref: GroupRef, built: Sequence[tuple[str, bytes]], mode: str, delay: float) -> None:
-        """Push members of group `ref`, PUSH_CHUNK a call; `mode` as push.lua takes it ('seal':
-        the last chunk seals the group, the others start it). Raises GroupError as push.lua refuses."""
+        """Push members of group `ref`, PUSH_CHUNK a call: `mode` 'add' (to a group that exists)
+        or 'start' (push_many: the group cannot finish before the last call, push.lua's 'once', or
+        'open', 'more'..., 'close'). Raises GroupError as push.lua refuses."""
         self.policy.check_sizes([raw for _, raw in built])
         if not self._registered:
             self.register()
@@ -207,10 +212,10 @@ class Queue:
                 self.keys.group_members(ref.name), done.pending, done.stats, self.keys.groups]
         completion = self._completion(ref) if mode != "add" else b""
         ttl_ms = int(self.dedup_ttl * 1000)
-        for start in range(0, max(len(built), 1), PUSH_CHUNK):
+        for start in range(0, len(built), PUSH_CHUNK):
             chunk = built[start : start + PUSH_CHUNK]
-            last = start + PUSH_CHUNK >= len(built)
-            chunk_mode = mode if mode == "add" or last else "start"
+            first, last = start == 0, start + PUSH_CHUNK >= len(built)
+            chunk_mode = "add" if mode == "add" else "once" if first and last else "open" if first else "close" if last else "more"
             pairs = [value for message_id, raw in chunk for value in (raw, message.member_name(self.name, message_id))]
             try:
                 self._push_chunk(keys, [_delay_ms(delay), chunk_mode, ref.on_complete, completion, ttl_ms, ref.name, *pairs])
@@ -263,12 +268,12 @@ class Queue:
         not ended), done (its completion was pushed), and on_complete; GroupError when there is
         no such group (never started, or finished and expired)."""
         fields = cast(list[bytes | None], self.client.hmget(self.keys.group(name), "on_complete", "total", "completed",
-                                                                "dead", "finished_at", "sealed"))
+                                                                "dead", "finished_at", "pushing"))
         if fields[0] is None:
             raise GroupError(f"group {name!r} does not exist on queue {self.name!r} (never started, or finished and expired)")
         total, completed, dead = (int(value or 0) for value in fields[1:4])
         return {"group": name, "queue": self.name, "on_complete": fields[0].decode(), "total": total, "completed": completed,
-                "dead": dead, "pending": total - completed - dead, "sealed": fields[5] == b"1", "done": fields[4] is not None}
+                "dead": dead, "pending": total - completed - dead, "sealed": int(fields[5] or 0) <= 0, "done": fields[4] is not None}
 
     def register(self) -> None:
         """List this queue in the registry of queues on its Redis (idempotent). Pushing does

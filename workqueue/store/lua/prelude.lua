@@ -118,8 +118,9 @@ end
 -- Groups (Queue.push_many with a group): a hash of counts and settings, and the set of the
 -- members that have not ended ("<queue> <id>"). A member is counted once, at its first end.
 -- Hash fields: name; total, completed, dead; on_complete (the queue of the completion message),
--- completion (that message, its counts still to fill in), sealed ('1' once the producer
--- added its last member), finished_at (ms, once the completion was pushed: never again).
+-- completion (that message, its counts still to fill in), pushing (how many push_many calls
+-- of several script calls each are still pushing members: the group cannot finish meanwhile),
+-- finished_at (ms, once the completion was pushed: never again).
 
 -- Add a member to a group that has not finished (a follow-up of one of its members).
 local function join_group(group, members, member)
@@ -138,14 +139,14 @@ end
 -- The counts in a completion message as the producer encoded it, before they are known.
 local UNKNOWN_COUNTS = '"total":-1,"completed":-1,"dead":-1'
 
--- Once no member is left and the producer sealed the group, push its completion message to
+-- Once no member is left and no producer is still pushing members, push its completion message to
 -- its queue with the counts filled in, and mark the group finished, so it is pushed once. A
 -- finished group is kept `ttl_ms` for Queue.group(), then expires; so does its name in the
 -- queue's index of groups (`groups`, its name scored by the group's expiry).
 local function finish_group(group, members, done_queue, done_stats, groups, now, ttl_ms)
   if redis.call('SCARD', members) > 0 then return end
-  local state = redis.call('HMGET', group, 'sealed', 'finished_at', 'completion', 'total', 'completed', 'dead', 'name')
-  if state[1] ~= '1' or state[2] or not state[3] then return end
+  local state = redis.call('HMGET', group, 'pushing', 'finished_at', 'completion', 'total', 'completed', 'dead', 'name')
+  if (tonumber(state[1]) or 1) > 0 or state[2] or not state[3] then return end
   local template = state[3]
   local from, to = string.find(template, UNKNOWN_COUNTS, 1, true)
   if not from then return end  -- not a completion of ours: the producer wrote it, so never

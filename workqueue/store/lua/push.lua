@@ -11,11 +11,15 @@
 -- KEYS[7] done_stats   that queue's counters
 -- KEYS[8] groups       the index of this queue's groups (a new one is listed, +inf while open)
 -- ARGV[1] delay_ms     0: at the queue's tail now; else due that many ms from now
--- ARGV[2] group        '' (no group); 'add': members for a group that exists and has not
---                      finished; 'start': members for a new group (or one not finished, with
---                      the same on_complete); 'seal': as start, and the last of the producer's
+-- ARGV[2] group        '' (no group), or which part of a push of members this call is:
+--                      'add'   to a group that exists and has not finished (Queue.push)
+--                      'once'  all of one push_many: starts the group, or joins one not finished
+--                              with the same on_complete
+--                      'open'  the first of several calls of one push_many (as once; the group
+--                              counts one more push under way, and cannot finish until it ends)
+--                      'more'  a middle one ('add'); 'close' the last one (one push fewer under way)
 -- ARGV[3] on_complete  with a group: the name of the queue of KEYS[6]
--- ARGV[4] completion   with start or seal: the completion message, counts unknown (prelude)
+-- ARGV[4] completion   with once or open: the completion message, counts unknown (prelude)
 -- ARGV[5] ttl_ms       with a group: how long a finished group is kept
 -- ARGV[6] name         with a group: its name
 -- ARGV[7..]            the encoded messages, oldest first (at most a few thousand per call);
@@ -24,14 +28,15 @@
 -- already (or, with add, does not exist) or goes to another on_complete: nothing is pushed then.
 local delay, mode = tonumber(ARGV[1]), ARGV[2]
 local first, step = 7, 1
+local starts = mode == 'once' or mode == 'open'
 if mode ~= '' then
   step = 2
   local state = redis.call('HMGET', KEYS[4], 'on_complete', 'finished_at')
   if state[2] then return redis.error_reply('GROUP finished already: a finished group takes no members') end
   if not state[1] then
-    if mode == 'add' then return redis.error_reply('GROUP does not exist: start it with push_many(group=...)') end
+    if not starts then return redis.error_reply('GROUP does not exist: start it with push_many(group=...)') end
     redis.call('HSET', KEYS[4], 'name', ARGV[6], 'on_complete', ARGV[3], 'completion', ARGV[4], 'total', 0, 'completed', 0,
-      'dead', 0)
+      'dead', 0, 'pushing', 0)
     -- Listed while open; finished groups whose records expired are forgotten here, a few at a time.
     local now = now_ms()
     local expired = redis.call('ZRANGE', KEYS[8], '-inf', now, 'BYSCORE', 'LIMIT', 0, 100)
@@ -40,6 +45,7 @@ if mode ~= '' then
   elseif state[1] ~= ARGV[3] then
     return redis.error_reply('GROUP sends its completion to another queue: ' .. state[1])
   end
+  if mode == 'open' then redis.call('HINCRBY', KEYS[4], 'pushing', 1) end
 end
 local messages, count = {}, 0
 for i = first, #ARGV, step do
@@ -51,7 +57,7 @@ if delay > 0 then
   local due, collapsed = now_ms() + delay, 0
   for i = 1, count do collapsed = collapsed + 1 - redis.call('ZADD', KEYS[3], due, messages[i]) end
   if collapsed > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates_skipped', collapsed) end
-else
+elseif count > 0 then
   redis.call('RPUSH', KEYS[1], unpack(messages))
 end
 redis.call('HINCRBY', KEYS[2], 'produced', count)
@@ -59,8 +65,8 @@ if mode ~= '' then
   local added = 0
   for i = first + 1, #ARGV, 2 do added = added + redis.call('SADD', KEYS[5], ARGV[i]) end
   if added > 0 then redis.call('HINCRBY', KEYS[4], 'total', added) end
-  if mode == 'seal' then
-    redis.call('HSET', KEYS[4], 'sealed', '1')
+  if mode == 'close' then redis.call('HINCRBY', KEYS[4], 'pushing', -1) end
+  if mode == 'close' or mode == 'once' then
     finish_group(KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], now_ms(), tonumber(ARGV[5]))
   end
 end
