@@ -372,3 +372,19 @@ def test_a_hand_off_across_slots_fails_loudly_on_a_cluster(cluster, queue_name):
         entry = wait_until(lambda: queue.dead.newest(1), timeout=15)[0]
     assert "another Redis Cluster slot" in entry.error and "hash tag" in entry.error
     assert Queue.connect(url, other).stats()["produced"] == 0
+
+
+def test_a_message_naming_a_group_in_another_slot_is_served_and_stops_nothing(cluster, queue_name):
+    """A hand-written member whose group lies in another slot completes like any message: the worker leaves the unreachable group out of its settle instead of failing it."""
+    from support import running
+
+    from workqueue import Worker, message
+
+    url = elsewhere(cluster, queue_name)
+    queue = Queue.connect(url, queue_name)
+    other = next(f"{queue_name}-{n}" for n in range(100) if cluster.slot(f"{queue_name}-{n}") != cluster.slot(queue_name))
+    queue.push_encoded([message.new({"n": 1}, group=message.GroupRef("g", other, other))[1]])
+    queue.push({"n": 2})
+    with running(Worker(queue, lambda msg: None, worker_timeout=5)):
+        wait_until(lambda: queue.stats()["completed"] == 2, timeout=15)
+    assert queue.stats()["unaccounted"] == 0 and queue.stats()["dead_lettered"] == 0

@@ -14,7 +14,7 @@ import time
 import pytest
 from support import ROOT, running, script_env, wait_until
 
-from workqueue import Message, Queue, Worker
+from workqueue import Message, Queue, Worker, message
 from workqueue.message import decode as message_of
 from workqueue.message import follow_up_id
 from workqueue.protocol import Outcomes
@@ -339,17 +339,21 @@ def test_a_supervised_try_that_emits_then_fails_pushes_nothing(shared_redis, que
     assert first.stats()["dead_lettered"] == 1 and second.stats()["produced"] == 0 and second.peek() == []
 
 
-def test_a_member_refused_for_its_signature_counts_dead_in_its_group(shared_redis, queue_name):
-    """A group member whose signature a worker refuses is dead-lettered as malformed and counted dead, so its group still completes."""
+def test_a_member_refused_for_its_size_counts_dead_and_a_forged_one_counts_nowhere(shared_redis, queue_name):
+    """A signed group member too large for the worker's limit is dead-lettered and counted dead, so the group completes; an unsigned copy of a member (a forgery) is dead-lettered and ends nothing."""
     key = {"signing_key": "k" * 32}
-    signed = Queue.connect(shared_redis.url, queue_name, **key)
+    producer = Queue.connect(shared_redis.url, queue_name, **key)
     done = Queue.connect(shared_redis.url, queue_name + "-done")
-    signed.push_many([{"n": 1}], group="g", on_complete=done.name)
-    Queue.connect(shared_redis.url, queue_name).push({"n": 2}, group="g")  # unsigned: refused by the worker
-    with running(Worker(signed, lambda message: None, burst=True, worker_timeout=5)) as thread:
+    [small, large] = producer.push_many([{"n": 1}, {"pad": "x" * 5000}], group="g", on_complete=done.name)
+    forger = Queue.connect(shared_redis.url, queue_name)  # no key
+    forger.push_encoded([message.new({"forged": True}, small, group=message.GroupRef("g", queue_name, done.name))[1]])
+    forger.client.lmove(queue_name, queue_name, "RIGHT", "LEFT")  # the forgery first
+    worker_queue = Queue.connect(shared_redis.url, queue_name, max_message_bytes=1000, **key)
+    with running(Worker(worker_queue, lambda message: None, burst=True, worker_timeout=5)) as thread:
         thread.join(10)
-    assert signed.group("g") == {**signed.group("g"), "total": 2, "completed": 1, "dead": 1, "done": True}
-    assert "signature missing" in signed.dead.newest(1)[0].error
+    errors = sorted(entry.error for entry in producer.dead.newest(10))
+    assert len(errors) == 2 and "signature missing" in errors[0] and "too large" in errors[1]
+    assert producer.group("g") == {**producer.group("g"), "total": 2, "completed": 1, "dead": 1, "done": True}
 
 
 def test_a_command_serving_a_dict_of_queues_passes_sigterm_on_and_exits_0(shared_redis, queue_name, tmp_path, processes):

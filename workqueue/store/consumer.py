@@ -18,8 +18,9 @@ from redis.exceptions import ResponseError
 from ..message import GroupRef, member_name
 from ..protocol import Delivery, Extra, Fetched, Outcomes, Taken
 from ..signing import RETRY_ROOM, MessagePolicy
+from .cluster import cluster_of
 from .handle import Store
-from .keys import keys_of
+from .keys import keys_of, same_slot
 from .outages import is_fenced
 from .transport import BLOCK_SECONDS, Channel, Command, Key, send_together
 
@@ -214,8 +215,14 @@ class Consumer:
                 keys.extend(names)
             return placed[what]
 
-        def group_keys(group: GroupRef) -> int:
+        # On a cluster, a message's group in another slot than ours (written by hand: producers
+        # refuse one) cannot be reached by our script: it is left out, rather than fail the call.
+        cluster = cluster_of(self.client, ask=False) is not None
+
+        def group_keys(group: GroupRef) -> int | None:
             home, done = keys_of(group.queue), keys_of(group.on_complete)
+            if cluster and not (same_slot(self.keys.pending, home.pending) and same_slot(self.keys.pending, done.pending)):
+                return None
             return place(("group", *group), [home.group(group.name), home.group_members(group.name), done.pending, done.stats,
                                              home.groups])
 
@@ -225,11 +232,12 @@ class Consumer:
                 _, number, follow_up, group = extra
                 target = keys_of(follow_up.queue)
                 args += ("emit", number, place(("queue", follow_up.queue), [target.pending, target.stats]), follow_up.raw)
-                if group is not None:
-                    args += ("join", number, group_keys(group), member_name(follow_up.queue, follow_up.message_id))
+                if group is not None and (at := group_keys(group)) is not None:
+                    args += ("join", number, at, member_name(follow_up.queue, follow_up.message_id))
             else:
                 _, number, group, message_id = extra
-                args += ("member", number, group_keys(group), member_name(self.keys.queue, message_id))
+                if (at := group_keys(group)) is not None:
+                    args += ("member", number, at, member_name(self.keys.queue, message_id))
         return args
 
     def completed(self, message_ids: Sequence[str]) -> list[bool]:

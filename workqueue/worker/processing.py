@@ -46,6 +46,20 @@ class MessageProcessor:
         self._log_processed = getattr(log, "is_enabled_for", lambda level: True)(logging.INFO)
         self._processed_line = getattr(log, "info_held", log.info)  # held: see logs.write_held_lines
 
+    def _member(self, raw: bytes) -> Message | None:
+        """A refused element that is still a group's member, refused for its size alone: its
+        group must count it dead, or it would wait for it for ever. One whose signature was
+        refused counts nowhere: its `group` is not to be trusted (anyone able to push could
+        end another producer's group with it)."""
+        try:
+            msg = message.decode(raw)
+            signing = self.follow_ups.policy.signing
+            if msg.group is not None and signing is not None:
+                signing.verify(msg.fields)
+        except MalformedMessage:
+            return None
+        return msg if msg.group is not None else None
+
     def report_oversized(self, sizes: list[int], limit: int) -> None:
         """Log (and count) the elements Redis dead-lettered as too large to be messages: no
         worker ever received them (fetch.lua)."""
@@ -59,7 +73,8 @@ class MessageProcessor:
     def process(self, held: Held) -> None:
         log, msg, outcomes = self.log, held.message, self.pipeline.outcomes
         if msg is None:
-            outcomes.dead(held.raw, message.dead_letter_malformed(held.raw, held.problem, self.now()), member=_member(held.raw))
+            outcomes.dead(held.raw, message.dead_letter_malformed(held.raw, held.problem, self.now()),
+                          member=self._member(held.raw))
             log.error("message_dead_lettered", id=None, attempts=None, error=f"malformed message: {held.problem}")
             if self.metrics is not None:
                 self.metrics.failed(dead=True)
@@ -140,16 +155,6 @@ class MessageProcessor:
             self.log.error("message_dead_lettered", id=msg.id, attempts=msg.attempts + 1, error=text, **traceback)
         else:
             self.log.warning("message_retried", id=msg.id, attempts=msg.attempts + 1, error=text, retry_in=round(delay, 3), **traceback)
-
-
-def _member(raw: bytes) -> Message | None:
-    """A refused element that is still a message of a group (its signature or its size was
-    refused): its group must count it dead, or it would wait for it for ever."""
-    try:
-        msg = message.decode(raw)
-    except MalformedMessage:
-        return None
-    return msg if msg.group is not None else None
 
 
 class FollowUpRules:
