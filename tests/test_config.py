@@ -126,13 +126,13 @@ def test_json_log_lines_survive_any_text_and_keep_the_documented_fields():
     assert odd["error"] == "cannot read /tmp/\udcff" and odd["big"] == 2**70 and odd["level"] == "warning"
 
 
-BAD_QUEUE_NAMES = ["", "{q}:dead", "a b", "tab\there", "new\nline", "bell\x07", "del\x7f", "nb\u00a0sp", "x" * 201, "é" * 101,
+BAD_QUEUE_NAMES = ["", "{q}:dead", "{q}", "{}q", "{q}a:dead", "{q}a}", "{q{r}a", "a{b}c", "a b", "tab\there", "new\nline", "bell\x07", "del\x7f", "nb\u00a0sp", "x" * 201, "é" * 101,
                    "workqueue:queues", "workqueue:mine"]
 
 
 @pytest.mark.parametrize("name", BAD_QUEUE_NAMES, ids=repr)
 def test_one_queue_name_rule_for_the_library_the_settings_and_the_cli(name):
-    """A name with braces, whitespace or control characters, empty, over 200 bytes or under workqueue: is refused alike by Queue (before any write), Settings and the CLI."""
+    """A name with braces (but a leading hash tag followed by a name without colons), whitespace or control characters, empty, over 200 bytes or under workqueue: is refused alike by Queue (before any write), Settings and the CLI."""
     unreachable = f"redis://127.0.0.1:{free_port()}/0"  # a write would fail with a connection error, not this one
     with pytest.raises(ValueError, match="queue name"):
         Queue.connect(unreachable, name)

@@ -72,7 +72,7 @@ def queue_name(value: str) -> str:
     """The one rule for a queue's name, which Queue, the settings and the CLI share: not empty,
     at most MAX_QUEUE_NAME_BYTES, no whitespace or control characters, not under
     RESERVED_PREFIX, and no braces but a leading Redis Cluster hash tag followed by more of
-    the name (`{thumbs}convert`): queues with one tag share a slot, which a pipeline's hand-offs
+    the name, without colons (`{thumbs}convert`): queues with one tag share a slot, which a pipeline's hand-offs
     need on a cluster (store/keys.py). Other braces would break the tag that keeps a queue's
     keys in one slot, or name another queue's keys."""
     if not value:
@@ -82,8 +82,10 @@ def queue_name(value: str) -> str:
     rest = value
     if value.startswith("{"):
         tag, closed, rest = value[1:].partition("}")
-        if not closed or not tag or not rest or rest.startswith(":") or "{" in tag:
-            raise ValueError("may start with a hash tag only as {tag}name, a name after it (not starting with ':')")
+        # A tagged queue's keys are its name and a suffix (`{t}a:dead`): a colon after the tag
+        # would let one queue's name be another's key.
+        if not closed or not tag or not rest or ":" in rest or "{" in tag:
+            raise ValueError("may start with a hash tag only as {tag}name, a name without colons after it")
     bad = next((c for c in rest if c in "{}" or c.isspace() or not c.isprintable()), None)
     if bad is None and rest is not value:
         bad = next((c for c in value[: len(value) - len(rest)] if c.isspace() or not c.isprintable()), None)
