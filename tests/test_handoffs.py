@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -405,3 +406,68 @@ def test_an_empty_group_is_refused_before_anything_is_written(shared_redis, queu
     with pytest.raises(ValueError, match="at least one member"):
         queue.push_many([], group="g", on_complete=queue_name + "-done")
     assert queue.groups() == [] and not queue.client.exists(queue.keys.group("g"))
+
+
+def start_stages(env: dict[str, str], *flags: str) -> tuple[subprocess.Popen, list[str]]:
+    """`workqueue worker tests.stages:STAGES` in a process group of its own, as a terminal starts it; its stderr lines are gathered."""
+    command = subprocess.Popen([sys.executable, "-m", "workqueue", "worker", "tests.stages:STAGES", "--processes", "1", *flags],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(command.stderr), daemon=True).start()
+    return command, lines
+
+
+def events_named(lines: list[str], name: str) -> list[dict]:
+    return [event for line in list(lines) if line.startswith("{") and (event := json.loads(line))["event"] == name]
+
+
+def test_ctrl_c_stops_every_queue_of_a_dict_command_cleanly_and_a_killed_one_is_reported(shared_redis, queue_name, tmp_path):
+    """SIGINT to the dict command's process group (a terminal's Ctrl-C) stops each worker gracefully once, exit 0; a worker SIGKILLed makes the command stop the others and exit 137."""
+    env = stage_env(shared_redis, queue_name + "-a", queue_name + "-b", tmp_path / "runs", LOG_LEVEL="info")
+    command, lines = start_stages(env)
+    try:
+        wait_until(lambda: len(events_named(lines, "worker_started")) == 2, timeout=30)
+        os.killpg(command.pid, signal.SIGINT)
+        assert command.wait(30) == 0
+        wait_until(lambda: len(events_named(lines, "worker_stopped")) == 2, timeout=10)
+        assert not events_named(lines, "worker_forced_exit")
+        command, lines = start_stages(env)
+        started = wait_until(lambda: (e := events_named(lines, "worker_started")) and len(e) == 2 and e, timeout=30)
+        os.kill(int(started[0]["worker"].split("-")[-2]), signal.SIGKILL)
+        assert command.wait(30) == 137
+        wait_until(lambda: len(events_named(lines, "worker_stopped")) == 1, timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command.pid, signal.SIGKILL)
+
+
+def test_the_workers_of_a_dict_command_stop_when_it_is_killed(shared_redis, queue_name, tmp_path):
+    """SIGKILL of the command serving a dict of queues: each of its workers gets SIGTERM and stops cleanly, deregistered."""
+    first, second = Queue.connect(shared_redis.url, queue_name + "-a"), Queue.connect(shared_redis.url, queue_name + "-b")
+    env = stage_env(shared_redis, first.name, second.name, tmp_path / "runs", LOG_LEVEL="info")
+    command, lines = start_stages(env)
+    try:
+        wait_until(lambda: len(events_named(lines, "worker_started")) == 2, timeout=30)
+        command.kill()
+        command.wait(10)
+        wait_until(lambda: first.stats()["workers"] == second.stats()["workers"] == 0, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command.pid, signal.SIGKILL)
+
+
+def test_a_burst_dict_command_whose_worker_is_killed_stops_instead_of_waiting_for_ever(shared_redis, queue_name, tmp_path):
+    """With --burst, a worker of the dict command SIGKILLed while the other still works: the command stops the other and exits 137, rather than wait for a queue no one serves."""
+    first, second = Queue.connect(shared_redis.url, queue_name + "-a"), Queue.connect(shared_redis.url, queue_name + "-b")
+    first.push({"to": second.name, "count": 1, "seconds": 30})
+    env = stage_env(shared_redis, first.name, second.name, tmp_path / "runs", LOG_LEVEL="info", GRACE=1)
+    command, lines = start_stages(env, "--burst")
+    try:
+        started = wait_until(lambda: (e := events_named(lines, "worker_started")) and len(e) == 2 and e, timeout=30)
+        idle = next(event for event in started if event["queue"] == second.name)
+        os.kill(int(idle["worker"].split("-")[-2]), signal.SIGKILL)
+        assert command.wait(30) == 137
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command.pid, signal.SIGKILL)

@@ -3,6 +3,8 @@ the signal; loops check the flag."""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import threading
 import time
@@ -51,3 +53,14 @@ class Shutdown:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle)
             signal.signal(signal.SIGINT, self._handle)
+
+
+def die_with_parent(signum: int, parent: int) -> bool:
+    """Ask Linux to send `signum` to this process when its parent ends (PR_SET_PDEATHSIG);
+    returns False when the parent, whose pid is `parent`, has ended already (or True where
+    there is no such call: elsewhere the parent's end goes unnoticed)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)
+    except (OSError, AttributeError):
+        return True
+    return os.getppid() == parent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..queue import Queue
 from ..settings import SUPERVISOR_ONLY, ConfigError, Settings, add_flags
-from ..shutdown import Shutdown
+from ..shutdown import Shutdown, die_with_parent
 from ..worker import Worker
 from ..worker.spec import HandlerNotFound, load_handler, load_target
 from ..worker.supervisor import Supervisor
@@ -37,8 +38,9 @@ def add_options(sub: argparse.ArgumentParser) -> None:
                           "handlers, but a crash or a stuck try ends the worker (--processes and --concurrency do not apply)")
     sub.add_argument("--burst", action="store_true", help="exit 0 once nothing is left to do: nothing waiting, delayed or "
                      "held by any worker, in any queue this command serves")
-    # Set by a command serving several queues for each of its workers: all its queues.
+    # Set by a command serving several queues for each of its workers: all its queues, and its pid.
     sub.add_argument("--burst-with", default="", help=argparse.SUPPRESS)
+    sub.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -55,6 +57,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     except (ConfigError, HandlerNotFound) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # One of the workers of a command serving several queues: in a session of its own, so that a
+    # terminal's Ctrl-C reaches it once, passed on by that command; stopped as SIGTERM would
+    # when that command ends, whatever ends it.
+    if args.parent and not die_with_parent(signal.SIGTERM, args.parent):
+        return 0
     also = [name for name in args.burst_with.split(",") if name and name != settings.queue_name]
 
     def burst_with(worker: Worker) -> Worker:
@@ -74,12 +81,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _serve_each(queues: list[str], settings: Settings, args: argparse.Namespace, argv: list[str]) -> int:
-    """Serve each of `queues` with a worker process of its own (this command with --queue),
-    passing on the signals it receives; returns the exit code: the highest of theirs. When one
-    ends unasked (not --burst), the others are stopped too."""
+    """Serve each of `queues` with a worker process of its own (this command with --queue, in a
+    session of its own), passing on the signals this command receives; returns the exit code:
+    the highest of theirs (128 + N for one ended by signal N). When one ends unasked (with
+    --burst: ends with an error), the others are stopped too."""
     shutdown = Shutdown()
     shutdown.install()
-    command = [sys.executable, "-m", "workqueue", *argv]
+    command = [sys.executable, "-m", "workqueue", *argv, "--parent", str(os.getpid())]
     workers = []
     for position, queue in enumerate(queues):
         extra = ["--queue", queue]
@@ -87,17 +95,25 @@ def _serve_each(queues: list[str], settings: Settings, args: argparse.Namespace,
             extra += ["--metrics-port", str(settings.metrics_port + position)]
         if args.burst:
             extra += ["--burst-with", ",".join(queues)]
-        workers.append(subprocess.Popen([*command, *extra], env=os.environ.copy()))
+        workers.append(subprocess.Popen([*command, *extra], env=os.environ.copy(), start_new_session=True))
     forwarded, code = 0, 0
-    while any(worker.poll() is None for worker in workers):  # bounded by the workers' lives
+    while [worker.poll() for worker in workers].count(None):  # each polled, so each returncode is current; bounded by their lives
         if shutdown.signals > forwarded:  # each signal once to each: the second one stops them at once
             forwarded = shutdown.signals
             for worker in workers:
                 if worker.poll() is None:
                     worker.send_signal(shutdown.signum)
-        ended = [worker.returncode for worker in workers if worker.returncode is not None]
-        if ended and not args.burst and not forwarded:  # one stopped unasked: stop the rest
+        failed = [_exit_code(worker.returncode) for worker in workers if worker.returncode not in (None, 0)]
+        ended = [worker for worker in workers if worker.returncode is not None]
+        if not forwarded and (failed or (ended and not args.burst)):  # one stopped unasked: stop the rest
+            code = max(failed, default=1)
             shutdown.request()
-            code = max(ended) or 1
         time.sleep(WATCH_TICK)
-    return max(code, *(worker.returncode for worker in workers))
+    return max(code, *(_exit_code(worker.returncode) for worker in workers))
+
+
+def _exit_code(returncode: int | None) -> int:
+    """A worker's exit code as a shell says it: 128 + N for a process ended by signal N."""
+    if returncode is None:
+        return 0
+    return 128 - returncode if returncode < 0 else returncode

@@ -18,7 +18,6 @@ follow-up is never lost while its try counts as done.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import inspect
 import mmap
 import os
@@ -38,6 +37,7 @@ import orjson
 from .. import message
 from ..logs import configure_logging
 from ..message import Emitted, Message
+from ..shutdown import die_with_parent
 from .handlers import Handler, HandlerRunner, JobTimeout, describe
 from .spec import HandlerNotFound, load_handler
 
@@ -65,15 +65,6 @@ def unpack(frame: bytes) -> Iterator[tuple[int, bytes]]:
     for slot, size in zip(slots, sizes, strict=True):
         yield slot, frame[at : at + size]
         at += size
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to end this process when its supervisor ends (PR_SET_PDEATHSIG, SIGKILL), so a
-    handler stuck in C code never outlives it; elsewhere the pipe's end does it, later."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 class Results:
@@ -274,7 +265,9 @@ def main(argv: Sequence[str]) -> None:
     conn = Connection(int(conn_fd))
     marks = memoryview(mmap.mmap(int(marks_fd), 0)).cast("d")
     os.close(int(marks_fd))  # the mapping stays
-    _die_with_parent()
+    # Ended with its supervisor, so that a handler stuck in C code never outlives it (elsewhere
+    # than Linux the pipe's end does it, later).
+    die_with_parent(signal.SIGKILL, os.getppid())
     configure_logging(log_level, log_format)  # for the handler's own log lines
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's: it drains, then stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
