@@ -345,7 +345,7 @@ def test_a_member_refused_for_its_size_counts_dead_and_a_forged_one_counts_nowhe
     key = {"signing_key": "k" * 32}
     producer = Queue.connect(shared_redis.url, queue_name, **key)
     done = Queue.connect(shared_redis.url, queue_name + "-done")
-    [small, large] = producer.push_many([{"n": 1}, {"pad": "x" * 5000}], group="g", on_complete=done.name)
+    [small, _large] = producer.push_many([{"n": 1}, {"pad": "x" * 5000}], group="g", on_complete=done.name)
     forger = Queue.connect(shared_redis.url, queue_name)  # no key
     forger.push_encoded([message.new({"forged": True}, small, group=message.GroupRef("g", queue_name, done.name))[1]])
     forger.client.lmove(queue_name, queue_name, "RIGHT", "LEFT")  # the forgery first
