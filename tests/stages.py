@@ -21,8 +21,10 @@ def _ran(message: Message, what: str) -> None:
 
 
 def split(message: Message) -> None:
-    """Emit body["count"] follow-ups to body["to"]; then fail if body["fail"], stall body["seconds"]."""
+    """Emit body["count"] follow-ups to body["to"]; then fail if body["fail"], stall body["seconds"]; end the process if body["exit"]."""
     body: dict[str, Any] = message.body
+    if body.get("exit"):
+        os._exit(3)  # a crash of the child, as a segfault would be
     for n in range(body.get("count", 1)):
         message.emit(body["to"], {"n": n, "from": message.id, "fail": body.get("fail_follow_up", False)})
     time.sleep(body.get("seconds", 0))

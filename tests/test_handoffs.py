@@ -471,3 +471,17 @@ def test_a_burst_dict_command_whose_worker_is_killed_stops_instead_of_waiting_fo
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(command.pid, signal.SIGKILL)
+
+
+def test_a_child_crash_charges_no_completed_try_whose_follow_ups_were_not_sent_yet(shared_redis, queue_name, tmp_path):
+    """Quick emitting tries batched in one child, then a message that ends the child: every innocent message completes (none charged a crash, with one attempt allowed) and its follow-up is pushed once; the crasher is dead-lettered."""
+    first, second = Queue.connect(shared_redis.url, queue_name + "-a"), Queue.connect(shared_redis.url, queue_name + "-b")
+    innocent = first.push_many([{"to": second.name, "count": 1} for _ in range(300)])
+    first.push({"exit": True})
+    innocent += first.push_many([{"to": second.name, "count": 1} for _ in range(300)])
+    env = stage_env(shared_redis, first.name, second.name, tmp_path / "runs", MAX_ATTEMPTS=1)
+    worker = subprocess.run([sys.executable, "-m", "workqueue", "worker", "tests.stages:STAGES", "--queue", first.name, "--burst",
+                             "--processes", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert worker.returncode == 0, worker.stderr
+    assert first.stats()["completed"] == 600 and first.stats()["dead_lettered"] == 1
+    assert second.stats()["produced"] == 600 and len({json.loads(raw)["id"] for raw in second.peek(1000)}) == 600

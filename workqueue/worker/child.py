@@ -11,8 +11,9 @@ Frames, supervisor to child: for each message, its slot (2 bytes), its length (4
 stored bytes; an empty frame asks the child to finish what it has and exit. Child to
 supervisor: a JSON object {"done": [[slot, seconds], ...], "failed": [[slot, error, traceback, timed_out], ...]};
 a done try that emitted follow-ups is [slot, seconds, [[queue, id, message], ...]], and its
-mark is written only once that was sent: dying before, the try counts as crashed, so a
-follow-up is never lost while its try counts as done.
+mark is EMITTED until that was sent, DONE after: a child dying before puts the message back
+untouched (its follow-ups died with it), so a follow-up is never lost while its try counts as
+done, and a completed try is never charged for another try's crash.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from .spec import HandlerNotFound, load_handler
 COUNT = struct.Struct("<I")  # how many messages a frame carries
 DONE = -1.0  # a slot's mark once its try succeeded (a start time is positive; 0: not started)
 FAILED = -2.0  # once its failure was sent
+# Once its try succeeded having emitted follow-ups, until its result (which carries them) is
+# sent: should the child die meanwhile, the message goes back untouched, to run again.
+EMITTED = -3.0
 # The array's last place: the supervisor writes 1 there to ask that no more tries start.
 FLUSH_AFTER = 0.005  # a finished try's result waits at most this long (s) to be sent
 WATCH_TICK = 0.05  # how often (s) the watchdog looks for tries past JOB_TIMEOUT
@@ -93,6 +97,7 @@ class Results:
             except Exception as error:
                 self.failed(slot, f"emit refused: the follow-ups were changed after emit() ({describe(error)})", "", False)
                 return
+            self.marks[slot] = EMITTED
             with self.lock:
                 self.running -= 1
                 if not self.done:

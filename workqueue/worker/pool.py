@@ -340,7 +340,8 @@ class ChildPool:
                 finished.append(Finished(held, "timeout", f"job timeout after {self.job_timeout:g} s{shared}"))
             elif mark > 0 and current.killed_for is None:
                 finished.append(Finished(held, "crashed", f"{CRASH}the handler's process ended ({how})"))
-            else:  # never started, or cut short by our kill for another message's time limit
+            else:  # never started, cut short by our kill for another message's time limit, or done
+                # with follow-ups that died with the child (child.EMITTED): it runs again
                 finished.append(Finished(held, "released"))
         current.held.clear()
         return finished
