@@ -162,7 +162,9 @@ def encode_text(text: str) -> bytes:
 
 
 def encode(fields: dict[str, Any]) -> bytes:
-    """Encode new fields; raises ValueError for NaN, Infinity or nesting deeper than MAX_NESTING."""
+    """Encode new fields; raises ValueError for NaN, Infinity or nesting deeper than MAX_NESTING,
+    TypeError for what JSON cannot hold (a set, bytes, a date). An Enum member is written as its
+    value and a UUID as its text (orjson's reading; the standard library refused both)."""
     # orjson writes a message in a tenth of the time. Whatever it might write otherwise than the
     # standard library goes to the latter, which decides: text outside ASCII (we write ASCII
     # only, so that any text survives, even lone surrogates from odd exception messages), a null
