@@ -36,7 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from redis.exceptions import NoScriptError, ResponseError
 from support import RedisServer
 
-from workqueue import Queue, message
+from workqueue import GroupError, Queue, message
 from workqueue.message import MalformedMessage, Message
 from workqueue.protocol import Outcomes
 from workqueue.store.consumer import Consumer
@@ -150,6 +150,21 @@ class QueueModel(RuleBasedStateMachine):
         name = f"g{len(self.groups)}"
         self.groups.append(name)
         self.pushed.update(self.operator.push_many(({"n": i} for i in range(count)), group=name, on_complete=self.completions.name))
+
+    @rule(index=st.integers(0, 20))
+    def add_to_a_group(self, index: int) -> None:
+        """One more member for a group started before, unless it finished (then it is refused, and nothing is pushed)."""
+        if not self.groups:
+            return
+        try:
+            self.pushed.add(self.operator.push({"late": True}, group=self.groups[index % len(self.groups)]))
+        except GroupError:
+            pass
+
+    @rule(count=st.integers(1, 3))
+    def push_delayed(self, count: int) -> None:
+        """Messages due a little later, waiting in the delayed set meanwhile."""
+        self.pushed.update(self.operator.push_many(({"n": i} for i in range(count)), delay=WORKER_TIMEOUT))
 
     @rule(count=st.integers(1, 4), fail=st.booleans())
     def later_stage_runs(self, count: int, fail: bool) -> None:
