@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -287,3 +288,25 @@ def stats(url: str, queue: str) -> dict:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def process_groups(pid: int) -> list[int]:
+    """The process group of a dict worker command (`pid`) and those of its queue workers, each in
+    a session of its own (their children, the handlers' processes, are in theirs)."""
+    workers = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                workers.append(int(entry))
+    return [pid, *workers]
+
+
+def signal_all(pid: int, signum: int) -> None:
+    for group in process_groups(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -13,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import ROOT, RedisServer, script_env, wait_until
+from support import ROOT, RedisServer, process_groups, script_env, signal_all, wait_until
 
 from workqueue import Queue
 from workqueue.message import follow_up_id
@@ -28,8 +29,8 @@ MODES = ("RGB", "RGBA", "L", "P")
 
 
 class WorkerCommands:
-    """The example's `workqueue worker tasks:STAGES`, several side by side, each in a process
-    group of its own so that a kill takes its queue workers and their children with it."""
+    """The example's `workqueue worker tasks:STAGES`, several side by side; a kill or a freeze
+    reaches each command, its queue workers and their children."""
 
     def __init__(self, env: dict[str, str], logs: Path, count: int) -> None:
         self.env, self.logs, self.started = env, logs, 0
@@ -44,16 +45,21 @@ class WorkerCommands:
                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill_and_restart(self, index: int) -> None:
-        os.killpg(self.popens[index].pid, signal.SIGKILL)
+        signal_all(self.popens[index].pid, signal.SIGKILL)
         self.popens[index].wait(timeout=10)
         self.popens[index] = self._start()
 
     def freeze(self, index: int, seconds: float) -> None:
-        os.killpg(self.popens[index].pid, signal.SIGSTOP)
+        groups = process_groups(self.popens[index].pid)
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGSTOP)
         try:
             time.sleep(seconds)
         finally:
-            os.killpg(self.popens[index].pid, signal.SIGCONT)
+            for group in groups:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGCONT)
 
     def stop(self) -> list[int]:
         """SIGTERM to each command (it passes it on to its queue workers); their exit codes."""
@@ -64,7 +70,7 @@ class WorkerCommands:
     def kill_all(self) -> None:
         for popen in self.popens:
             if popen.poll() is None:
-                os.killpg(popen.pid, signal.SIGKILL)
+                signal_all(popen.pid, signal.SIGKILL)
                 popen.wait(timeout=10)
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from support import ROOT, running, script_env, wait_until
+from support import ROOT, running, script_env, signal_all, wait_until
 
 from workqueue import Message, Queue, Worker, message
 from workqueue.message import decode as message_of
@@ -272,14 +272,14 @@ def test_a_group_completes_exactly_once_while_workers_are_killed_and_frozen(shar
                 break
             time.sleep(rng.uniform(0.3, 0.8))
             index = rng.randrange(len(workers))
-            if rng.random() < 0.6:
-                os.killpg(workers[index].pid, signal.SIGKILL)
+            if rng.random() < 0.6:  # the command, its queue workers and their children
+                signal_all(workers[index].pid, signal.SIGKILL)
                 workers[index].wait(10)
                 workers[index] = start()
             else:
-                os.killpg(workers[index].pid, signal.SIGSTOP)
+                signal_all(workers[index].pid, signal.SIGSTOP)
                 time.sleep(1.5)  # past WORKER_TIMEOUT: its messages may be recovered meanwhile
-                os.killpg(workers[index].pid, signal.SIGCONT)
+                signal_all(workers[index].pid, signal.SIGCONT)
         wait_until(lambda: first.group("g")["done"], timeout=90, interval=0.2)
         completions = [json.loads(raw) for raw in done.peek(10)]
         assert len(completions) == 1
@@ -288,8 +288,7 @@ def test_a_group_completes_exactly_once_while_workers_are_killed_and_frozen(shar
         assert len(done.peek(10)) == 1
     finally:
         for worker in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)
+            signal_all(worker.pid, signal.SIGKILL)
             worker.wait(10)
 
 

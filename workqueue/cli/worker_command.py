@@ -96,24 +96,27 @@ def _serve_each(queues: list[str], settings: Settings, args: argparse.Namespace,
         if args.burst:
             extra += ["--burst-with", ",".join(queues)]
         workers.append(subprocess.Popen([*command, *extra], env=os.environ.copy(), start_new_session=True))
-    forwarded, code = 0, 0
+    forwarded, sent, code = 0, set(), 0
     while [worker.poll() for worker in workers].count(None):  # each polled, so each returncode is current; bounded by their lives
         if shutdown.signals > forwarded:  # each signal once to each: the second one stops them at once
             forwarded = shutdown.signals
+            sent.add(shutdown.signum)
             for worker in workers:
                 if worker.poll() is None:
                     worker.send_signal(shutdown.signum)
-        failed = [_exit_code(worker.returncode) for worker in workers if worker.returncode not in (None, 0)]
+        failed = [_exit_code(worker.returncode, sent) for worker in workers if worker.returncode not in (None, 0)]
         ended = [worker for worker in workers if worker.returncode is not None]
         if not forwarded and (failed or (ended and not args.burst)):  # one stopped unasked: stop the rest
             code = max(failed, default=1)
             shutdown.request()
         time.sleep(WATCH_TICK)
-    return max(code, *(_exit_code(worker.returncode) for worker in workers))
+    return max(code, *(_exit_code(worker.returncode, sent) for worker in workers))
 
 
-def _exit_code(returncode: int | None) -> int:
-    """A worker's exit code as a shell says it: 128 + N for a process ended by signal N."""
-    if returncode is None:
+def _exit_code(returncode: int | None, sent: set[int]) -> int:
+    """A worker's exit code as a shell says it: 128 + N for a process ended by signal N, but 0
+    for one ended by a signal we passed on (it came before the worker could set up its
+    handlers: it had started nothing)."""
+    if returncode is None or (returncode < 0 and -returncode in sent):
         return 0
     return 128 - returncode if returncode < 0 else returncode
