@@ -318,9 +318,9 @@ class ChildPool:
                 return finished
             result = orjson.loads(frame)
             release = current.release
-            for slot, seconds, *emitted in result["done"]:
-                follow_ups = [Emitted(queue, message_id, raw.encode()) for queue, message_id, raw in emitted[0]] if emitted else None
-                finished.append(Finished(release(slot), "done", "", "", seconds, follow_ups))
+            for entry in result["done"]:  # [slot, seconds], or with the follow-ups a try emitted
+                follow_ups = None if len(entry) == 2 else [Emitted(queue, message_id, raw.encode()) for queue, message_id, raw in entry[2]]
+                finished.append(Finished(release(entry[0]), "done", "", "", entry[1], follow_ups))
             for slot, error, trace, timed_out in result["failed"]:
                 finished.append(Finished(release(slot), "timeout" if timed_out else "failed", error, trace))
             if not current.held:

@@ -126,17 +126,20 @@ class MessageProcessor:
         if outcome == "done":
             assert held.message is not None  # only messages go to children
             fields = held.message.fields  # ours: the handler changed only the child's copy
-            extra: dict[str, int] = {}
-            if emitted or held.message.group is not None:
+            handed_on = emitted is not None or held.message.group is not None
+            if handed_on:
                 if not self._completed(held, fields["id"], emitted or []):
                     return
-                extra["emitted"] = len(emitted or [])
             else:
                 self.pipeline.outcomes.done(held.raw, fields["id"])
             if self.metrics is not None:
                 self.metrics.completed_elsewhere(seconds)
             if self._log_processed:
-                self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0), **extra)
+                if handed_on:
+                    self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0),
+                                         emitted=len(emitted or []))
+                else:
+                    self._processed_line("message_processed", id=fields["id"], attempts=fields.get("attempts", 0))
         elif outcome == "released":
             self.pipeline.outcomes.release(held.raw)
         else:
