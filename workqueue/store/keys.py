@@ -113,7 +113,7 @@ class QueueKeys:
 
     def group(self, name: str) -> str:
         """Hash of a group started on this queue: its counts (total, completed, dead), where its
-        completion goes and the message to send, whether the producer sealed it, when it finished."""
+        completion goes and the message to send, how many push_many calls are still pushing, when it finished."""
         return f"{self.prefix}:group:{name}"
 
     @property
