@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import uuid
@@ -97,9 +98,12 @@ def test_reset_aborts_connections_and_then_forwards(proxy: FaultProxy, shared_re
     assert any(c["addr"].endswith(f":{port}") for c in direct.client_list())
     proxy.reset()
     assert proxy.open_connections == 0
-    with pytest.raises(redis.ConnectionError):
-        client.ping()
     wait_until(lambda: not any(c["addr"].endswith(f":{port}") for c in direct.client_list()), timeout=5)
+    # The aborted connection fails the next call, unless redis-py's pool saw the reset first (it
+    # checks a connection it hands out) and connected again, silently: timing decides which
+    # (both seen on a busy machine). Either way the client needed a new connection.
+    with contextlib.suppress(redis.ConnectionError):
+        client.ping()
     assert client.ping() is True and proxy.accepted == 2
 
 
