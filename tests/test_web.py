@@ -6,21 +6,12 @@ import time
 from urllib.parse import quote, urlencode
 
 import pytest
-from support import PYTHON, ROOT, RedisServer, free_port, running, script_env, wait_until
-from web_support import call, serving
+from support import PYTHON, ROOT, free_port, running, script_env, wait_until
+from web_support import call, serving, web_redis  # noqa: F401 (a fixture: shared_redis, this module's own)
 
 from workqueue import Queue, Worker
 
 pytest.importorskip("starlette", reason="the web dashboard needs the optional extra web")
-
-
-@pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory):
-    """A redis-server of this module's own: the dashboard lists every queue on its Redis, and the
-    suite's shared server holds hundreds, which would slow each page and its sampler."""
-    server = RedisServer(tmp_path_factory.mktemp("redis-web")).start()
-    yield server
-    server.stop()
 
 TOKEN = "a-test-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -6,21 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import ROOT, RedisServer, running, wait_until
-from web_support import call, serving
+from support import ROOT, running, wait_until
+from web_support import call, serving, web_redis  # noqa: F401 (a fixture: shared_redis, this module's own)
 
 from workqueue import Queue, Worker
 
 pytest.importorskip("starlette", reason="the web dashboard needs the optional extra web")
-
-
-@pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory):
-    """A redis-server of this module's own: the dashboard lists every queue on its Redis, and the
-    suite's shared server holds hundreds, which would slow each page and its sampler."""
-    server = RedisServer(tmp_path_factory.mktemp("redis-web")).start()
-    yield server
-    server.stop()
 playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (the test extra)")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

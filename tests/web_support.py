@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from support import wait_until
+import pytest
+from support import RedisServer, wait_until
 
 
 @dataclass
@@ -56,3 +57,13 @@ def call(url: str, method: str = "GET", *, headers: dict[str, str] | None = None
         return Answer(response.status, response.headers, response.read().decode())
     finally:
         connection.close()
+
+
+@pytest.fixture(scope="module", name="shared_redis")
+def web_redis(tmp_path_factory):
+    """A redis-server of the importing module's own, in place of the suite's shared one: the
+    dashboard lists every queue on its Redis, and the shared server holds hundreds, which would
+    slow each page and its sampler."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-web")).start()
+    yield server
+    server.stop()

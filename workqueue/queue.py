@@ -34,6 +34,10 @@ PUSH_CHUNK = 1000  # messages per script call of a push
 _DEFAULTS = Settings()  # the one home of defaults
 
 
+# What a group's progress is read from (its hash, prelude.lua).
+_GROUP_FIELDS = ("on_complete", "total", "completed", "dead", "finished_at", "pushing")
+
+
 class GroupError(Exception):
     """A group cannot take these members: it does not exist, it finished, or it sends its
     completion elsewhere; the text says which."""
@@ -252,28 +256,32 @@ class Queue:
 
     def groups(self, count: int = 100) -> list[dict[str, Any]]:
         """The progress of up to `count` groups started on this queue: the open ones, then the
-        finished ones not yet expired, most recently finished first."""
-        names = cast(list[bytes], self.client.zrange(self.keys.groups, "+inf", self.store.clock.now() * 1000, byscore=True,
-                                                     desc=True, offset=0, num=count))
-        found = []
+        finished ones not yet expired, most recently finished first (two round trips)."""
+        names = [name.decode(errors="replace") for name in cast(list[bytes], self.client.zrange(
+            self.keys.groups, "+inf", self.store.clock.now() * 1000, byscore=True, desc=True, offset=0, num=count))]
+        reads = self.client.pipeline(transaction=False)
         for name in names:
-            try:
-                found.append(self.group(name.decode(errors="replace")))
-            except GroupError:  # expired since
-                continue
-        return found
+            reads.hmget(self.keys.group(name), *_GROUP_FIELDS)
+        found = (self._progress(name, fields) for name, fields in zip(names, reads.execute() if names else [], strict=True))
+        return [progress for progress in found if progress is not None]  # None: expired since
 
     def group(self, name: str) -> dict[str, Any]:
         """Progress of a group started on this queue: total, completed, dead, pending (members
         not ended), done (its completion was pushed), and on_complete; GroupError when there is
         no such group (never started, or finished and expired)."""
-        fields = cast(list[bytes | None], self.client.hmget(self.keys.group(name), "on_complete", "total", "completed",
-                                                                "dead", "finished_at", "pushing"))
-        if fields[0] is None:
+        progress = self._progress(name, cast(list[bytes | None], self.client.hmget(self.keys.group(name), *_GROUP_FIELDS)))
+        if progress is None:
             raise GroupError(f"group {name!r} does not exist on queue {self.name!r} (never started, or finished and expired)")
-        total, completed, dead = (int(value or 0) for value in fields[1:4])
-        return {"group": name, "queue": self.name, "on_complete": fields[0].decode(), "total": total, "completed": completed,
-                "dead": dead, "pending": total - completed - dead, "sealed": int(fields[5] or 0) <= 0, "done": fields[4] is not None}
+        return progress
+
+    def _progress(self, name: str, fields: list[bytes | None]) -> dict[str, Any] | None:
+        """A group's progress from its hash's _GROUP_FIELDS, or None when it has no hash."""
+        on_complete, total_text, completed_text, dead_text, finished_at, pushing = fields
+        if on_complete is None:
+            return None
+        total, completed, dead = (int(value or 0) for value in (total_text, completed_text, dead_text))
+        return {"group": name, "queue": self.name, "on_complete": on_complete.decode(), "total": total, "completed": completed,
+                "dead": dead, "pending": total - completed - dead, "sealed": int(pushing or 0) <= 0, "done": finished_at is not None}
 
     def register(self) -> None:
         """List this queue in the registry of queues on its Redis (idempotent). Pushing does

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from .. import message
+from ..figures import show, when
 from ..logs import printable
 from ..message import MalformedMessage
 from ..queue import Queue
@@ -15,20 +16,6 @@ from ..store.dead import DeadLetter
 from ..store.stats import STATS_FIELDS, StatValue
 
 CUT = 100  # characters of a body or a raw element shown on one line of a table
-
-
-def show(value: StatValue) -> str:
-    """One figure for a table: yes/no, '-' for unknown, seconds to the millisecond."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def when(unix: float | None) -> str:
-    """A Unix time as UTC ISO 8601 to the second, or '-'."""
-    return "-" if unix is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
 def cut(text: str) -> str:

@@ -14,10 +14,10 @@ import time
 import tty
 from dataclasses import dataclass
 
+from ..figures import show
 from ..logs import printable
 from ..queue import Queue
 from ..store.stats import Snapshot
-from .report import show
 
 ENTER, LEAVE = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"  # alternate screen, cursor hidden
 HOME_CLEAR = "\x1b[H\x1b[2J"

@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..figures import show, when
 from ..queue import Queue
 from ..store.dead import DeadLetter
 from ..store.lookup import LOCATE_LIMIT
@@ -81,7 +82,7 @@ class Dashboard:
         self.sampler = Sampler(self.ring, self.library.all_counters, sample_interval)
         self.locate_limit = locate_limit
         self.templates = Environment(loader=PackageLoader("workqueue.web", "templates"), autoescape=True, undefined=StrictUndefined)
-        self.templates.filters.update(when=data.when, show=show, quoted=lambda value: quote(str(value), safe=""))
+        self.templates.filters.update(when=when, show=show, quoted=lambda value: quote(str(value), safe=""))
 
     async def read(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run a synchronous read or change in the thread pool; a Redis error becomes Unavailable."""
@@ -100,15 +101,6 @@ class Dashboard:
     async def queue_or_404(self, name: str) -> Queue | None:
         found: Queue | None = await self.read(self.library.queue, name)
         return found
-
-
-def show(value: Any) -> str:
-    """One figure for a page: yes/no, '-' for unknown, seconds to the millisecond."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 async def read_form(request: Request) -> dict[str, list[str]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +134,6 @@ def found_json(located: Located) -> dict[str, Any]:
         places.append(entry)
     looked = {name: {"looked": part.looked, "total": part.total} for name, part in located.looked.items()}
     return {"found": places, "looked": looked, "complete": located.complete}
-
-
-def when(unix: float | None) -> str:
-    """A Unix time as UTC ISO 8601 to the second, or '-'."""
-    return "-" if unix is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
 def find(queue: Queue, message_id: str, limit: int) -> Located:
