@@ -11,9 +11,9 @@ Frames, supervisor to child: for each message, its slot (2 bytes), its length (4
 stored bytes; an empty frame asks the child to finish what it has and exit. Child to
 supervisor: a JSON object {"done": [[slot, seconds], ...], "failed": [[slot, error, traceback, timed_out], ...]};
 a done try that emitted follow-ups is [slot, seconds, [[queue, id, message], ...]], and its
-mark is EMITTED until that was sent, DONE after: a child dying before puts the message back
-untouched (its follow-ups died with it), so a follow-up is never lost while its try counts as
-done, and a completed try is never charged for another try's crash.
+mark is EMITTED, not DONE: a child dying before it sent that puts the message back untouched
+(its follow-ups died with it), so a follow-up is never lost while its try counts as done, and a
+completed try is never charged for another try's crash.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ from .spec import HandlerNotFound, load_handler
 COUNT = struct.Struct("<I")  # how many messages a frame carries
 DONE = -1.0  # a slot's mark once its try succeeded (a start time is positive; 0: not started)
 FAILED = -2.0  # once its failure was sent
-# Once its try succeeded having emitted follow-ups, until its result (which carries them) is
-# sent: should the child die meanwhile, the message goes back untouched, to run again.
+# Once its try succeeded having emitted follow-ups, whose result carries them: should the child
+# die before sending it, the message goes back untouched, to run again. Never turned into DONE
+# after the send: by then the supervisor may have put another message in the slot, whose mark
+# that would overwrite (it reads the pipe before the marks, so a result sent is never missed).
 EMITTED = -3.0
 # The array's last place: the supervisor writes 1 there to ask that no more tries start.
 FLUSH_AFTER = 0.005  # a finished try's result waits at most this long (s) to be sent
@@ -78,7 +80,6 @@ class Results:
         self.conn = conn
         self.marks = marks
         self.done: list[tuple[Any, ...]] = []
-        self.marked_when_sent: list[int] = []  # done tries that emitted: marked once their result is sent
         self.running = 0  # tries started and not ended
         self.first_at = 0.0
         self.lock = threading.Lock()
@@ -103,7 +104,6 @@ class Results:
                 if not self.done:
                     self.first_at = time.monotonic()
                 self.done.append((slot, seconds, follow_ups))
-                self.marked_when_sent.append(slot)
             return
         self.marks[slot] = DONE
         with self.lock:
@@ -126,9 +126,6 @@ class Results:
     def _send(self, failed: list[list[Any]]) -> None:
         done, self.done = self.done, []
         self.conn.send_bytes(orjson.dumps({"done": done, "failed": failed}))
-        for slot in self.marked_when_sent:
-            self.marks[slot] = DONE
-        self.marked_when_sent.clear()
 
 
 def _try(run: Any, raw: bytes, slot: int, marks: Any, results: Results, job_timeout: float) -> None:
