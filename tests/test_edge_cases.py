@@ -276,3 +276,22 @@ def test_a_new_process_reusing_a_worker_id_starts_its_settles_afresh(queue):
     assert new.settle(_done_outcomes(new.fetch(1).taken, 1)) == [True]
     result = queue.stats()
     assert result["completed"] == 6 and result["in_flight"] == 0 and result["unaccounted"] == 0
+
+
+def test_outcomes_out_of_order_settle_in_one_pass_and_keep_the_rest_in_order(client, queue):
+    """Outcomes in another order than their messages were taken (several children), some far down a long in-flight list, one naming an element twice and one naming an element not held: each held one applies once, the rest of the list keeps its order."""
+    queue.push_many({"n": i} for i in range(300))
+    consumer = queue.consumer("w1", "reliable")
+    taken = [raw for raw, _ in consumer.fetch(300).taken]
+    twin = taken[5]
+    client.rpush(queue.keys.in_flight("w1"), twin)  # the same element twice, the copy last
+    chosen = [taken[250], taken[7], twin, taken[3], twin, taken[299], taken[120]]
+    outcomes = Outcomes(sequence=1)
+    for raw in chosen:
+        outcomes.done(raw, json.loads(raw)["id"])
+    stranger = message.new({"n": "not held"})[1]
+    outcomes.done(stranger, "stranger")
+    assert consumer.settle(outcomes) == [True] * 7 + [False]
+    gone = {250, 7, 5, 3, 299, 120}
+    assert client.lrange(queue.keys.in_flight("w1"), 0, -1) == [raw for i, raw in enumerate(taken) if i not in gone]
+    assert queue.stats()["completed"] == 7

@@ -96,6 +96,57 @@ local all_held = in_order or (#head == 0 and not reliable)
 if in_order then
   redis.call('LTRIM', KEYS[1], n, -1)
 end
+-- Otherwise (several children finish in their own order) the list is read from its head (the
+-- first slice is the head read above), until every outcome's message is found or the list
+-- ends: held_of[j] says whether outcome j's message was there (outcomes naming one element
+-- twice take its copies in turn, as one LREM each would). The elements read before the last
+-- one found that stay are put back in order: one pass over the list's head, where an LREM per
+-- outcome read it once each.
+local held_of = {}
+if not all_held then
+  local wanted, missing = {}, n
+  for j = 1, n do
+    local raw = argv[first + (j - 1) * 4 + 1]
+    wanted[raw] = (wanted[raw] or 0) + 1
+  end
+  local found, kept, cut, at, elements, asked = {}, {}, 0, 0, head, n
+  local slice = math.max(2 * n, 64)
+  while true do  -- bounded by the list's length
+    for k = 1, #elements do
+      local raw = elements[k]
+      local count = wanted[raw]
+      if count and count > 0 then
+        wanted[raw] = count - 1
+        found[raw] = (found[raw] or 0) + 1
+        missing = missing - 1
+        cut = at + k
+        if missing == 0 then break end
+      else
+        kept[#kept + 1] = raw
+      end
+    end
+    if missing == 0 or #elements < asked then break end  -- all found, or the list ended
+    at, asked = at + #elements, slice
+    elements = redis.call('LRANGE', KEYS[1], at, at + slice - 1)
+  end
+  for j = 1, n do
+    local raw = argv[first + (j - 1) * 4 + 1]
+    local count = found[raw]
+    held_of[j] = (count and count > 0) or not reliable
+    if count and count > 0 then found[raw] = count - 1 end
+  end
+  if cut > 0 then
+    redis.call('LTRIM', KEYS[1], cut, -1)
+    -- kept holds every element read that stays; those after the cut are still in the list
+    local survivors = cut - (n - missing)
+    for i = survivors, 1, -1000 do  -- in slices, last first: LPUSH puts each at the head
+      local from = math.max(1, i - 999)
+      local part = {}
+      for k = i, from, -1 do part[#part + 1] = kept[k] end
+      redis.call('LPUSH', KEYS[1], unpack(part))
+    end
+  end
+end
 
 -- The outcomes whose follow-ups are pushed only if they complete their message first: whether
 -- they do is read before this call remembers any id.
@@ -128,10 +179,8 @@ local forget_at = tostring(now + tonumber(argv[2]))  -- once: a number would be 
 local applied = {}
 for j = 1, n do
   local i = first + (j - 1) * 4
-  local op, held = argv[i], all_held
-  if not held then
-    held = redis.call('LREM', KEYS[1], 1, argv[i + 1]) == 1 or not reliable
-  end
+  local op = argv[i]
+  local held = all_held or held_of[j]
   if op == 'done' then
     if held then
       completed = completed + 1
