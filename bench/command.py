@@ -85,7 +85,7 @@ def workqueue_argv(handler: str, *flags: str, queue: str = QUEUE) -> list[str]:
 
 
 class Workqueue(System):
-    package = "workqueue"
+    package = "workqueue-redis"  # the distribution (the import name is workqueue)
 
     def __init__(self, queue: str = QUEUE) -> None:
         from workqueue import Queue

@@ -260,7 +260,7 @@ class RawBatched(Raw):
 
 
 class Workqueue(System):
-    package = "workqueue"
+    package = "workqueue-redis"  # the distribution (the import name is workqueue)
     batched = True
 
     def __init__(self, delivery: str, log_level: str, queue: str = QUEUE) -> None:
