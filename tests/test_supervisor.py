@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from support import Process, free_port, script_env, stats, wait_until
@@ -312,3 +314,22 @@ def test_sigterm_during_a_redis_outage_lets_the_tries_end_and_settles_them_once_
     assert worker.wait(timeout=60) == 0
     result = stats(own_redis.url, queue_name)
     assert result["completed"] == 2 and result["pending"] == 4 and result["in_flight"] == 0 and result["unaccounted"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="scheduling policies are Linux's")
+def test_children_run_as_batch_processes_and_the_supervisor_does_not(shared_redis, queue_name, tmp_path):
+    """The children run under SCHED_BATCH, so that one waking never preempts the supervisor that feeds it; the supervisor keeps the ordinary policy."""
+    env = script_env(shared_redis.url, queue_name, TEST_RUNS_FILE=tmp_path / "runs", LOG_LEVEL="warning")
+    Queue.connect(shared_redis.url, queue_name).push({"do": "sleep", "seconds": 2})
+    [worker] = start_workers(env, 1)
+    pid = worker.popen.pid
+    try:
+        wait_until(lambda: stats(shared_redis.url, queue_name)["in_flight"] == 1, timeout=15)
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        assert len(children) == 2
+        # The idle child may still be starting: it sets its policy first thing in main().
+        wait_until(lambda: {os.sched_getscheduler(child) for child in children} == {os.SCHED_BATCH}, timeout=15)
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0

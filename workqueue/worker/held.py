@@ -55,15 +55,16 @@ class Holdings(deque[Held]):
         # Signing off and within the limit (the usual case): decode() alone, no call between.
         decode, limit = message.decode if policy.signing is None else policy.admit, policy.max_bytes
         ids: set[str] = set()
+        append, add = self.append, ids.add  # bound once: this loop runs for every message
         for raw, duplicate in taken:
             try:
                 msg = decode(raw) if len(raw) <= limit else policy.admit(raw)
             except MalformedMessage as error:
-                self.append(Held(raw, None, str(error)))
+                append(Held(raw, None, str(error)))
             else:
                 message_id = msg.fields["id"]  # decode() checked it is a string
-                self.append(_new_tuple(Held, (raw, msg, "", duplicate or message_id in earlier)))
-                ids.add(message_id)
+                append(_new_tuple(Held, (raw, msg, "", duplicate or message_id in earlier)))
+                add(message_id)
         return frozenset(ids)
 
     def ids(self) -> frozenset[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 import orjson
@@ -44,8 +45,8 @@ SHARED = " (with other tries in its process, all stalled: it runs alone next tim
 # A child that ended sooner than this (s) after it started is replaced no sooner: a handler
 # whose module cannot be imported in a child must not have children started in a tight loop.
 RESTART_PAUSE = 1.0
-STOPPED: frozenset[int] = frozenset()
-CRASH_BYTES, SHARED_BYTES = CRASH.encode(), SHARED.encode()  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
+STOPPED: frozenset[int] = frozenset()  # Child.killed_for of a child the supervisor ended itself: what it ran goes back
+_new_tuple = tuple.__new__  # builds a Finished without the Python-level __new__ NamedTuple generates
 
 
 class Finished(NamedTuple):
@@ -69,6 +70,7 @@ class Child:
     conn: Connection
     marks: Any  # the shared array: a double per slot (a memoryview of a mapping)
     sentinel: int  # readable once the process has ended (a pidfd), else the pipe's own
+    pidfd: bool  # whether `sentinel` is a pidfd of its own (not the pipe's)
     slots: int
     held: dict[int, Held] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)  # slots holding nothing
@@ -115,6 +117,7 @@ class ChildPool:
         self.children: list[Child] = []
         self.exits: list[tuple[str, int]] = []  # children that ended unasked: how, and how many messages they held
         self._pace = 0.0  # seconds a try takes, as measured (0: not yet)
+        self._poll = select.poll()  # the children's pipes and sentinels, registered while they live
 
     def start(self) -> None:
         self.children = [self._start() for _ in range(self.processes)]
@@ -136,10 +139,12 @@ class ChildPool:
         theirs.close()
         conn = Connection(ours.detach())
         try:
-            sentinel = os.pidfd_open(process.pid)
+            sentinel, pidfd = os.pidfd_open(process.pid), True
         except (AttributeError, OSError):  # not Linux 5.3+: the pipe's end tells, as the child's fds close
-            sentinel = conn.fileno()
-        return Child(process, conn, memoryview(mapping).cast("d"), sentinel, self.slots, window=self.concurrency)
+            sentinel, pidfd = conn.fileno(), False
+        for fd in {conn.fileno(), sentinel}:
+            self._poll.register(fd, select.POLLIN)
+        return Child(process, conn, memoryview(mapping).cast("d"), sentinel, pidfd, self.slots, window=self.concurrency)
 
     # -- what the worker loop asks -----------------------------------------------------------
 
@@ -166,8 +171,7 @@ class ChildPool:
         left: list[Held] = []
         ordinary: list[Held] = []
         for held in messages:
-            # The bytes first: a message's own text seldom holds these, and most have no error.
-            if (held.raw.find(CRASH_BYTES) >= 0 or held.raw.find(SHARED_BYTES) >= 0) and _suspect(held):
+            if held.message is not None and "error" in held.message.fields and _suspect(held):
                 index = self._idle()
                 if index < 0:
                     left.append(held)
@@ -210,15 +214,21 @@ class ChildPool:
         """What finished within `timeout` seconds (less once something did, or `also`, another
         descriptor, became readable): results the children sent, and every message of a child
         that died (replaced at once)."""
-        live = [c for c in self.children if not c.ended]
-        watched: list[Any] = [c.conn for c in live] + [c.sentinel for c in live]
-        ready = wait(watched if also is None else [*watched, also], timeout=max(0.0, timeout))
+        poll = self._poll
+        if also is not None:
+            poll.register(also, select.POLLIN)
+        try:  # one poll object kept: no selector made and filled for every wait
+            ready = {fd for fd, _ in poll.poll(max(0.0, timeout) * 1000)}  # any event: readable, hung up or failed
+        finally:
+            if also is not None:
+                poll.unregister(also)
         finished: list[Finished] = []
         for index, current in enumerate(self.children):
             if not current.ended:
-                if current.conn in ready:
+                if current.conn.fileno() in ready:
                     finished += self._read(current)
-                if current.sentinel in ready or current.process.poll() is not None:
+                # A pidfd is readable once the process ended; the pipe's end needs asking too.
+                if current.sentinel in ready or (not current.pidfd and current.process.poll() is not None):
                     current.ended = True
                     held = len(current.held)
                     finished += self._buried(current)
@@ -296,13 +306,13 @@ class ChildPool:
             current.process.wait(5.0)
         except subprocess.TimeoutExpired:  # a kill takes effect at once: not expected
             pass
-        current.conn.close()
         if current.sentinel != -1:
-            try:
+            for fd in {current.conn.fileno(), current.sentinel}:
+                self._poll.unregister(fd)
+            if current.pidfd:
                 os.close(current.sentinel)
-            except OSError:  # it was the pipe's, closed with it
-                pass
             current.sentinel = -1
+        current.conn.close()
 
     # -- inside ------------------------------------------------------------------------------
 
@@ -317,12 +327,13 @@ class ChildPool:
             except (EOFError, OSError):
                 return finished
             result = orjson.loads(frame)
-            release = current.release
+            free, held_by, add = current.free, current.held, finished.append
             for entry in result["done"]:  # [slot, seconds], or with the follow-ups a try emitted
+                free.append(entry[0])  # Child.release(), written out: once per message
                 follow_ups = None if len(entry) == 2 else [Emitted(queue, message_id, raw.encode()) for queue, message_id, raw in entry[2]]
-                finished.append(Finished(release(entry[0]), "done", "", "", entry[1], follow_ups))
+                add(_new_tuple(Finished, (held_by.pop(entry[0]), "done", "", "", entry[1], follow_ups)))
             for slot, error, trace, timed_out in result["failed"]:
-                finished.append(Finished(release(slot), "timeout" if timed_out else "failed", error, trace))
+                add(Finished(current.release(slot), "timeout" if timed_out else "failed", error, trace))
             if not current.held:
                 current.alone = False
 

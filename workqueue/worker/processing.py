@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
@@ -144,6 +144,19 @@ class MessageProcessor:
             self.pipeline.outcomes.release(held.raw)
         else:
             self._failed(held, error, trace=trace)
+
+    def record_all(self, finished: Iterable[tuple[Held, str, str, str, float, list[Emitted] | None]]) -> None:
+        """record() each of what child processes said, in order: (held, outcome, error, trace,
+        seconds, emitted). A completed try with nothing riding on it (no follow-ups, no group,
+        no metrics or log line) goes to the outcomes the short way."""
+        quiet = self.metrics is None and not self._log_processed
+        done = self.pipeline.outcomes.done  # recording sends nothing: the same outcomes throughout
+        for held, outcome, error, trace, seconds, emitted in finished:
+            msg = held.message
+            if quiet and outcome == "done" and emitted is None and msg is not None and msg.group is None:
+                done(held.raw, msg.fields["id"])
+            else:
+                self.record(held, outcome, error, trace, seconds, emitted)
 
     def _failed(self, held: Held, text: str, error: BaseException | None = None, trace: str = "") -> None:
         """Record a failed try: a retry after backoff, or a dead letter once attempts are used up.

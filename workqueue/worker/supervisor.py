@@ -114,8 +114,7 @@ class Supervisor(Worker):
         pipeline = self._pipeline
         if settle and pipeline.outcomes:
             timeout = min(timeout, max(0.0, pipeline.outcomes.first_at + ACK_DELAY - time.monotonic()))
-        for finished in self.pool.wait(timeout, also=pipeline.fileno()):  # a batch's arrival ends the wait too
-            self._processor.record(finished.held, finished.outcome, finished.error, finished.trace, finished.seconds, finished.emitted)
+        self._processor.record_all(self.pool.wait(timeout, also=pipeline.fileno()))  # a batch's arrival ends the wait too
         while self.pool.exits:
             how, held = self.pool.exits.pop(0)
             self.log.warning("worker_child_exited", exit=how, held=held)
@@ -132,8 +131,7 @@ class Supervisor(Worker):
         while self.pool.running() and time.monotonic() < deadline:  # bounded by the grace
             self._collect(TICK, settle=False)  # leaving settles them, riding out an outage
         time.sleep(TICK)  # a child that was about to start a try has marked it by now
-        for finished in self.pool.wait(0) + self.pool.take_back():
-            self._processor.record(finished.held, finished.outcome, finished.error, finished.trace, finished.seconds, finished.emitted)
+        self._processor.record_all(self.pool.wait(0) + self.pool.take_back())
         write_held_lines()
 
     def _leave(self) -> None:
