@@ -71,6 +71,7 @@ class Child:
     marks: Any  # the shared array: a double per slot (a memoryview of a mapping)
     sentinel: int  # readable once the process has ended (a pidfd), else the pipe's own
     pidfd: bool  # whether `sentinel` is a pidfd of its own (not the pipe's)
+    pipe: Any  # a poll object watching the pipe alone: whether another frame waits, in one call
     slots: int
     held: dict[int, Held] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)  # slots holding nothing
@@ -144,7 +145,9 @@ class ChildPool:
             sentinel, pidfd = conn.fileno(), False
         for fd in {conn.fileno(), sentinel}:
             self._poll.register(fd, select.POLLIN)
-        return Child(process, conn, memoryview(mapping).cast("d"), sentinel, pidfd, self.slots, window=self.concurrency)
+        pipe = select.poll()
+        pipe.register(conn.fileno(), select.POLLIN)
+        return Child(process, conn, memoryview(mapping).cast("d"), sentinel, pidfd, pipe, self.slots, window=self.concurrency)
 
     # -- what the worker loop asks -----------------------------------------------------------
 
@@ -321,7 +324,7 @@ class ChildPool:
         finished: list[Finished] = []
         while True:  # bounded by what the child wrote
             try:
-                if not current.conn.poll():
+                if not current.pipe.poll(0):  # Connection.poll() would make and fill a selector
                     return finished
                 frame = current.conn.recv_bytes()
             except (EOFError, OSError):
