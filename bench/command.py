@@ -2,6 +2,7 @@
 peers' own workers at the same concurrency; run inside the system's virtualenv, as systems.py.
 
     python command.py io SYSTEM KIND N SECONDS M CAP    # M jobs sleeping SECONDS, one worker running N at once
+    python command.py bare KIND N SECONDS M             # the same sleeps with no queue: the machine's ceiling
     python command.py crash SYSTEM KIND N SECONDS M WINDOW   # the same, SIGKILLed mid-run and restarted
     python command.py cpu PROCESSES M                   # workqueue: M jobs busy-waiting 1 ms, --processes P
     python command.py drain MODE N                      # workqueue: no-op drain, MODE supervised or in-process
@@ -386,6 +387,47 @@ def io(name: str, kind: str, n: int, seconds: float, messages: int, cap: float) 
             "enqueue": messages / enqueue_seconds, "version": version(target.package)}
 
 
+def bare(kind: str, n: int, seconds: float, messages: int) -> dict:
+    """The ceiling of the I/O-bound runs on this machine, with no queue at all: `messages` sleeps
+    of `seconds`, n at once (asyncio tasks on one event loop, or n threads), in this process:
+    sleeps / elapsed, against the limit n / seconds."""
+    left = messages
+    if kind == "async":
+
+        async def one() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await asyncio.sleep(seconds)
+
+        async def all_of_them() -> None:
+            await asyncio.gather(*(one() for _ in range(n)))
+
+        started = time.perf_counter()
+        asyncio.run(all_of_them())
+    else:
+        lock = threading.Lock()
+
+        def loop() -> None:
+            nonlocal left
+            while True:
+                with lock:
+                    if left <= 0:
+                        return
+                    left -= 1
+                time.sleep(seconds)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=loop) for _ in range(n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    rate = messages / (time.perf_counter() - started)
+    return {"system": "no queue", "kind": kind, "concurrency": n, "handler_seconds": seconds, "messages": messages, "done": messages,
+            "rate": rate, "limit": n / seconds, "efficiency": rate * seconds / n, "rss_mib": 0.0, "version": ""}
+
+
 def crash(name: str, kind: str, n: int, seconds: float, messages: int, window: float) -> dict:
     """A SIGKILL of the whole worker (its process group) once 40% of `messages` jobs have run
     (or 10 s after the first did), then the same worker command again; `window` seconds after
@@ -662,6 +704,8 @@ def main(argv: list[str]) -> None:
         return
     if command == "io":
         result = io(args[0], args[1], int(args[2]), float(args[3]), int(args[4]), float(args[5]))
+    elif command == "bare":
+        result = bare(args[0], int(args[1]), float(args[2]), int(args[3]))
     elif command == "crash":
         result = crash(args[0], args[1], int(args[2]), float(args[3]), int(args[4]), float(args[5]))
     elif command == "cpu":

@@ -231,7 +231,7 @@ def worker_command(url: str, quick: bool) -> dict:
     """The worker command: I/O-bound throughput (ours: the median of three runs; quick: one),
     the peers at the same concurrency, a SIGKILL mid-run, CPU-bound scaling with processes, and
     the supervised path beside --in-process (no-op drain, idle pickup). Each part's wall time too."""
-    r: dict = {"seconds": {}, "io": [], "peers_io": [], "crash": []}
+    r: dict = {"seconds": {}, "io": [], "bare_io": [], "peers_io": [], "crash": []}
     clock = time.monotonic()
 
     def lap(part: str) -> None:
@@ -249,6 +249,9 @@ def worker_command(url: str, quick: bool) -> dict:
                 results = [command(OURS, *args, url=url) for _ in range(runs)]
                 ordered = sorted(results, key=lambda run: run["rate"])
                 r["io"].append(ordered[len(ordered) // 2] | {"runs": [round(run["rate"]) for run in results]})
+                # The same sleeps with no queue: what this machine's event loop or threads allow.
+                bare = sorted((command(OURS, "bare", *args[2:6], url=url) for _ in range(runs)), key=lambda run: run["rate"])
+                r["bare_io"].append(bare[len(bare) // 2] | {"runs": [round(run["rate"]) for run in bare]})
     lap("io")
     if not quick:
         for peer, (venv, kind) in IO_PEERS.items():
@@ -489,8 +492,9 @@ def best_peer(r: dict, n: int, seconds: float) -> dict | None:
 
 def command_section(r: dict) -> list[str]:
     c = r["command"]
-    io_rows = sorted(c["io"] + c["peers_io"], key=lambda run: (run["handler_seconds"], run["concurrency"],
-                                                              run["system"] != "workqueue", -run["rate"]))
+    order = {"workqueue": 0, "no queue": 1}  # then the peers, fastest first
+    io_rows = sorted(c["io"] + c.get("bare_io", []) + c["peers_io"],
+                     key=lambda run: (run["handler_seconds"], run["concurrency"], order.get(run["system"], 2), -run["rate"]))
     lines = [
         "## The worker command", "",
         "`python -m workqueue worker handlers:NAME` (bench/handlers.py), started in bench/ with LOG_LEVEL=warning and",
@@ -501,13 +505,16 @@ def command_section(r: dict) -> list[str]:
         "### I/O-bound handlers, one worker running N at once", "",
         "Jobs sleep (asyncio.sleep in an `async def` handler, N tasks on one event loop; time.sleep in a plain one, N",
         "threads). workqueue: `--processes 1 --concurrency N`, so the limit is N / sleep; its figure is the median of",
-        f"{len(c['io'][0]['runs'])} run(s) of {'about 1 s' if r['quick'] else 'about 2 s'} of work at the limit.",
+        f"{len(c['io'][0]['runs'])} run(s) of {'about 1 s' if r['quick'] else 'about 2 s'} of work at the limit. \"no queue\": the same",
+        "sleeps, N at once, in one process with no queue at all (bench/command.py bare): what this machine's event loop",
+        "or threads allow, the ceiling of every row beside it.",
         f"The peers run the same job at the same N, up to {IO_PEER_MESSAGES:,} jobs or {IO_PEER_CAP:g} s from their first.", "",
         "| Sleep | N | System | Handler | msg/s | % of N / sleep | RSS MiB |", "| ---: | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     for run in io_rows:
+        rss = f"{run['rss_mib']:.0f}" if run["rss_mib"] else "–"
         lines.append(f"| {ms(run['handler_seconds'])} | {run['concurrency']} | {run['system']} {run['version']} | "
-                     f"{KIND_LABELS[run['kind']]} | {run['rate']:,.0f} | {run['efficiency'] * 100:.1f}% | {run['rss_mib']:.0f} |")
+                     f"{KIND_LABELS[run['kind']]} | {run['rate']:,.0f} | {run['efficiency'] * 100:.1f}% | {rss} |")
     if c["peers_io"]:
         lines += ["", "Peer set-ups (one worker process each, as documented): arq `Worker(max_jobs=N)` (it polls every 0.5 s,",
                   "its default); saq `Worker(concurrency=N)`; taskiq-redis `RedisStreamBroker` (acknowledged), `taskiq worker",
@@ -578,10 +585,13 @@ def command_targets(r: dict) -> list[tuple[str, str, bool]]:
     """The worker command's targets: each a figure of this run against a limit or a figure of the same run."""
     c = r["command"]
     rows = []
+    bare = {(run["kind"], run["concurrency"], run["handler_seconds"]): run for run in c.get("bare_io", [])}
     for run in c["io"]:
         kind, n, seconds, share = run["kind"], run["concurrency"], run["handler_seconds"], run["efficiency"] * 100
         goal = IO_TARGETS[kind] * 100
-        rows.append((f"worker command, {kind} N = {n}, {ms(seconds)} sleeps ≥ {goal:.0f}% of N / sleep ({run['limit']:,.0f} msg/s)",
+        ceiling = bare.get((kind, n, seconds))
+        beside = f"; no queue: {ceiling['efficiency'] * 100:.1f}%" if ceiling else ""
+        rows.append((f"worker command, {kind} N = {n}, {ms(seconds)} sleeps ≥ {goal:.0f}% of N / sleep ({run['limit']:,.0f} msg/s{beside})",
                      f"{share:.1f}% ({run['rate']:,.0f} msg/s)", share >= goal))
     for run in c["io"]:
         peer = best_peer(r, run["concurrency"], run["handler_seconds"])
