@@ -34,8 +34,8 @@ from .held import Held
 # A try still running this long (s) past JOB_TIMEOUT, after the child was asked to cut it, has
 # its child ended: the handler is stuck where Python cannot reach it (C code holding the GIL).
 KILL_GRACE = 1.0
-# Messages sent to a child beyond what it runs at once, so it never waits for the supervisor;
-# the supervisor adapts each child's window to the handler's pace (about BATCH_SECONDS of work).
+# Messages sent to a child beyond what it runs at once, so that a try ending starts the next
+# without waiting for the supervisor: about BATCH_SECONDS of work at the handler's pace, as measured.
 BATCH_SECONDS = 0.05
 CRASH = "crashed: "  # how a try that ended its process is recorded; such a message then runs alone
 # The end of the error of tries ended together past JOB_TIMEOUT: when C code holds the GIL, every
@@ -372,12 +372,13 @@ class ChildPool:
         return f"exit code {code}"
 
     def _adapt(self, finished: list[Finished]) -> None:
-        """Size each child's window to about BATCH_SECONDS of work at the measured pace."""
+        """Size each child's window: its concurrency, and about BATCH_SECONDS of work at the
+        measured pace waiting behind it (none for tries longer than that)."""
         timed = [f.seconds for f in finished if f.seconds > 0]
         if not timed:
             return
         pace = sum(timed) / len(timed)
         self._pace = pace if not self._pace else 0.8 * self._pace + 0.2 * pace
-        window = max(self.concurrency, min(self.slots, int(self.concurrency * BATCH_SECONDS / max(self._pace, 1e-6))))
+        window = min(self.slots, self.concurrency + int(self.concurrency * BATCH_SECONDS / max(self._pace, 1e-6)))
         for current in self.children:
             current.window = window
