@@ -4,7 +4,6 @@ configuration, Redis refusing us included)."""
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from collections.abc import Callable
@@ -45,9 +44,6 @@ def serve(settings: Settings, make_worker: MakeWorker) -> int:
                 return 2
         if (weak := weak_password_warning(settings)) is not None:
             worker.log.warning("redis_password_weak", reason=weak)
-        # What start-up made lives as long as the process: out of the collector's sight, a
-        # collection walks only what the work makes (this process is the worker's own).
-        gc.freeze()
         return worker.run()
     except RedisRefused as error:
         print(f"error: Redis at {settings.masked_url} refused the worker: {error}", file=sys.stderr)

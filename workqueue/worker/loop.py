@@ -10,6 +10,7 @@ script's business.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import socket
@@ -118,6 +119,9 @@ class Worker:
         self.log.info("worker_started", redis=self.queue.location, delivery=self.delivery.value, prefetch=self.prefetch, burst=self.burst)
         self._loop_abort.open()
         self._housekeeper.start()
+        # What exists by now (modules, settings, the handler's own) will outlive the run: out of
+        # the garbage collector's sight while it lasts, a collection walks only what the work makes.
+        gc.freeze()
         code = 1
         try:
             self._loop()
@@ -126,6 +130,7 @@ class Worker:
         except WorkerAborted:
             pass
         finally:
+            gc.unfreeze()
             self._loop_abort.close()
             self._housekeeper.stop()
             self._runner.close()
