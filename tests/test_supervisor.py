@@ -333,3 +333,18 @@ def test_children_run_as_batch_processes_and_the_supervisor_does_not(shared_redi
     finally:
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("handler", ["traced", "traced_async"])
+def test_a_quick_try_is_settled_while_a_long_one_runs_beside_it_in_the_same_child(shared_redis, queue_name, tmp_path, handler):
+    """One child running a long try and a quick one at once (threads or async tasks): the quick one counts completed while the long one still runs, not when it ends."""
+    env = script_env(shared_redis.url, queue_name, TEST_TRACE_FILE=tmp_path / "trace", LOG_LEVEL="warning")
+    queue = Queue.connect(shared_redis.url, queue_name)
+    queue.push_many([{"seconds": 6}, {"seconds": 0.1}])
+    worker = Process("-m", "workqueue", "worker", f"tests.misbehaving:{handler}", "--processes", "1", "--concurrency", "2", env=env)
+    try:
+        wait_until(lambda: stats(shared_redis.url, queue_name)["completed"] == 1, timeout=4)
+        assert stats(shared_redis.url, queue_name)["in_flight"] == 1
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0

@@ -244,17 +244,28 @@ def _serve_async(handler: Handler, conn: Any, marks: Any, concurrency: int, job_
         else:
             results.succeeded(slot, time.monotonic() - started, msg.emitted)
 
+    # What finished is sent once nothing more runs, else FLUSH_AFTER after the first of it, by a
+    # timer of the loop's own: a thread of ours waking for it would take the GIL from the loop
+    # and make every try's wake-up later.
+    flush_timer: list[asyncio.TimerHandle] = []
+
+    def flush_due() -> None:
+        flush_timer.clear()
+        results.flush(force=True)
+
     async def work() -> None:
         while (item := await arrived.get()) is not None:
             await one(*item)
-            results.flush(force=arrived.empty() and not results.running)
+            if arrived.empty() and not results.running:
+                results.flush(force=True)
+            elif results.done and not flush_timer:
+                flush_timer.append(loop.call_later(FLUSH_AFTER, flush_due))
 
     async def serve() -> None:
         loop.add_reader(conn.fileno(), read)
         await asyncio.gather(*(work() for _ in range(concurrency)))
         results.flush(force=True)
 
-    threading.Thread(target=_flush_now_and_then, args=(results,), daemon=True).start()
     loop.run_until_complete(serve())
 
 
