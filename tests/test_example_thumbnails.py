@@ -34,6 +34,14 @@ def holding(pid: int, queues: tuple[Queue, ...]) -> bool:
     return any(state.in_flight and state.id.decode().split("-")[-2] in pids for queue in queues for state in queue.snapshot().workers)
 
 
+def serving(pid: int, queues: tuple[Queue, ...]) -> bool:
+    """Whether the dict command `pid` started a queue worker per queue and each has registered
+    (so each would drain on SIGTERM rather than die of it while still starting)."""
+    pids = {str(worker) for worker in process_groups(pid)[1:]}
+    registered = {state.id.decode().split("-")[-2] for queue in queues for state in queue.snapshot().workers}
+    return len(pids) == len(queues) and pids <= registered
+
+
 class WorkerCommands:
     """The example's `workqueue worker tasks:STAGES`, several side by side; a kill or a freeze
     reaches each command, its queue workers and their children."""
@@ -138,6 +146,9 @@ def test_the_thumbnails_example_survives_killed_workers_and_summarises_once(shar
             happened.append(event)
         wait_until(lambda: convert.group("g")["done"], timeout=90, interval=0.2)
         wait_until(lambda: summary.stats()["completed"] == 1, timeout=30, interval=0.1)
+        # A command restarted a moment ago may still be starting: SIGTERM would end it by default.
+        stages = (convert, resize, publish, summary)
+        wait_until(lambda: all(serving(popen.pid, stages) for popen in workers.popens), timeout=30, interval=0.1)
         assert workers.stop() == [0, 0], f"seed {seed}"
     finally:
         workers.kill_all()
