@@ -100,7 +100,8 @@ def test_producer_workers_and_cli_run_under_their_own_acl_users(acl_redis, queue
     try:
         settled = ("message_processed", "message_dead_lettered", "message_duplicate_skipped")
         wait_until(lambda: sum(len(w.named(name)) for w in workers for name in settled) >= 40, timeout=60)
-        for worker in workers:
+        for worker in workers:  # one still starting would die of SIGTERM before its handler is in place
+            worker.wait_for("worker_started", timeout=30)
             worker.signal()
         codes = [worker.wait(timeout=60) for worker in workers]
     finally:
