@@ -82,6 +82,19 @@ def test_a_batch_larger_than_luas_stack_settles_whole(queue):
     assert result["completed"] == 4500 and result["in_flight"] == 0 and result["unaccounted"] == 0
 
 
+def test_a_fetch_takes_at_most_an_even_share_of_the_queue_among_live_workers(queue):
+    """With three live workers and ten messages waiting a fetch of fifty takes four (a third, rounded up), and with the other two gone the next takes the six left."""
+    queue.push_many({"n": i} for i in range(10))
+    others = [queue.consumer(name) for name in ("w2", "w3")]
+    for other in others:
+        other.join()
+    consumer = queue.consumer("w1")
+    assert len(consumer.fetch(50).taken) == 4
+    for other in others:
+        assert other.deregister()
+    assert len(consumer.fetch(50).taken) == 6
+
+
 def test_prefetch_outside_what_lua_can_unpack_is_refused(shared_redis, queue_name):
     """Worker(prefetch=5000) raises instead of failing later inside a script."""
     with pytest.raises(ValueError):

@@ -9,7 +9,8 @@
 -- KEYS[7] sessions     hash of worker id -> its current session number
 -- KEYS[8] dead_letter  the dead-letter list, for elements too large to be messages
 -- KEYS[9] stats        hash of counters (dead_lettered)
--- ARGV[1] count        how many messages to take from the queue at most
+-- ARGV[1] count        how many messages to take from the queue at most (and no more than
+--                      an even share of it among the live workers in KEYS[5])
 -- ARGV[2] delivery     'reliable' (move them into KEYS[2]) or 'simple' (pop them: at most once)
 -- ARGV[3] worker id    whose in-flight list KEYS[2] is
 -- ARGV[4] timeout_ms   its heartbeat timeout: registering in the same step as taking messages
@@ -43,6 +44,13 @@ end
 if redis.call('EXISTS', KEYS[6]) == 1 then return {-2} end
 
 local count = tonumber(ARGV[1])
+-- No more than an even share of the queue among the live workers: after a pause (a stalled
+-- machine, a burst of pushes) the first worker to ask would otherwise take the whole backlog
+-- and run it in turn while the others wait for work, and a drain's batches stay full.
+if count > 1 then
+  local live = redis.call('ZCOUNT', KEYS[5], now, '+inf')
+  if live > 1 then count = math.min(count, math.max(1, math.ceil(redis.call('LLEN', KEYS[1]) / live))) end
+end
 local taken, oversized, looked = {}, {}, 0
 if count > 0 then
   taken, oversized, looked = read_bounded(KEYS[1], 0, count, tonumber(ARGV[6]), tonumber(ARGV[8]))
