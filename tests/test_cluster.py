@@ -316,6 +316,8 @@ def test_moving_a_queues_slot_to_another_master_while_workers_run_loses_nothing(
     target = cluster.other_than(source)
     env = script_env(source.url, queue_name, WORKER_TIMEOUT=5)
     workers = [processes.start("worker/main.py", "--work-seconds", "0.005", env=env) for _ in range(2)]
+    for worker in workers:  # each up (signal handler in place) before the SIGTERM at the end
+        worker.wait_for("worker_started", timeout=30)
     producer = processes.start("app/main.py", "--count", "200", "--interval", "0.01", env=env)
     producer.wait_for("message_pushed", timeout=30, count=60)
     cluster.move_slot(slot, target)

@@ -41,7 +41,7 @@ def refused_requests(client: redis.Redis) -> int:
 def holding_worker(url: str, client: redis.Redis, queue_name: str, processes: Any) -> tuple[Process, str, str]:
     """A worker (through `url`) that has taken the one message pushed, and is working on it for 3 s."""
     worker = processes.start("worker/main.py", "--work-seconds", "3", env=script_env(url, queue_name, WORKER_TIMEOUT=WORKER_TIMEOUT))
-    worker_id = worker.wait_for("worker_started", timeout=SLACK)[0]["worker"]
+    worker_id = worker.wait_for("worker_started", timeout=30)[0]["worker"]  # a Python start on a loaded machine
     message_id = Queue(queue_name, client).push({"job": 1})
     wait_until(lambda: client.llen(Queue(queue_name, client).keys.in_flight(worker_id)) == 1, timeout=SLACK)
     return worker, worker_id, message_id

@@ -162,6 +162,7 @@ def test_a_supervisor_with_slow_handlers_hoards_nothing(shared_redis, client, qu
     queue.push_many([{"seconds": 0.5} for _ in range(20)])
     worker = Process("-m", "workqueue", "worker", "tests.misbehaving:traced", "--processes", "1", "--concurrency", "2", env=env)
     try:
+        wait_until(lambda: trace(traced), timeout=30)  # started (and its signal handler installed): a loaded machine starts slowly
         peak = 0
         for _ in range(40):  # bounded: about four seconds of samples
             peak = max(peak, queue.stats()["in_flight"])
@@ -338,12 +339,14 @@ def test_children_run_as_batch_processes_and_the_supervisor_does_not(shared_redi
 @pytest.mark.parametrize("handler", ["traced", "traced_async"])
 def test_a_quick_try_is_settled_while_a_long_one_runs_beside_it_in_the_same_child(shared_redis, queue_name, tmp_path, handler):
     """One child running a long try and a quick one at once (threads or async tasks): the quick one counts completed while the long one still runs, not when it ends."""
-    env = script_env(shared_redis.url, queue_name, TEST_TRACE_FILE=tmp_path / "trace", LOG_LEVEL="warning")
+    traced = tmp_path / "trace"
+    env = script_env(shared_redis.url, queue_name, TEST_TRACE_FILE=traced, LOG_LEVEL="warning")
     queue = Queue.connect(shared_redis.url, queue_name)
     queue.push_many([{"seconds": 6}, {"seconds": 0.1}])
     worker = Process("-m", "workqueue", "worker", f"tests.misbehaving:{handler}", "--processes", "1", "--concurrency", "2", env=env)
     try:
-        wait_until(lambda: stats(shared_redis.url, queue_name)["completed"] == 1, timeout=4)
+        wait_until(lambda: len([what for what, _ in trace(traced) if what == "start"]) == 2, timeout=30)  # however slowly they start
+        wait_until(lambda: stats(shared_redis.url, queue_name)["completed"] == 1, timeout=4)  # the long one runs 6 s
         assert stats(shared_redis.url, queue_name)["in_flight"] == 1
     finally:
         worker.signal(signal.SIGTERM)
