@@ -10,7 +10,8 @@
 -- KEYS[8] dead_letter  the dead-letter list, for elements too large to be messages
 -- KEYS[9] stats        hash of counters (dead_lettered)
 -- ARGV[1] count        how many messages to take from the queue at most (and no more than
---                      an even share of it among the live workers in KEYS[5])
+--                      an even share among the live workers in KEYS[5] of what waits and
+--                      what this worker holds; at least one)
 -- ARGV[2] delivery     'reliable' (move them into KEYS[2]) or 'simple' (pop them: at most once)
 -- ARGV[3] worker id    whose in-flight list KEYS[2] is
 -- ARGV[4] timeout_ms   its heartbeat timeout: registering in the same step as taking messages
@@ -44,12 +45,17 @@ end
 if redis.call('EXISTS', KEYS[6]) == 1 then return {-2} end
 
 local count = tonumber(ARGV[1])
--- No more than an even share of the queue among the live workers: after a pause (a stalled
--- machine, a burst of pushes) the first worker to ask would otherwise take the whole backlog
--- and run it in turn while the others wait for work, and a drain's batches stay full.
+-- No more than an even share of the queue among the live workers, counting what this worker
+-- holds already (a batch asked for ahead): after a pause (a stalled machine, a burst of pushes)
+-- the first worker to ask would otherwise take the whole backlog and run it in turn while the
+-- others wait for work. A drain's batches stay full: there the share is far larger.
 if count > 1 then
   local live = redis.call('ZCOUNT', KEYS[5], now, '+inf')
-  if live > 1 then count = math.min(count, math.max(1, math.ceil(redis.call('LLEN', KEYS[1]) / live))) end
+  if live > 1 then
+    local held = reliable and redis.call('LLEN', KEYS[2]) or 0
+    local share = math.ceil((redis.call('LLEN', KEYS[1]) + held) / live) - held
+    count = math.min(count, math.max(1, share))
+  end
 end
 local taken, oversized, looked = {}, {}, 0
 if count > 0 then
